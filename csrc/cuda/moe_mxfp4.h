@@ -1,0 +1,39 @@
+// Public launchers of the MXFP4 mixture-of-experts family (moe_mxfp4.cu): router, mlp1 + SwiGLU, mlp2 + sum
+// + residual. Decode (one token). Device pointers; every launcher is graph-capturable (no sync, no alloc).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/common.cuh"
+
+namespace gpt_oss {
+
+// One layer's experts of one projection, uploaded once and repacked into the layout the kernels stream
+// (the layout is private to moe_mxfp4.cu). rows = output features per expert, cols = input features.
+struct Mxfp4Experts {
+  DeviceBuffer weights;  // packed FP4 codes, repacked
+  DeviceBuffer scales;   // E8M0, repacked
+  DeviceBuffer bias;     // bf16 [experts, rows]
+  int experts = 0, rows = 0, cols = 0;
+};
+
+// From the checkpoint's host tensors: blocks [experts, rows, cols/32, 16] u8, scales [experts, rows, cols/32] u8,
+// bias [experts, rows] bf16 (as uint16).
+Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, const uint16_t* bias, int experts,
+                                  int rows, int cols);
+
+// x_normed = rmsnorm(x) * norm_scale (bf16, consumed by mlp1); logits = gate_w · x_normed + gate_b;
+// ids/weights = top-k of the logits (ties → lower id) then softmax over those k.
+void launch_moe_router(const float* x, const float* norm_scale, const bf16* gate_w, const bf16* gate_b, int experts,
+                       int hidden, int k, float eps, bf16* x_normed, int32_t* ids, float* weights, cudaStream_t);
+
+// act[j, :] = swiglu(W1[ids[j]] · x_normed + b1[ids[j]]) for j < k; rows of W1 interleave glu (even) and
+// linear (odd); act is bf16 [k, intermediate].
+void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids, int k, const Mxfp4Experts& mlp1,
+                                        float alpha, float limit, bf16* act, cudaStream_t);
+
+// residual[h] += Σ_j weights[j] · (W2[ids[j]] · act[j] + b2[ids[j]])[h]   (fp32 residual, in place).
+void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
+                                          const Mxfp4Experts& mlp2, float* residual, cudaStream_t);
+
+}  // namespace gpt_oss
