@@ -23,6 +23,9 @@
 #include "core/backend.h"
 #ifdef GPT_OSS_NATIVE_WITH_CUDA
 #include "cuda/device_query.h"
+namespace gpt_oss {
+void register_cuda_kernel_tests(nanobind::module_& m);  // csrc/bindings_cuda_kernels.cpp
+}
 #endif
 
 namespace nb = nanobind;
@@ -181,6 +184,8 @@ NB_MODULE(_C, m) {
 
 #ifdef GPT_OSS_NATIVE_WITH_CUDA
   m.attr("built_with_cuda") = true;
+  nb::module_ kernels = m.def_submodule("cuda_kernels");
+  register_cuda_kernel_tests(kernels);
   m.def("cuda_devices", [] {
     nb::list out;
     for (const CudaDeviceInfo& d : cuda_device_query()) {
