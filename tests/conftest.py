@@ -1,0 +1,40 @@
+"""Shared fixtures: one tiny random model (harmony's full vocabulary) in both checkpoint layouts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from gpt_oss_native.config import ModelConfig
+from gpt_oss_native.random_checkpoint import tiny_config as make_tiny_config
+from gpt_oss_native.random_checkpoint import write_random_checkpoint
+
+
+def cuda_devices() -> list[dict]:
+    """The visible NVIDIA GPUs, or [] where the native module or a GPU is missing."""
+    try:
+        from gpt_oss_native import _C
+    except ImportError:
+        return []
+    return list(_C.cuda_devices())
+
+
+# For GPU test modules: `pytestmark = [pytest.mark.cuda, requires_cuda]`.
+requires_cuda = pytest.mark.skipif(not cuda_devices(), reason="needs an NVIDIA GPU and a CUDA build of _C")
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ModelConfig:
+    return make_tiny_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_config: ModelConfig) -> Path:
+    """The official `original/` layout: config.json + model.safetensors."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-original"), tiny_config, layout="original", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_hf(tmp_path_factory: pytest.TempPathFactory, tiny_config: ModelConfig) -> Path:
+    """The same weights as tiny_checkpoint in the Hugging Face layout, sharded with an index."""
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-hf"), tiny_config, layout="hf", seed=0, shards=2)
