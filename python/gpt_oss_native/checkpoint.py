@@ -329,13 +329,9 @@ def resolve_checkpoint_dir(path_or_repo: str | os.PathLike[str]) -> Path:
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; pass the checkpoint directory (the one holding config.json)")
-        if _has_weights(path):
-            return path
-        if _has_weights(path / "original"):
+        if not _has_weights(path) and _has_weights(path / "original"):
             return path / "original"
-        raise CheckpointError(
-            f"{path} holds no checkpoint: expected config.json and *.safetensors in it or in {path / 'original'}"
-        )
+        return path  # open_checkpoint says what is missing
     repo = str(path_or_repo)
     if not _REPO_ID.match(repo):
         raise CheckpointError(f"{repo} does not exist (and is not a Hugging Face repo id such as openai/gpt-oss-20b)")

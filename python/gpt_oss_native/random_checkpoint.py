@@ -84,10 +84,11 @@ def write_random_checkpoint(
 
     specs = _hf_specs(config, seed) if layout == "hf" else _official_specs(config, seed)
     groups = _split(specs, shards)
+    # Shards are named as in openai/gpt-oss-*: model-00000-of-00002, ..., model-00002-of-00002 (0-based).
     names = (
         ["model.safetensors"]
         if shards == 1
-        else [f"model-{k + 1:05d}-of-{shards:05d}.safetensors" for k in range(shards)]
+        else [f"model-{k:05d}-of-{shards - 1:05d}.safetensors" for k in range(shards)]
     )
     metadata = {"format": "pt", RANDOM_WEIGHTS_METADATA_KEY: f"layout={layout} seed={seed}"}
     for name, group in zip(names, groups, strict=True):
