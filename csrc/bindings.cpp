@@ -74,7 +74,7 @@ Weights weights_from_dict(const nb::dict& d) {
   Weights w;
   for (auto [key, value] : d) {
     const std::string name = nb::cast<std::string>(key);
-    nb::ndarray<nb::device::cpu, nb::c_contig> array;
+    nb::ndarray<nb::ro, nb::device::cpu, nb::c_contig> array;  // read-only: mmap'd checkpoints
     if (!nb::try_cast(value, array))
       throw std::invalid_argument("weight '" + name + "' is not a C-contiguous host array");
     TensorView v;

@@ -1,34 +1,56 @@
 """The CPU backend's logits equal the official reference's (gpt_oss.torch.model, float32), position by
-position, on tiny random models of many shapes: relative L2 ≤ 1e-4 (DESIGN.md's CPU tolerance)."""
+position, on tiny random checkpoints of many shapes: relative L2 ≤ 1e-4 (DESIGN.md's CPU tolerance)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-
-from gpt_oss_native import _C
-from reference_model import model_config, random_weights, reference_logits
+from reference_model import load_model, reference_logits, small_config, write_tiny_checkpoint
 
 TOLERANCE = 1e-4
 
 # (config overrides, sequence length, seed). Every case has >= 2 layers, so sliding (even) and full (odd)
-# layers both run, and most sequences run past the window.
-CASES = [
-    (dict(), 40, 0),
-    (dict(num_layers=3, num_experts=8, experts_per_token=4, hidden_size=96, intermediate_size=64, head_dim=32,
-          num_attention_heads=8, num_key_value_heads=2, sliding_window=16, vocab_size=512), 70, 1),
+# layers both run, and the sequences run past the window.
+CASES = {
+    "small-gqa": ({}, 40, 0),
+    "8-experts-top4": (
+        {"num_layers": 3, "num_experts": 8, "experts_per_token": 4, "hidden_size": 96, "intermediate_size": 64,
+         "head_dim": 32, "num_attention_heads": 8, "num_key_value_heads": 2, "sliding_window": 16,
+         "vocab_size": 512},
+        70,
+        1,
+    ),
     # Multi-head (kv = q heads), head_dim 64, a window of 4, and more tokens than one prefill chunk (256).
-    (dict(num_experts=6, experts_per_token=3, hidden_size=128, intermediate_size=96, head_dim=64,
-          num_attention_heads=6, num_key_value_heads=6, sliding_window=4), 300, 2),
+    "mha-long-prefill": (
+        {"num_experts": 6, "experts_per_token": 3, "hidden_size": 128, "intermediate_size": 96, "head_dim": 64,
+         "num_attention_heads": 6, "num_key_value_heads": 6, "sliding_window": 4},
+        300,
+        2,
+    ),
     # Multi-query, one expert per token, no sliding window at all.
-    (dict(num_layers=4, num_experts=3, experts_per_token=1, hidden_size=32, intermediate_size=32, head_dim=8,
-          num_attention_heads=2, num_key_value_heads=1, sliding_window=0, vocab_size=128), 33, 3),
+    "mqa-top1-no-window": (
+        {"num_layers": 4, "num_experts": 3, "experts_per_token": 1, "hidden_size": 32, "intermediate_size": 32,
+         "head_dim": 8, "num_attention_heads": 2, "num_key_value_heads": 1, "sliding_window": 0,
+         "vocab_size": 128},
+        33,
+        3,
+    ),
     # Odd sizes: 3 heads of 10 (attention width 30, not a multiple of the SIMD width), window 5, no YaRN.
-    (dict(hidden_size=64, intermediate_size=160, head_dim=10, num_attention_heads=3, num_key_value_heads=1,
-          sliding_window=5, rope_scaling_factor=1.0, vocab_size=100), 24, 4),
-    # Every expert routed, a long window and a small YaRN original context (the ramp matters at short range).
-    (dict(num_layers=2, num_experts=2, experts_per_token=2, initial_context_length=512, sliding_window=32), 64, 5),
-]
+    "odd-widths-no-yarn": (
+        {"intermediate_size": 160, "head_dim": 10, "num_attention_heads": 3, "num_key_value_heads": 1,
+         "sliding_window": 5, "rope_scaling_factor": 1.0, "vocab_size": 100},
+        24,
+        4,
+    ),
+    # Every expert routed, a long window, a short YaRN original context (the ramp matters at short range).
+    "all-experts-short-yarn": (
+        {"num_experts": 2, "experts_per_token": 2, "initial_context_length": 512, "sliding_window": 32},
+        64,
+        5,
+    ),
+}
 
 
 def relative_errors(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -36,30 +58,39 @@ def relative_errors(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.linalg.norm(ours - reference, axis=-1) / np.linalg.norm(reference, axis=-1)
 
 
-@pytest.mark.parametrize(("overrides", "length", "seed"), CASES)
-def test_logits_match_reference(overrides: dict, length: int, seed: int) -> None:
-    config = model_config(**overrides)
-    weights = random_weights(config, seed)
-    tokens = np.random.default_rng(seed + 100).integers(0, config["vocab_size"], length).astype(np.int32)
+@pytest.mark.parametrize(("overrides", "length", "seed"), CASES.values(), ids=CASES.keys())
+def test_logits_match_reference(tmp_path: Path, overrides: dict, length: int, seed: int) -> None:
+    path = write_tiny_checkpoint(tmp_path, small_config(**overrides), seed)
+    config, model = load_model(path, max_context=512)
+    tokens = np.random.default_rng(seed + 100).integers(0, config.vocab_size, length).astype(np.int32)
 
-    model = _C.Model(config, weights, backend="cpu", max_context=512)
     seq = model.new_sequence()
     ours = model.forward(seq, tokens, all_logits=True)
-    reference = reference_logits(config, weights, tokens)
+    reference = reference_logits(path, tokens)
 
-    assert ours.shape == reference.shape == (length, config["vocab_size"])
+    assert ours.shape == reference.shape == (length, config.vocab_size)
     errors = relative_errors(ours, reference)
     print(f"max relative L2 error {errors.max():.2e} (position {errors.argmax()})")
     assert errors.max() <= TOLERANCE, f"position {errors.argmax()}: relative L2 error {errors.max():.2e}"
     assert model.sequence_length(seq) == length
 
 
-def test_last_logits_only_is_the_last_row() -> None:
-    config = model_config()
-    weights = random_weights(config, 7)
+def test_hugging_face_layout_gives_the_same_logits(tmp_path: Path) -> None:
+    """The same seed in the HF layout (q/k/v split, renamed experts) runs to the reference's logits."""
+    config = small_config()
+    official = write_tiny_checkpoint(tmp_path / "original", config, seed=6)
+    hf = write_tiny_checkpoint(tmp_path / "hf", config, seed=6, layout="hf")
+    tokens = np.random.default_rng(6).integers(0, config.vocab_size, 20).astype(np.int32)
+    _, model = load_model(hf)
+    errors = relative_errors(model.forward(model.new_sequence(), tokens, all_logits=True),
+                             reference_logits(official, tokens))
+    assert errors.max() <= TOLERANCE
+
+
+def test_last_logits_only_is_the_last_row(tmp_path: Path) -> None:
+    config, model = load_model(write_tiny_checkpoint(tmp_path, small_config(), seed=7))
     tokens = np.arange(20, dtype=np.int32)
-    model = _C.Model(config, weights)
     every = model.forward(model.new_sequence(), tokens, all_logits=True)
     last = model.forward(model.new_sequence(), tokens)
-    assert last.shape == (config["vocab_size"],)
+    assert last.shape == (config.vocab_size,)
     np.testing.assert_array_equal(last, every[-1])
