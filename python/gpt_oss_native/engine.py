@@ -1,0 +1,259 @@
+"""Engine: one loaded model on one backend, streaming generations for any number of callers.
+
+>>> from gpt_oss_native import Engine, SamplingParams
+>>> from gpt_oss_native import harmony
+>>> engine = Engine("gpt-oss-20b/original", backend="cuda")
+>>> prompt = harmony.render_prompt("Why is the sky blue?", reasoning_effort="low")
+>>> for token in engine.generate(prompt, SamplingParams(temperature=0), max_tokens=256,
+...                              stop_tokens=harmony.stop_tokens()):
+...     ...
+
+The API the server and the chat client build on:
+
+- ``Engine(model, backend="cpu", max_context=8192, max_sequences=8, num_threads=0, device=0, progress=True)``
+- ``engine.generate(prompt_tokens, sampling, max_tokens, stop_tokens=None) -> Iterator[int]``: token ids as
+  they are produced, the stop token included; the caller learns why it ended from the last token (in
+  ``stop_tokens``: a stop; else the ``max_tokens`` or context limit). Closing the iterator early (``close()``,
+  ``break`` in a ``with contextlib.closing(...)``, garbage collection) frees its sequence.
+- ``engine.generate_harmony(messages, sampling, max_tokens, **render_options) -> Iterator[ChannelDelta]``
+- ``engine.config`` (ModelConfig), ``engine.max_context``, ``engine.max_sequences``, ``engine.backend``,
+  ``engine.random_weights``, ``engine.summary`` (what was loaded, how long it took), ``engine.close()`` (also a context manager).
+
+Thread safety: each generation owns a native sequence (its KV cache); a lock serialises the native calls, so
+generators consumed from several threads interleave step by step and each sees exactly the tokens it would
+see alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
+
+import numpy as np
+
+from .checkpoint import open_checkpoint
+from .config import ModelConfig
+from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from openai_harmony import Message
+
+    from .harmony import ChannelDelta
+
+__all__ = ["Engine"]
+
+BACKENDS = ("cpu", "cuda")
+
+
+class Engine:
+    """A gpt-oss model loaded on one backend; see the module docstring for the API."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        backend: str = "cpu",
+        max_context: int = 8192,
+        max_sequences: int = 8,
+        num_threads: int = 0,
+        device: int = 0,
+        progress: bool = True,
+    ) -> None:
+        """Loads ``model`` (a checkpoint directory in either layout, or a Hugging Face repo id such as
+        ``openai/gpt-oss-20b``) and builds the native model.
+
+        ``max_context`` is the most tokens one sequence holds (prompt + generated); ``max_sequences`` how many
+        generations may be open at once; ``num_threads`` the CPU backend's threads (0: all cores); ``device``
+        the CUDA device. With ``progress``, a progress bar and a summary line go to stderr.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        for name, value, low in (("max_context", max_context, 1), ("max_sequences", max_sequences, 1),
+                                 ("num_threads", num_threads, 0), ("device", device, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        from . import _C
+
+        if backend == "cuda":
+            _require_cuda(_C, device)
+
+        checkpoint = open_checkpoint(model, progress=progress)
+        start = time.perf_counter()
+        self._model = _C.Model(
+            checkpoint.config.to_native(), checkpoint.weights, backend, max_context, max_sequences, num_threads,
+            device,
+        )
+        build_seconds = time.perf_counter() - start
+        self.config: ModelConfig = checkpoint.config
+        self.max_context = max_context
+        self.max_sequences = max_sequences
+        self.backend: str = self._model.backend
+        self.directory: Path = checkpoint.directory
+        self.random_weights = checkpoint.random_weights
+        self._lock = threading.RLock()  # reentrant: a generator closed by GC may free inside a locked region
+        self._open: set[int] = set()
+        self.summary = f"{checkpoint.summary()}; {self.backend} model ready in {build_seconds:.2f} s"
+        if progress:
+            print(self.summary, file=sys.stderr)
+
+    # ---- generation ------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int] | np.ndarray,
+        sampling: SamplingParams,
+        max_tokens: int,
+        stop_tokens: Iterable[int] | None = None,
+    ) -> Iterator[int]:
+        """Streams up to ``max_tokens`` token ids following ``prompt_tokens``.
+
+        The prompt is prefilled in one native call, then each step feeds the last token back and samples the
+        next on the backend (draw ``i`` of ``sampling.seed`` for the ``i``-th token, so a seed repeats). Stops
+        after a token in ``stop_tokens`` (yielded), after ``max_tokens``, or when the sequence fills
+        ``max_context``. Arguments are checked here, before the iterator is returned.
+        """
+        prompt = self._check_prompt(prompt_tokens)
+        if not isinstance(sampling, SamplingParams):
+            raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
+        stops = frozenset(int(t) for t in stop_tokens or ())
+        # The k-th generated token (from 0) needs the prompt and k fed-back tokens in the cache.
+        budget = min(max_tokens, self.max_context - len(prompt) + 1)
+        return self._generate(prompt, sampling.native_args(), budget, stops)
+
+    def _generate(
+        self, prompt: np.ndarray, sampling: tuple[float, float, int, int], budget: int, stops: frozenset[int]
+    ) -> Iterator[int]:
+        if budget <= 0:
+            return
+        seq = self._new_sequence()
+        try:
+            tokens = prompt
+            for step in range(budget):
+                token = self._forward_sample(seq, tokens, sampling, step)
+                yield token
+                if token in stops:
+                    return
+                tokens = np.array([token], dtype=np.int32)
+        finally:
+            self._free_sequence(seq)
+
+    def generate_harmony(
+        self,
+        messages: str | Sequence[Message],
+        sampling: SamplingParams,
+        max_tokens: int,
+        **render_options,
+    ) -> Iterator[ChannelDelta]:
+        """Renders ``messages`` (a prompt or a history; options as ``harmony.build_conversation``) and streams
+        the assistant's reply as parsed channel deltas, until ``<|return|>`` / ``<|call|>`` or a limit."""
+        from . import harmony
+
+        prompt = harmony.render_prompt(messages, **render_options)
+        tokens = self.generate(prompt, sampling, max_tokens, harmony.stop_tokens())
+
+        def deltas() -> Iterator[ChannelDelta]:
+            stream = harmony.ChannelStream()
+            try:
+                for token in tokens:
+                    if (delta := stream.feed(token)) is not None:
+                        yield delta
+                if (delta := stream.finish()) is not None:
+                    yield delta
+            finally:
+                tokens.close()  # type: ignore[attr-defined]
+
+        return deltas()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def open_sequences(self) -> int:
+        """How many generations hold a sequence now."""
+        with self._lock:
+            return len(self._open)
+
+    def close(self) -> None:
+        """Releases the model (weights, KV caches, device memory). Open generators fail afterwards."""
+        with self._lock:
+            model, self._model = self._model, None
+            self._open.clear()
+        del model
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Engine({str(self.directory)!r}, backend={self.backend!r}, layers={self.config.num_layers}, "
+            f"experts={self.config.num_experts}, max_context={self.max_context})"
+        )
+
+    # ---- internals -------------------------------------------------------------------------------------
+
+    def _check_prompt(self, prompt_tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+        prompt = np.asarray(prompt_tokens)
+        if prompt.ndim != 1 or (prompt.size and not np.issubdtype(prompt.dtype, np.integer)):
+            raise ValueError(f"prompt_tokens must be a flat sequence of token ids, got {prompt.dtype} {prompt.shape}")
+        if prompt.size == 0:
+            raise ValueError("prompt_tokens is empty: a generation needs at least one prompt token")
+        if prompt.size > self.max_context:
+            raise ValueError(
+                f"the prompt has {prompt.size} tokens, more than max_context={self.max_context}: shorten it or "
+                "load the Engine with a larger max_context"
+            )
+        vocab = self.config.vocab_size
+        bad = (prompt < 0) | (prompt >= vocab)
+        if bad.any():
+            raise ValueError(
+                f"prompt token {int(prompt[bad][0])} at position {int(np.argmax(bad))} is outside the vocabulary "
+                f"[0, {vocab})"
+            )
+        return np.ascontiguousarray(prompt, dtype=np.int32)
+
+    def _new_sequence(self) -> int:
+        with self._lock:
+            if self._model is None:
+                raise RuntimeError("this Engine is closed")
+            if len(self._open) >= self.max_sequences:
+                raise RuntimeError(
+                    f"all {self.max_sequences} sequences are in use: finish or close() a running generation, or "
+                    "load the Engine with a larger max_sequences"
+                )
+            seq = self._model.new_sequence()
+            self._open.add(seq)
+            return seq
+
+    def _forward_sample(self, seq: int, tokens: np.ndarray, sampling: tuple[float, float, int, int], draw: int) -> int:
+        with self._lock:
+            if self._model is None:
+                raise RuntimeError("this Engine was closed while a generation was running")
+            return int(self._model.forward_sample(seq, tokens, *sampling, draw))
+
+    def _free_sequence(self, seq: int) -> None:
+        with self._lock:
+            if self._model is not None and seq in self._open:
+                self._open.discard(seq)
+                self._model.free_sequence(seq)
+
+
+def _require_cuda(native, device: int) -> None:
+    """Fails fast, before the weights load, when the CUDA backend cannot run here."""
+    if not native.built_with_cuda:
+        raise RuntimeError(
+            "this build of gpt_oss_native has no CUDA backend (nvcc was not found when it was built): reinstall "
+            "on a machine with the CUDA toolkit, or use --backend cpu"
+        )
+    devices = native.cuda_devices()
+    if not devices:
+        raise RuntimeError("no CUDA device is visible (no NVIDIA driver or GPU): use the cpu backend")
+    if device >= len(devices):
+        raise RuntimeError(f"CUDA device {device} does not exist: this machine has {len(devices)} device(s)")
