@@ -1,0 +1,470 @@
+// The CUDA backend: weights uploaded once, one KV cache per sequence slot, and the decode step of one token
+// captured once per slot into a CUDA graph and replayed. The token and its position are read from device
+// memory (d_step_), so the same graph serves every step of every sequence that reuses the slot.
+//
+// Decode step (one token), all on one non-default stream:
+//   embedding gather (x fp32)
+//   per layer: norm_qkv_rope (q, KV append) → attention_decode → x += Wo·attn + bo
+//              → moe_router → mlp1 + SwiGLU → x += Σ_k w_k (W2·act_k + b2)
+//   unembedding with the final norm fused (only when logits are needed) → fp32 logits → device sampler.
+// Prefill runs the decode step once per token (graph replays) and skips the unembedding except where logits
+// are returned.
+//
+// KV cache of a slot: one allocation, per layer K then V, each bf16 [kv_heads][capacity][head_dim]; sliding
+// layers hold a ring of min(sliding_window, max_context) slots, full layers max_context slots. Slots are
+// allocated on first use and kept when their sequence is freed, so a new sequence reuses one (and its graph).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "cuda/attention_decode.h"
+#include "cuda/common.cuh"
+#include "cuda/gemv_bf16.h"
+#include "cuda/moe_mxfp4.h"
+#include "cuda/norm_rope.h"
+#include "cuda/sampling.h"
+
+namespace gpt_oss {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+std::string gib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", bytes / kGiB);
+  return buf;
+}
+
+size_t dtype_bytes(DType t) { return t == DType::bf16 ? 2 : t == DType::f32 ? 4 : 1; }
+
+// x[i] = embedding[*token][i] as fp32.
+__global__ void embedding_gather_kernel(const bf16* table, const int* token, int hidden, float* x) {
+  const size_t row = static_cast<size_t>(*token) * hidden;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hidden; i += gridDim.x * blockDim.x)
+    x[i] = __bfloat162float(table[row + i]);
+}
+
+struct StreamDeleter {
+  void operator()(cudaStream_t s) const { cudaStreamDestroy(s); }
+};
+struct GraphExecDeleter {
+  void operator()(cudaGraphExec_t g) const { cudaGraphExecDestroy(g); }
+};
+struct PinnedDeleter {
+  void operator()(void* p) const { cudaFreeHost(p); }
+};
+using StreamPtr = std::unique_ptr<std::remove_pointer_t<cudaStream_t>, StreamDeleter>;
+using GraphExecPtr = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecDeleter>;
+
+// What the graph reads each step; written by one small host-to-device copy before the replay.
+struct StepState {
+  int32_t token;
+  int32_t pos;
+};
+
+struct LayerWeights {
+  DeviceBuffer attn_norm, qkv_w, qkv_b, sinks, out_w, out_b, mlp_norm, gate_w, gate_b;
+  Mxfp4Experts mlp1, mlp2;
+  int attention_splits = 1;
+};
+
+struct Slot {
+  bool live = false;
+  int length = 0;
+  DeviceBuffer kv;
+  std::vector<KvLayerCache> layers;
+  GraphExecPtr graph;
+};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const ModelConfig& config, const Weights& weights, const BackendOptions& options)
+      : cfg_(config), opts_(options) {
+    select_device();
+    check_config();
+    check_memory(weights);
+    upload_weights(weights);
+    allocate_activations();
+  }
+
+  ~CudaBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_.get());
+  }
+
+  std::string name() const override { return "cuda:" + std::to_string(opts_.device) + " (" + device_name_ + ")"; }
+
+  int new_sequence() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    use_device();
+    int chosen = -1;
+    for (size_t i = 0; i < slots_.size() && chosen < 0; ++i)
+      if (!slots_[i].live && slots_[i].kv.get()) chosen = static_cast<int>(i);  // reuse a cache (and graph)
+    for (size_t i = 0; i < slots_.size() && chosen < 0; ++i)
+      if (!slots_[i].live) chosen = static_cast<int>(i);
+    if (chosen < 0)
+      throw std::runtime_error("all " + std::to_string(opts_.max_sequences) +
+                               " sequences are in use: free one or raise max_sequences");
+    Slot& slot = slots_[chosen];
+    if (!slot.kv.get()) allocate_cache(slot);
+    slot.live = true;
+    slot.length = 0;
+    return chosen;
+  }
+
+  void free_sequence(int seq) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    live_slot(seq).live = false;
+  }
+
+  int sequence_length(int seq) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return const_cast<CudaBackend*>(this)->live_slot(seq).length;
+  }
+
+  void forward(int seq, const int32_t* tokens, int n, float* logits, bool all_logits) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    use_device();
+    Slot& slot = live_slot(seq);
+    check_tokens(slot, seq, tokens, n);
+    for (int i = 0; i < n; ++i) {
+      const bool wants_logits = all_logits || i == n - 1;
+      decode_step(slot, tokens[i], i, wants_logits);
+      if (wants_logits) {
+        float* dst = logits + (all_logits ? static_cast<size_t>(i) * cfg_.vocab_size : 0);
+        CUDA_CHECK(cudaMemcpyAsync(dst, logits_.get(), sizeof(float) * cfg_.vocab_size, cudaMemcpyDeviceToHost,
+                                   stream_.get()));
+      }
+    }
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+  }
+
+  int32_t forward_sample(int seq, const int32_t* tokens, int n, const SamplingParams& params,
+                         uint64_t draw) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    use_device();
+    Slot& slot = live_slot(seq);
+    check_tokens(slot, seq, tokens, n);
+    for (int i = 0; i < n; ++i) decode_step(slot, tokens[i], i, i == n - 1);
+    launch_sample(logits_.get<float>(), cfg_.vocab_size, params, draw, sample_workspace_.get(), sampled_.get<int32_t>(),
+                  stream_.get());
+    CUDA_CHECK(cudaMemcpyAsync(host_sampled_.get(), sampled_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost,
+                               stream_.get()));
+    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    return *static_cast<int32_t*>(host_sampled_.get());
+  }
+
+ private:
+  void use_device() const { CUDA_CHECK(cudaSetDevice(opts_.device)); }
+
+  void select_device() {
+    int count = 0;
+    const cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+      cudaGetLastError();
+      throw std::runtime_error(std::string("no CUDA device is available (") +
+                               (e == cudaSuccess ? "none found" : cudaGetErrorString(e)) +
+                               "): use backend='cpu' on this machine");
+    }
+    if (opts_.device < 0 || opts_.device >= count)
+      throw std::invalid_argument("CUDA device " + std::to_string(opts_.device) + " does not exist (this machine has " +
+                                  std::to_string(count) + "; pass device=0.." + std::to_string(count - 1) + ")");
+    use_device();
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, opts_.device));
+    device_name_ = prop.name;
+    multiprocessors_ = prop.multiProcessorCount;
+    cudaFuncAttributes attr{};
+    if (cudaFuncGetAttributes(&attr, embedding_gather_kernel) != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("this build has no kernels for " + device_name_ + " (sm_" + std::to_string(prop.major) +
+                               std::to_string(prop.minor) +
+                               "): rebuild with -DCMAKE_CUDA_ARCHITECTURES set for it (the default is 90a, Hopper)");
+    }
+    cudaStream_t s = nullptr;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    stream_.reset(s);
+  }
+
+  void check_config() const {
+    const ModelConfig& c = cfg_;
+    if (c.head_dim != kAttentionHeadDim)
+      throw std::invalid_argument("the CUDA backend needs head_dim 64, the model has " + std::to_string(c.head_dim));
+    if (c.num_attention_heads % c.num_key_value_heads != 0 ||
+        c.num_attention_heads / c.num_key_value_heads > kAttentionMaxGroup)
+      throw std::invalid_argument("the CUDA backend needs 1..8 query heads per KV head, the model has " +
+                                  std::to_string(c.num_attention_heads) + " / " +
+                                  std::to_string(c.num_key_value_heads));
+    if (c.hidden_size % 8 != 0)
+      throw std::invalid_argument("the CUDA backend needs hidden_size % 8 == 0, the model has " +
+                                  std::to_string(c.hidden_size));
+    const int max_positions = static_cast<int>(std::lround(c.initial_context_length * std::max(1.0f, c.rope_scaling_factor)));
+    if (opts_.max_context < 1 || opts_.max_context > max_positions)
+      throw std::invalid_argument("max_context must be in [1, " + std::to_string(max_positions) +
+                                  "] (the model's RoPE range), got " + std::to_string(opts_.max_context));
+    if (opts_.max_sequences < 1)
+      throw std::invalid_argument("max_sequences must be >= 1, got " + std::to_string(opts_.max_sequences));
+  }
+
+  int layer_capacity(int layer) const {
+    return cfg_.layer_is_sliding(layer) ? std::min(cfg_.sliding_window, opts_.max_context) : opts_.max_context;
+  }
+
+  size_t cache_bytes() const {
+    size_t slots = 0;
+    for (int l = 0; l < cfg_.num_layers; ++l) slots += layer_capacity(l);
+    return slots * 2 * cfg_.num_key_value_heads * cfg_.head_dim * sizeof(bf16);
+  }
+
+  size_t rope_bytes() const { return static_cast<size_t>(opts_.max_context) * cfg_.head_dim * sizeof(float); }
+
+  // Fails before any upload when the weights plus one sequence's cache cannot fit.
+  void check_memory(const Weights& weights) const {
+    size_t weight_bytes = 0;
+    for (const auto& [name, view] : weights.all()) weight_bytes += view.numel() * dtype_bytes(view.dtype);
+    const size_t needed = weight_bytes + cache_bytes() + rope_bytes() + (64u << 20);  // + activations, workspaces
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (needed > free_bytes)
+      throw std::runtime_error("not enough GPU memory on " + name() + ": the weights need " + gib(weight_bytes) +
+                               " and one sequence's KV cache at max_context=" + std::to_string(opts_.max_context) +
+                               " needs " + gib(cache_bytes()) + " (" + gib(needed) + " in all), but only " +
+                               gib(free_bytes) + " of " + gib(total_bytes) +
+                               " is free: lower max_context or free the GPU");
+  }
+
+  DeviceBuffer upload(const Weights& w, const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
+    const TensorView& v = w.get(name, dtype, shape);
+    return DeviceBuffer::from_host(v.data, v.numel() * dtype_bytes(dtype));
+  }
+
+  void upload_weights(const Weights& w) {
+    const ModelConfig& c = cfg_;
+    const int64_t H = c.hidden_size, E = c.num_experts, I = c.intermediate_size, V = c.vocab_size;
+    const int64_t Q = c.num_attention_heads, D = c.head_dim, qkv = c.qkv_dim();
+    embedding_ = upload(w, "embedding.weight", DType::bf16, {V, H});
+    final_norm_ = upload(w, "norm.scale", DType::f32, {H});
+    unembedding_ = upload(w, "unembedding.weight", DType::bf16, {V, H});
+    layers_.resize(c.num_layers);
+    for (int l = 0; l < c.num_layers; ++l) {
+      const std::string p = "block." + std::to_string(l) + ".";
+      LayerWeights& L = layers_[l];
+      L.attn_norm = upload(w, p + "attn.norm.scale", DType::f32, {H});
+      L.qkv_w = upload(w, p + "attn.qkv.weight", DType::bf16, {qkv, H});
+      L.qkv_b = upload(w, p + "attn.qkv.bias", DType::bf16, {qkv});
+      L.sinks = upload(w, p + "attn.sinks", DType::f32, {Q});
+      L.out_w = upload(w, p + "attn.out.weight", DType::bf16, {H, Q * D});
+      L.out_b = upload(w, p + "attn.out.bias", DType::bf16, {H});
+      L.mlp_norm = upload(w, p + "mlp.norm.scale", DType::f32, {H});
+      L.gate_w = upload(w, p + "mlp.gate.weight", DType::bf16, {E, H});
+      L.gate_b = upload(w, p + "mlp.gate.bias", DType::bf16, {E});
+      L.mlp1 = upload_experts(w, p + "mlp.mlp1", 2 * I, H);
+      L.mlp2 = upload_experts(w, p + "mlp.mlp2", H, I);
+      L.attention_splits = attention_decode_max_splits(c.num_key_value_heads, layer_capacity(l), multiprocessors_);
+    }
+    const std::vector<float> rope = yarn_rope_table(c, opts_.max_context);
+    rope_ = DeviceBuffer::from_host(rope.data(), rope.size() * sizeof(float));
+  }
+
+  Mxfp4Experts upload_experts(const Weights& w, const std::string& prefix, int64_t rows, int64_t cols) {
+    const int64_t E = cfg_.num_experts;
+    const TensorView& blocks = w.get(prefix + "_weight.blocks", DType::u8, {E, rows, cols / 32, 16});
+    const TensorView& scales = w.get(prefix + "_weight.scales", DType::u8, {E, rows, cols / 32});
+    const TensorView& bias = w.get(prefix + "_bias", DType::bf16, {E, rows});
+    return upload_mxfp4_experts(static_cast<const uint8_t*>(blocks.data), static_cast<const uint8_t*>(scales.data),
+                                static_cast<const uint16_t*>(bias.data), static_cast<int>(E), static_cast<int>(rows),
+                                static_cast<int>(cols));
+  }
+
+  void allocate_activations() {
+    const ModelConfig& c = cfg_;
+    const int k = c.experts_per_token;
+    int max_splits = 1;
+    for (const LayerWeights& L : layers_) max_splits = std::max(max_splits, L.attention_splits);
+    x_ = DeviceBuffer(sizeof(float) * c.hidden_size);
+    q_ = DeviceBuffer(sizeof(float) * c.num_attention_heads * c.head_dim);
+    attn_ = DeviceBuffer(sizeof(bf16) * c.num_attention_heads * c.head_dim);
+    x_normed_ = DeviceBuffer(sizeof(bf16) * c.hidden_size);
+    expert_ids_ = DeviceBuffer(sizeof(int32_t) * k);
+    expert_weights_ = DeviceBuffer(sizeof(float) * k);
+    act_ = DeviceBuffer(sizeof(bf16) * k * c.intermediate_size);
+    logits_ = DeviceBuffer(sizeof(float) * c.vocab_size);
+    attention_workspace_ = DeviceBuffer(attention_decode_workspace_bytes(c.num_attention_heads, max_splits));
+    attention_counters_ = DeviceBuffer(sizeof(int) * c.num_key_value_heads);
+    CUDA_CHECK(cudaMemset(attention_counters_.get(), 0, attention_counters_.bytes()));
+    sample_workspace_ = DeviceBuffer(sample_workspace_bytes(c.vocab_size));
+    sampled_ = DeviceBuffer(sizeof(int32_t));
+    d_step_ = DeviceBuffer(sizeof(StepState));
+    void* pinned = nullptr;
+    CUDA_CHECK(cudaMallocHost(&pinned, sizeof(StepState) * opts_.max_context));
+    host_steps_.reset(pinned);
+    CUDA_CHECK(cudaMallocHost(&pinned, sizeof(int32_t)));
+    host_sampled_.reset(pinned);
+    slots_.resize(opts_.max_sequences);
+  }
+
+  void allocate_cache(Slot& slot) {
+    const size_t bytes = cache_bytes();
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (bytes > free_bytes)
+      throw std::runtime_error("not enough GPU memory for another sequence's KV cache: it needs " + gib(bytes) +
+                               " at max_context=" + std::to_string(opts_.max_context) + ", " + gib(free_bytes) +
+                               " is free: free a sequence or lower max_context");
+    slot.kv = DeviceBuffer(bytes);
+    slot.layers.clear();
+    bf16* at = slot.kv.get<bf16>();
+    for (int l = 0; l < cfg_.num_layers; ++l) {
+      KvLayerCache layer;
+      layer.capacity = layer_capacity(l);
+      const size_t per = static_cast<size_t>(cfg_.num_key_value_heads) * layer.capacity * cfg_.head_dim;
+      layer.k = at;
+      layer.v = at + per;
+      at += 2 * per;
+      slot.layers.push_back(layer);
+    }
+  }
+
+  Slot& live_slot(int seq) {
+    if (seq < 0 || seq >= static_cast<int>(slots_.size()) || !slots_[seq].live)
+      throw std::invalid_argument("sequence " + std::to_string(seq) + " does not exist (freed or never created)");
+    return slots_[seq];
+  }
+
+  void check_tokens(const Slot& slot, int seq, const int32_t* tokens, int n) const {
+    if (n < 1) throw std::invalid_argument("forward needs at least one token");
+    if (slot.length + static_cast<int64_t>(n) > opts_.max_context)
+      throw std::length_error("sequence " + std::to_string(seq) + " would reach " + std::to_string(slot.length + n) +
+                              " tokens, past max_context " + std::to_string(opts_.max_context));
+    for (int i = 0; i < n; ++i)
+      if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
+        throw std::invalid_argument("token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                    " is outside the vocabulary [0, " + std::to_string(cfg_.vocab_size) + ")");
+  }
+
+  // One token through every layer. `index` picks the pinned staging entry: entries of one forward() call stay
+  // untouched until it synchronises, so queued copies never read an overwritten state.
+  void decode_step(Slot& slot, int32_t token, int index, bool wants_logits) {
+    StepState* staged = static_cast<StepState*>(host_steps_.get()) + index;
+    *staged = StepState{token, slot.length};
+    CUDA_CHECK(cudaMemcpyAsync(d_step_.get(), staged, sizeof(StepState), cudaMemcpyHostToDevice, stream_.get()));
+    if (!warmed_up_) {
+      // The first step runs eagerly so lazy one-time setup inside launchers happens outside any capture.
+      enqueue_layers(slot);
+      warmed_up_ = true;
+    } else {
+      if (!slot.graph) capture(slot);
+      CUDA_CHECK(cudaGraphLaunch(slot.graph.get(), stream_.get()));
+    }
+    ++slot.length;
+    if (wants_logits)
+      launch_unembedding(unembedding_.get<bf16>(), final_norm_.get<float>(), x_.get<float>(), cfg_.vocab_size,
+                         cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), stream_.get());
+  }
+
+  void capture(Slot& slot) {
+    cudaGraph_t graph = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue_layers(slot);
+    } catch (...) {
+      cudaStreamEndCapture(stream_.get(), &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    CUDA_CHECK(cudaStreamEndCapture(stream_.get(), &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    CUDA_CHECK(e);
+    slot.graph.reset(exec);
+  }
+
+  void enqueue_layers(const Slot& slot) {
+    const ModelConfig& c = cfg_;
+    cudaStream_t s = stream_.get();
+    const StepState* step = d_step_.get<StepState>();
+    const int* d_token = &step->token;
+    const int* d_pos = &step->pos;
+    float* x = x_.get<float>();
+    embedding_gather_kernel<<<ceil_div(c.hidden_size, 256), 256, 0, s>>>(embedding_.get<bf16>(), d_token,
+                                                                          c.hidden_size, x);
+    CUDA_CHECK_LAUNCH();
+    for (int l = 0; l < c.num_layers; ++l) {
+      const LayerWeights& L = layers_[l];
+      NormRopeParams np;
+      np.x = x;
+      np.norm_scale = L.attn_norm.get<float>();
+      np.w = L.qkv_w.get<bf16>();
+      np.bias = L.qkv_b.get<bf16>();
+      np.rope = rope_.get<float2>();
+      np.pos = d_pos;
+      np.q = q_.get<float>();
+      np.cache = slot.layers[l];
+      np.hidden = c.hidden_size;
+      np.q_heads = c.num_attention_heads;
+      np.kv_heads = c.num_key_value_heads;
+      np.head_dim = c.head_dim;
+      np.eps = c.norm_eps;
+      launch_norm_qkv_rope(np, s);
+
+      AttentionDecodeParams ap;
+      ap.q = q_.get<float>();
+      ap.cache = slot.layers[l];
+      ap.sinks = L.sinks.get<float>();
+      ap.pos = d_pos;
+      ap.out = attn_.get<bf16>();
+      ap.workspace = attention_workspace_.get<float>();
+      ap.counters = attention_counters_.get<int>();
+      ap.q_heads = c.num_attention_heads;
+      ap.kv_heads = c.num_key_value_heads;
+      ap.max_splits = L.attention_splits;
+      ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+      launch_attention_decode(ap, s);
+
+      launch_bf16_gemv_bias_residual(L.out_w.get<bf16>(), L.out_b.get<bf16>(), attn_.get<bf16>(),
+                                     /*rows=*/c.hidden_size, /*cols=*/c.num_attention_heads * c.head_dim, x, s);
+      launch_moe_router(x, L.mlp_norm.get<float>(), L.gate_w.get<bf16>(), L.gate_b.get<bf16>(), c.num_experts,
+                        c.hidden_size, c.experts_per_token, c.norm_eps, x_normed_.get<bf16>(),
+                        expert_ids_.get<int32_t>(), expert_weights_.get<float>(), s);
+      launch_bf16_mxfp4w_moe_mlp1_swiglu(x_normed_.get<bf16>(), expert_ids_.get<int32_t>(), c.experts_per_token,
+                                         L.mlp1, c.swiglu_alpha, c.swiglu_limit, act_.get<bf16>(), s);
+      launch_bf16_mxfp4w_moe_mlp2_residual(act_.get<bf16>(), expert_ids_.get<int32_t>(),
+                                           expert_weights_.get<float>(), c.experts_per_token, L.mlp2, x, s);
+    }
+  }
+
+  ModelConfig cfg_;
+  BackendOptions opts_;
+  std::string device_name_;
+  int multiprocessors_ = 0;
+  mutable std::mutex mu_;
+  StreamPtr stream_;
+
+  DeviceBuffer embedding_, final_norm_, unembedding_, rope_;
+  std::vector<LayerWeights> layers_;
+
+  DeviceBuffer x_, q_, attn_, x_normed_, expert_ids_, expert_weights_, act_, logits_;
+  DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, sampled_, d_step_;
+  std::unique_ptr<void, PinnedDeleter> host_steps_, host_sampled_;
+
+  std::vector<Slot> slots_;
+  bool warmed_up_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(const ModelConfig& config, const Weights& weights,
+                                           const BackendOptions& options) {
+  config.validate();
+  return std::make_unique<CudaBackend>(config, weights, options);
+}
+
+}  // namespace gpt_oss
