@@ -1,0 +1,128 @@
+"""Test harness for the server: a uvicorn server on a free port in a thread, and a scripted engine.
+
+The scripted engine yields pre-tokenised harmony text through the very code paths the real engine takes, so
+the harmony → API conversion of tool calls, reasoning and text can be tested deterministically (a tiny random
+model never calls a tool by itself); the real tiny model covers the plain generation flows.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import uvicorn
+from gpt_oss_native import harmony
+from gpt_oss_native.sampling import SamplingParams
+
+
+def harmony_tokens(text: str) -> list[int]:
+    """``text`` (a completion after ``<|start|>assistant``, special tokens written out) as token ids."""
+    return harmony.get_encoding().encode(text, allowed_special="all")
+
+
+def decode(tokens: Sequence[int]) -> str:
+    return harmony.get_encoding().decode(list(tokens))
+
+
+class ScriptedEngine:
+    """Stands in for ``Engine``: each ``generate`` call plays the next script (harmony text), honouring
+    ``max_tokens`` and the stop tokens as the real engine does, and records the prompts it was given.
+
+    ``script`` may also be a function of the prompt text, for concurrent requests.
+    """
+
+    def __init__(
+        self,
+        scripts: Sequence[str] | Callable[[str], str] = (),
+        *,
+        max_context: int = 4096,
+        max_sequences: int = 4,
+        delay: float = 0.0,
+    ) -> None:
+        self.max_context = max_context
+        self.max_sequences = max_sequences
+        self.delay = delay
+        self._scripts = scripts if callable(scripts) else list(scripts)
+        self.prompts: list[str] = []
+        self._lock = threading.Lock()
+        self._open = 0
+
+    @property
+    def open_sequences(self) -> int:
+        with self._lock:
+            return self._open
+
+    def generate(
+        self,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams,
+        max_tokens: int,
+        stop_tokens: Sequence[int] | None = None,
+    ) -> Iterator[int]:
+        assert isinstance(sampling, SamplingParams)
+        prompt = decode(prompt_tokens)
+        with self._lock:
+            self.prompts.append(prompt)
+            if callable(self._scripts):
+                script = self._scripts(prompt)
+            else:
+                assert self._scripts, "the scripted engine ran out of scripts"
+                script = self._scripts.pop(0)
+        return self._play(harmony_tokens(script), max_tokens, set(stop_tokens or ()))
+
+    def _play(self, tokens: list[int], max_tokens: int, stops: set[int]) -> Iterator[int]:
+        with self._lock:
+            if self._open >= self.max_sequences:
+                raise RuntimeError("all sequences are in use")
+            self._open += 1
+        try:
+            for token in tokens[:max_tokens]:
+                if self.delay:
+                    time.sleep(self.delay)
+                yield token
+                if token in stops:
+                    return
+        finally:
+            with self._lock:
+                self._open -= 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """Runs ``app`` with uvicorn on 127.0.0.1 in a daemon thread (a context manager)."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
