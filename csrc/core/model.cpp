@@ -25,7 +25,12 @@ void ModelConfig::validate() const {
           "num_attention_heads must be a multiple of num_key_value_heads (GQA)");
   require(sliding_window >= 0, "sliding_window must be >= 0");
   require(initial_context_length > 0, "initial_context_length must be > 0");
-  require(rope_theta > 0 && rope_scaling_factor >= 1, "rope_theta must be > 0 and rope_scaling_factor >= 1");
+  require(rope_theta > 1 && rope_scaling_factor >= 1, "rope_theta must be > 1 and rope_scaling_factor >= 1");
+  // YaRN's ramp runs from the beta edge to the alpha edge; reversed or equal edges divide by zero.
+  require(rope_scaling_factor == 1 || (rope_ntk_alpha > 0 && rope_ntk_alpha < rope_ntk_beta),
+          "rope_ntk_alpha must be in (0, rope_ntk_beta) when rope_scaling_factor > 1");
+  require(swiglu_limit > 0 && swiglu_alpha > 0, "swiglu_limit and swiglu_alpha must be > 0");
+  require(norm_eps > 0, "norm_eps must be > 0");
 }
 
 const char* dtype_name(DType t) {
