@@ -11,7 +11,7 @@ from typing import TypedDict
 import numpy as np
 import numpy.typing as npt
 
-class CudaDevice(TypedDict):
+class _CudaDevice(TypedDict):  # the dicts cuda_devices() returns (a stub-only type)
     index: int
     name: str
     compute_capability: tuple[int, int]
@@ -71,7 +71,7 @@ def sample_logits(
 
 built_with_cuda: bool
 
-def cuda_devices() -> list[CudaDevice]:
+def cuda_devices() -> list[_CudaDevice]:
     """The visible NVIDIA GPUs; empty without a CUDA build, a driver or a GPU."""
 
 cuda_kernels: ModuleType  # only in CUDA builds: per-kernel test entry points (csrc/bindings_cuda_kernels.cpp)
