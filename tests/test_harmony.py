@@ -119,6 +119,14 @@ def test_a_corrupt_cached_file_is_rebuilt(fresh_env):
     assert _sha256(path) == harmony.VOCAB_SHA256
 
 
+def test_an_unwritable_cache_is_a_clear_error(fresh_env, monkeypatch):
+    blocker = fresh_env / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    with pytest.raises(harmony.VocabularyError, match="point XDG_CACHE_HOME at a writable directory"):
+        harmony.ensure_vocabulary()
+
+
 def test_an_existing_encodings_base_is_respected(fresh_env, monkeypatch):
     source = harmony.ensure_vocabulary()
     mine = fresh_env / "mine"

@@ -186,7 +186,12 @@ def ensure_vocabulary() -> Path:
                 "refusing to use it. Reinstall quicktok-v1, or put the official o200k_base.tiktoken in a "
                 f"directory and point {ENCODINGS_BASE_VAR} at it."
             )
-        _write_atomically(path, data)
+        try:
+            _write_atomically(path, data)
+        except OSError as e:
+            raise VocabularyError(
+                f"cannot write the harmony vocabulary to {path} ({e}): point XDG_CACHE_HOME at a writable directory"
+            ) from e
     os.environ[ENCODINGS_BASE_VAR] = str(path.parent)
     return path
 
