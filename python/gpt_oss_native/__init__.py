@@ -7,7 +7,7 @@ without touching a device.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Engine", "SamplingParams", "ModelConfig", "__version__"]
+__all__ = ["Engine", "ModelConfig", "SamplingParams", "__version__"]
 
 
 def __getattr__(name: str):
