@@ -10,7 +10,7 @@
 
 The API the server and the chat client build on:
 
-- ``Engine(model, backend="cpu", max_context=8192, max_sequences=8, num_threads=0, device=0, progress=True)``
+- ``Engine(model, backend="cpu", max_context=8192, max_sequences=8, num_threads=0, progress=True, device=0)``
 - ``engine.generate(prompt_tokens, sampling, max_tokens, stop_tokens=None) -> Iterator[int]``: token ids as
   they are produced, the stop token included; the caller learns why it ended from the last token (in
   ``stop_tokens``: a stop; else the ``max_tokens`` or context limit). Closing the iterator early (``close()``,
@@ -60,8 +60,8 @@ class Engine:
         max_context: int = 8192,
         max_sequences: int = 8,
         num_threads: int = 0,
-        device: int = 0,
         progress: bool = True,
+        device: int = 0,
     ) -> None:
         """Loads ``model`` (a checkpoint directory in either layout, or a Hugging Face repo id such as
         ``openai/gpt-oss-20b``) and builds the native model.

@@ -76,13 +76,15 @@ def generate_and_print(engine: Engine, prompt: str, args: argparse.Namespace, sa
     first = last = start
     count = 0
     token = None
-    for token in engine.generate(prompt_tokens, sampling, max_tokens, stops):
-        last = time.perf_counter()
-        if count == 0:
-            first = last
-        count += 1
-        show.token(token)
-    show.finish()
+    try:
+        for token in engine.generate(prompt_tokens, sampling, max_tokens, stops):
+            last = time.perf_counter()
+            if count == 0:
+                first = last
+            count += 1
+            show.token(token)
+    finally:  # also on Ctrl-C: flush held-back text and reset the terminal's colours
+        show.finish()
 
     if token in stops:
         ended = f"stopped at {harmony.get_encoding().decode([token])}"
