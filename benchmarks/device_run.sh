@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine: build, CUDA tests, decode benchmark, per-kernel profile.
+#   bash benchmarks/device_run.sh [quick|full]
+# quick: 20b at contexts 1k and 8k, 120b at 1k (weights built in host memory), ncu profile of one layer.
+# full:  20b (random checkpoint written to disk and loaded by load_checkpoint) and 120b (host memory) at 1k,
+#        8k and 32k.
+# Logs go to $OUT (the device tool's output folder; /tmp/gpt_oss_device_out elsewhere). Wheels in .whl/
+# (pure-Python test dependencies the device image lacks, e.g. the gpt-oss reference) are installed first.
+set -uo pipefail
+MODE="${1:-quick}"
+OUT="${OUT:-/tmp/gpt_oss_device_out}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+PY=python3
+
+stage() { echo; echo "=== $* ($(date -u +%T))"; }
+
+stage device
+nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/device.txt"
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+stage build
+if ! $PY -m pip install --no-build-isolation --no-deps . -q 2>&1 | tee "$OUT/build.log"; then
+  echo "BUILD FAILED"; exit 1
+fi
+
+stage "pytest -m cuda"
+timeout 240 $PY -m pytest -m cuda -q -rfE --durations=12 -p no:cacheprovider tests 2>&1 | tail -n 120 | tee "$OUT/pytest.log"
+
+stage benchmark
+if [ "$MODE" = full ]; then
+  timeout 420 $PY benchmarks/decode.py --models 20b 120b --contexts 1024 8192 32768 --source disk 2>&1 | tee "$OUT/decode.log"
+else
+  timeout 120 $PY benchmarks/decode.py --models 20b --contexts 1024 8192 2>&1 | tee "$OUT/decode.log"
+  timeout 120 $PY benchmarks/decode.py --models 120b --contexts 1024 2>&1 | tee -a "$OUT/decode.log"
+fi
+
+if [ "$MODE" != full ] && command -v ncu > /dev/null; then
+  stage "ncu: one decode step of a 2-layer 20b-shaped model"
+  timeout 120 ncu --nvtx --nvtx-include "profile/" --graph-profiling node --cache-control all --clock-control none \
+    --metrics gpu__time_duration.sum --csv --log-file "$OUT/ncu.csv" $PY benchmarks/decode.py --models 20b --profile \
+    > "$OUT/ncu_stdout.log" 2>&1
+  $PY benchmarks/decode.py --ncu-csv "$OUT/ncu.csv" 2>&1 | tee "$OUT/ncu_table.log" || tail -20 "$OUT/ncu_stdout.log"
+fi
+stage done
