@@ -113,7 +113,7 @@ def create_app(
         prepared = responses.prepare(body)
         if body.stream:
             events = responses.events(prepared, _never_disconnected)
-            return _sse((f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" async for e in events))
+            return _sse(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" async for e in events)
         final = None
         async for event in responses.events(prepared, request.is_disconnected):
             final = event

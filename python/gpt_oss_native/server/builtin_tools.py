@@ -1,32 +1,16 @@
-"""Built-in tools the server runs itself (the Responses API's ``web_search`` and ``code_interpreter``)."""
+"""Built-in tools the server runs itself: the Responses API's ``web_search`` (harmony's ``browser``) and
+``code_interpreter`` (``python``), both from :mod:`gpt_oss_native.tools`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from openai_harmony import Message, ToolNamespaceConfig
+if TYPE_CHECKING:
+    from ..tools import Tool
 
-
-class BuiltinTool(Protocol):
-    """A harmony tool namespace the model calls as ``<namespace>.<function>`` (or ``python``)."""
-
-    @property
-    def namespace(self) -> str:
-        """``"browser"`` or ``"python"``: the recipient prefix the model addresses."""
-        ...
-
-    @property
-    def config(self) -> ToolNamespaceConfig:
-        """What the system message tells the model about the tool."""
-        ...
-
-    async def run(self, call: Message) -> list[Message]:
-        """Runs one call; returns the tool's messages to add to the conversation."""
-        ...
-
-
-ToolFactory = Callable[[], BuiltinTool]
+# A fresh tool per request: the browser keeps per-conversation state (its pages, which citations refer to).
+ToolFactory = Callable[[], "Tool"]
 
 
 def recipient_namespace(recipient: str) -> str:

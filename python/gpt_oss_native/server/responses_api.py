@@ -9,6 +9,7 @@ sequence the OpenAI API emits, every event with its ``sequence_number``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -16,13 +17,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openai_harmony import Author, Message, Role
 
 from .. import harmony
 from ..sampling import SamplingParams
-from .builtin_tools import BuiltinTool, ToolFactory, recipient_namespace
+from .builtin_tools import ToolFactory, recipient_namespace
 from .conversation import (
     FUNCTIONS_PREFIX,
     drop_stale_reasoning,
@@ -48,6 +49,9 @@ from .schemas import (
 from .store import ResponseStore, StoredResponse
 from .streaming import CompletionParser, Segment, TokenEngine, TokenStream
 
+if TYPE_CHECKING:
+    from ..tools import Tool
+
 log = logging.getLogger(__name__)
 
 CONTAINER_ID = "local"  # code_interpreter runs in this server's sandbox, not in an OpenAI container
@@ -67,7 +71,7 @@ class _Prepared:
     header: dict[str, Any]  # harmony.build_conversation options (system + developer message)
     history: list[Message]  # user / assistant / tool messages
     call_names: dict[str, str]
-    builtins: dict[str, BuiltinTool]  # namespace → tool
+    builtins: dict[str, Tool]  # namespace → tool
     functions: set[str]
     prompt: list[int]
     sampling: SamplingParams
@@ -129,7 +133,7 @@ class ResponsesEndpoint:
             "reasoning_effort": effort,
             "developer_instructions": "\n\n".join(developer_texts) if developer_texts else None,
             "function_tools": [function_tool(f.name, f.description, f.parameters) for f in functions],
-            "builtin_tools": [tool.config for tool in builtins.values()],
+            "builtin_tools": [tool.tool_config for tool in builtins.values()],
             "conversation_start_date": time.strftime("%Y-%m-%d"),
         }
         prompt = harmony.render_conversation(harmony.build_conversation(history, **header))
@@ -162,7 +166,7 @@ class ResponsesEndpoint:
             effort=effort,
         )
 
-    def _tools(self, body: ResponsesRequest) -> tuple[list[FunctionTool], dict[str, BuiltinTool]]:
+    def _tools(self, body: ResponsesRequest) -> tuple[list[FunctionTool], dict[str, Tool]]:
         choice = body.tool_choice
         if choice not in (None, "auto", "none"):
             raise ApiError(
@@ -171,7 +175,7 @@ class ResponsesEndpoint:
                 code="unsupported_value",
             )
         functions: list[FunctionTool] = []
-        builtins: dict[str, BuiltinTool] = {}
+        builtins: dict[str, Tool] = {}
         for i, tool in enumerate(body.tools):
             if isinstance(tool, FunctionTool):
                 if any(f.name == tool.name for f in functions):
@@ -484,7 +488,7 @@ class ResponsesEndpoint:
         return events
 
     async def _run_builtin(
-        self, p: _Prepared, out: _Output, segment: Segment, tool: BuiltinTool, results: list[Message]
+        self, p: _Prepared, out: _Output, segment: Segment, tool: Tool, results: list[Message]
     ) -> AsyncIterator[dict[str, Any]]:
         index = out.by_segment[id(segment)]
         item = out.items[index]
@@ -494,7 +498,7 @@ class ResponsesEndpoint:
         recipient = self._builtin_recipient(p, segment)
         if recipient != call.recipient:
             call = call.with_recipient(recipient)
-        python = tool.namespace == "python"
+        python = tool.name == "python"
         if python:
             item["status"] = "interpreting"
             yield {"kind": "response.code_interpreter_call.interpreting", **where}
@@ -503,9 +507,9 @@ class ResponsesEndpoint:
             yield {"kind": "response.web_search_call.in_progress", **where}
             yield {"kind": "response.web_search_call.searching", **where}
         try:
-            results += await tool.run(call)
+            results += await asyncio.to_thread(tool.process, call)
             status = "completed"
-        except Exception as e:  # the model sees the failure and can react; the client sees a failed call
+        except Exception as e:  # noqa: BLE001 - the model sees the failure and can react to it
             log.warning("built-in tool %s failed: %s", recipient, e)
             results.append(
                 Message.from_author_and_content(Author.new(Role.TOOL, recipient), f"Error: {e}")

@@ -9,6 +9,7 @@ built on :class:`gpt_oss_native.harmony.ChannelStream`.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Literal, Protocol
 
 from openai_harmony import Message, Role
 
-from ..harmony import ChannelStream
+from ..harmony import ChannelStream, get_encoding
 from ..sampling import SamplingParams
 
 
@@ -35,6 +36,9 @@ class TokenEngine(Protocol):
 
 
 _END = object()
+# What a message header cut short looks like (``<|start|>assistant to=functions.f<|channel|>commentary json``):
+# a short run of these characters. Random tokens (a model that does not speak harmony) don't.
+_HEADER_PREFIX = re.compile(r"[A-Za-z0-9_.=<|> -]{0,80}")
 
 
 class TokenStream:
@@ -81,7 +85,7 @@ class TokenStream:
                         self._post(token)
                 finally:
                     generator.close()
-        except BaseException as e:  # handed to the consumer, which decides what the client sees
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which decides what the client sees
             outcome = e
         finally:
             self._finished.set()
@@ -150,6 +154,8 @@ class CompletionParser:
         self.segments: list[Segment] = []
         self.stop_token: int | None = None
         self.token_count = 0
+        self._pending: list[int] = []  # tokens since the last message event: a header in the making
+        self._text = get_encoding()
 
     @property
     def malformed(self) -> str | None:
@@ -163,11 +169,23 @@ class CompletionParser:
             if self._channels.malformed is not None:
                 return []  # raw text: don't print the stop token's text
         events = self._on_delta(self._channels.feed(token))
-        return events + self._close_completed()
+        events += self._close_completed()
+        self._pending = [] if events or self._open is not None else self._pending + [token]
+        return events
 
     def finish(self) -> list[SegmentEvent]:
-        """Ends the completion; closes a message cut short by the token limit with what it holds."""
-        events = self._on_delta(self._channels.finish()) + self._close_completed()
+        """Ends the completion; closes a message cut short by the token limit with what it holds.
+
+        A completion cut inside a message header (``<|start|>assistant<|channel|>fi``) just ends there;
+        anything else the parser has not placed yet is passed through as text.
+        """
+        if self._open is None and self._channels.malformed is None and _HEADER_PREFIX.fullmatch(
+            self._text.decode(self._pending)
+        ):
+            events: list[SegmentEvent] = []
+        else:
+            events = self._on_delta(self._channels.finish())
+        events += self._close_completed()
         if self._open is not None:
             segment, self._open = self._open, None
             segment.message = self._partial_message(segment)
