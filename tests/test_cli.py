@@ -23,10 +23,12 @@ RATES = re.compile(
 )
 
 
-def _run(args: list[str], env: dict[str, str] | None = None, prefix: list[str] | None = None,
-         timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*(prefix or []), *CLI, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
+def _run(
+    args: list[str], env: dict[str, str] | None = None, prefix: list[str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*(prefix or []), *CLI, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
 
 
 def test_top_level_help_lists_every_command():
@@ -40,14 +42,28 @@ def test_top_level_help_lists_every_command():
 def test_command_help(command):
     result = _run([command, "--help"])
     assert result.returncode == 0, result.stderr
-    for option in ("--backend", "--max-tokens", "--temperature", "--top-p", "--top-k", "--seed",
-                   "--reasoning-effort", "--raw", "--developer", "--max-context"):
+    for option in (
+        "--backend",
+        "--max-tokens",
+        "--temperature",
+        "--top-p",
+        "--top-k",
+        "--seed",
+        "--reasoning-effort",
+        "--raw",
+        "--developer",
+        "--max-context",
+    ):
         assert option in result.stdout
 
 
 def test_python_dash_m_generate():
-    result = subprocess.run([sys.executable, "-m", "gpt_oss_native.generate", "--help"], capture_output=True,
-                            text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt_oss_native.generate", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "--prompt" in result.stdout
 
@@ -55,11 +71,20 @@ def test_python_dash_m_generate():
 def test_demo_end_to_end_offline_on_a_fresh_machine(tmp_path):
     """README's first command: writes the random checkpoint, provisions the vocabulary offline, generates."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("TIKTOKEN", "XDG_CACHE"))}
-    env |= {"XDG_CACHE_HOME": str(tmp_path / "cache"), "TIKTOKEN_RS_CACHE_DIR": str(tmp_path / "rs-cache"),
-            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
+    env |= {
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "TIKTOKEN_RS_CACHE_DIR": str(tmp_path / "rs-cache"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+    }
     unshare = shutil.which("unshare")
-    offline = [unshare, "-rn"] if unshare and subprocess.run(
-        [unshare, "-rn", "true"], capture_output=True, check=False).returncode == 0 else []
+    offline = (
+        [unshare, "-rn"]
+        if unshare
+        and subprocess.run([unshare, "-rn", "true"], capture_output=True, check=False).returncode == 0
+        else []
+    )
     directory = tmp_path / "demo-checkpoint"
     args = ["demo", str(directory), "-p", "Why is the sky blue?", "--max-tokens", "24"]
     result = _run(args, env=env, prefix=offline)
@@ -88,15 +113,33 @@ def test_demo_refuses_a_directory_that_is_not_a_demo_checkpoint(tmp_path):
 def test_raw_prints_the_decoded_token_stream(tiny_checkpoint):
     """--raw --temperature 0 prints exactly the decoded greedy tokens of the rendered harmony prompt."""
     prompt = "Why is the sky blue?"
-    result = _run(["generate", str(tiny_checkpoint), "-p", prompt, "--raw", "--temperature", "0",
-                   "--max-tokens", "12", "--reasoning-effort", "low"])
+    result = _run(
+        [
+            "generate",
+            str(tiny_checkpoint),
+            "-p",
+            prompt,
+            "--raw",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "--reasoning-effort",
+            "low",
+        ]
+    )
     assert result.returncode == 0, result.stderr
-    prompt_tokens = harmony.render_prompt(prompt, reasoning_effort="low",
-                                          conversation_start_date=datetime.date.today().isoformat())
+    prompt_tokens = harmony.render_prompt(
+        prompt, reasoning_effort="low", conversation_start_date=datetime.date.today().isoformat()
+    )
     with Engine(tiny_checkpoint, max_context=8192, progress=False) as engine:
-        tokens = list(engine.generate(prompt_tokens, SamplingParams(temperature=0), 12, harmony.stop_tokens()))
+        tokens = list(
+            engine.generate(prompt_tokens, SamplingParams(temperature=0), 12, harmony.stop_tokens())
+        )
     decoder = harmony.TextStream()
-    assert result.stdout == "".join(decoder.decode([t]) for t in tokens) + decoder.decode([], final=True) + "\n"
+    assert (
+        result.stdout == "".join(decoder.decode([t]) for t in tokens) + decoder.decode([], final=True) + "\n"
+    )
     rates = RATES.search(result.stderr)
     assert rates and int(rates.group(1)) == len(prompt_tokens)
 
@@ -108,13 +151,16 @@ def test_missing_model_is_a_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--temperature", "-1"], "must be a finite number >= 0"),
-    (["--top-p", "0"], r"must be in \(0, 1\]"),
-    (["--max-tokens", "zero"], "must be an integer"),
-    (["--backend", "tpu"], "invalid choice: 'tpu'"),
-    (["--reasoning-effort", "max"], "invalid choice: 'max'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--temperature", "-1"], "must be a finite number >= 0"),
+        (["--top-p", "0"], r"must be in \(0, 1\]"),
+        (["--max-tokens", "zero"], "must be an integer"),
+        (["--backend", "tpu"], "invalid choice: 'tpu'"),
+        (["--reasoning-effort", "max"], "invalid choice: 'max'"),
+    ],
+)
 def test_bad_arguments_are_usage_errors(tiny_checkpoint, args, message):
     result = _run(["generate", str(tiny_checkpoint), "-p", "hi", *args])
     assert result.returncode == 2

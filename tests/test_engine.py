@@ -59,10 +59,13 @@ def test_greedy_generation_is_the_argmax_of_forward_at_every_step(engine, refere
     assert engine.open_sequences == 0
 
 
-@pytest.mark.parametrize("params", [
-    SamplingParams(temperature=1.0, seed=7),
-    SamplingParams(temperature=0.7, top_p=0.9, top_k=50, seed=2**64 - 1),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=1.0, seed=7),
+        SamplingParams(temperature=0.7, top_p=0.9, top_k=50, seed=2**64 - 1),
+    ],
+)
 def test_sampled_generation_draws_from_the_seed_step_by_step(engine, reference, params):
     tokens = list(engine.generate(PROMPT, params, max_tokens=12))
     assert tokens == _reference_tokens(reference, PROMPT, params, 12)
@@ -141,7 +144,9 @@ def test_bad_requests_are_refused_before_any_work(engine):
     params = SamplingParams()
     with pytest.raises(ValueError, match="prompt_tokens is empty"):
         engine.generate([], params, 4)
-    with pytest.raises(ValueError, match=r"prompt token 201088 at position 1 is outside the vocabulary \[0, 201088\)"):
+    with pytest.raises(
+        ValueError, match=r"prompt token 201088 at position 1 is outside the vocabulary \[0, 201088\)"
+    ):
         engine.generate([1, 201088], params, 4)
     with pytest.raises(ValueError, match="flat sequence of token ids"):
         engine.generate([[1, 2]], params, 4)
@@ -155,8 +160,11 @@ def test_bad_requests_are_refused_before_any_work(engine):
 
 
 def test_generate_harmony_streams_channel_deltas(engine):
-    deltas = list(engine.generate_harmony("Why is the sky blue?", SamplingParams(seed=9), max_tokens=8,
-                                          reasoning_effort="low"))
+    deltas = list(
+        engine.generate_harmony(
+            "Why is the sky blue?", SamplingParams(seed=9), max_tokens=8, reasoning_effort="low"
+        )
+    )
     assert deltas and all(isinstance(d, ChannelDelta) for d in deltas)
     assert all(d.channel is None for d in deltas), "random weights do not write harmony"
     assert engine.open_sequences == 0
@@ -200,18 +208,21 @@ def test_sampling_params_defaults_and_seed():
     assert SamplingParams(temperature=0).greedy and not params.greedy
 
 
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"temperature": -0.1}, ValueError, "temperature must be a finite number >= 0"),
-    ({"temperature": float("nan")}, ValueError, "temperature must be a finite number >= 0"),
-    ({"temperature": "hot"}, TypeError, "temperature must be a number"),
-    ({"top_p": 0}, ValueError, r"top_p must be in \(0, 1\]"),
-    ({"top_p": 1.5}, ValueError, r"top_p must be in \(0, 1\]"),
-    ({"top_k": -1}, ValueError, "top_k must be >= 0"),
-    ({"top_k": 2.5}, TypeError, "top_k must be an int"),
-    ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
-    ({"seed": 2**64}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
-    ({"seed": True}, TypeError, "seed must be an int or None"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"temperature": -0.1}, ValueError, "temperature must be a finite number >= 0"),
+        ({"temperature": float("nan")}, ValueError, "temperature must be a finite number >= 0"),
+        ({"temperature": "hot"}, TypeError, "temperature must be a number"),
+        ({"top_p": 0}, ValueError, r"top_p must be in \(0, 1\]"),
+        ({"top_p": 1.5}, ValueError, r"top_p must be in \(0, 1\]"),
+        ({"top_k": -1}, ValueError, "top_k must be >= 0"),
+        ({"top_k": 2.5}, TypeError, "top_k must be an int"),
+        ({"seed": -1}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+        ({"seed": 2**64}, ValueError, r"seed must be in \[0, 2\*\*64\)"),
+        ({"seed": True}, TypeError, "seed must be an int or None"),
+    ],
+)
 def test_sampling_params_validation(kwargs, error, message):
     with pytest.raises(error, match=message):
         SamplingParams(**kwargs)

@@ -1,4 +1,5 @@
-"""harmony.py against openai-harmony (the format's own implementation) and quicktok (an independent tokenizer)."""
+"""harmony.py against openai-harmony (the format's own implementation) and quicktok (an independent
+tokenizer)."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ print(json.dumps({
 
 
 def test_offline_provisioning_in_a_fresh_process(tmp_path):
-    """A fresh machine with no network: the vocabulary comes from quicktok, hash-checked, and harmony loads."""
+    """A fresh machine, no network: the vocabulary comes from quicktok, hash-checked, and harmony loads."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("TIKTOKEN", "XDG_CACHE"))}
     env |= {
         "XDG_CACHE_HOME": str(tmp_path / "xdg"),
@@ -87,7 +88,11 @@ def test_offline_provisioning_in_a_fresh_process(tmp_path):
     }
     result = subprocess.run(
         [*_network_blocked_prefix(), sys.executable, "-c", OFFLINE_PROBE],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
@@ -169,7 +174,9 @@ def enc():
 
 
 def test_stop_tokens(enc):
-    (ret,), (call,), (end,) = (enc.encode(name, allowed_special="all") for name in ("<|return|>", "<|call|>", "<|end|>"))
+    (ret,), (call,), (end,) = (
+        enc.encode(name, allowed_special="all") for name in ("<|return|>", "<|call|>", "<|end|>")
+    )
     assert sorted(harmony.stop_tokens()) == sorted([ret, call])
     assert sorted(harmony.stop_tokens(end_of_message=True)) == sorted([ret, call, end])
 
@@ -188,13 +195,19 @@ def test_render_prompt_matches_a_conversation_built_with_harmony(enc, effort):
         .with_reasoning_effort(harmony._EFFORTS[effort])
         .with_conversation_start_date("2026-11-25")
     )
-    developer = DeveloperContent.new().with_instructions("Answer in one sentence.").with_function_tools([WEATHER_TOOL])
+    developer = (
+        DeveloperContent.new()
+        .with_instructions("Answer in one sentence.")
+        .with_function_tools([WEATHER_TOOL])
+    )
     reference = enc.render_conversation_for_completion(
-        harmony.Conversation.from_messages([
-            Message.from_role_and_content(Role.SYSTEM, system),
-            Message.from_role_and_content(Role.DEVELOPER, developer),
-            Message.from_role_and_content(Role.USER, "What's the weather in Paris?"),
-        ]),
+        harmony.Conversation.from_messages(
+            [
+                Message.from_role_and_content(Role.SYSTEM, system),
+                Message.from_role_and_content(Role.DEVELOPER, developer),
+                Message.from_role_and_content(Role.USER, "What's the weather in Paris?"),
+            ]
+        ),
         Role.ASSISTANT,
     )
     assert ours == reference
@@ -221,9 +234,9 @@ def test_bad_conversation_arguments_are_refused():
 
 def _tool_call_turn() -> list[Message]:
     return [
-        Message.from_role_and_content(Role.ASSISTANT, "The user wants the weather; call the tool.").with_channel(
-            "analysis"
-        ),
+        Message.from_role_and_content(
+            Role.ASSISTANT, "The user wants the weather; call the tool."
+        ).with_channel("analysis"),
         Message.from_role_and_content(Role.ASSISTANT, '{"city": "Paris"}')
         .with_channel("commentary")
         .with_recipient("functions.get_weather")
@@ -233,8 +246,10 @@ def _tool_call_turn() -> list[Message]:
 
 def _tool_result() -> Message:
     author = Author.new(Role.TOOL, "functions.get_weather")
-    return Message.from_author_and_content(author, '{"temp_c": 21}').with_channel("commentary").with_recipient(
-        "assistant"
+    return (
+        Message.from_author_and_content(author, '{"temp_c": 21}')
+        .with_channel("commentary")
+        .with_recipient("assistant")
     )
 
 
@@ -243,8 +258,12 @@ FINAL = Message.from_role_and_content(Role.ASSISTANT, "It is 21 °C in Paris —
 
 def test_conversation_round_trip(enc):
     """Render a whole conversation (analysis, tool call, tool result, final) and parse it back unchanged."""
-    history = [Message.from_role_and_content(Role.USER, "Weather in Paris?"), *_tool_call_turn(), _tool_result(),
-               FINAL]
+    history = [
+        Message.from_role_and_content(Role.USER, "Weather in Paris?"),
+        *_tool_call_turn(),
+        _tool_result(),
+        FINAL,
+    ]
     conversation = harmony.build_conversation(
         history, reasoning_effort="high", developer_instructions="Be brief.", function_tools=[WEATHER_TOOL]
     )
@@ -257,7 +276,7 @@ def test_conversation_round_trip(enc):
 
 
 def _completion(enc, messages: list[Message], last: str) -> list[int]:
-    """The tokens the model emits after a prompt ending in `<|start|>assistant`, its turn ending with `last`."""
+    """What the model emits after a prompt ending in `<|start|>assistant`, its turn ending with `last`."""
     tokens = [t for m in messages for t in enc.render(m)]
     prompt_tail = enc.encode("<|start|>assistant", allowed_special="all")
     assert tokens[: len(prompt_tail)] == prompt_tail

@@ -31,7 +31,8 @@ class Model:
         num_threads: int = 0,
         device: int = 0,
     ) -> None:
-        """``config``: ModelConfig.to_native(); ``weights``: internal names (csrc/core/model.h), bf16 as uint16,
+        """``config``: ModelConfig.to_native(); ``weights``: internal names (csrc/core/model.h), bf16 as
+        uint16,
         C-contiguous; the Model keeps them alive and may read them in place."""
 
     @property
@@ -43,7 +44,9 @@ class Model:
     def sequence_length(self, seq: int) -> int:
         """Tokens in the sequence's cache."""
 
-    def forward(self, seq: int, tokens: npt.NDArray[np.int32], all_logits: bool = False) -> npt.NDArray[np.float32]:
+    def forward(
+        self, seq: int, tokens: npt.NDArray[np.int32], all_logits: bool = False
+    ) -> npt.NDArray[np.float32]:
         """Appends ``tokens`` (int32, n >= 1) and returns fp32 logits: ``[vocab]`` of the last position, or
         ``[n, vocab]`` with ``all_logits``. ValueError past max_context."""
 
@@ -57,7 +60,8 @@ class Model:
         seed: int = 0,
         draw: int = 0,
     ) -> int:
-        """``forward`` then samples the next token on the backend; ``draw`` indexes ``seed``'s random stream."""
+        """``forward``, then samples the next token on the backend; ``draw`` indexes ``seed``'s random
+        stream."""
 
 def sample_logits(
     logits: npt.NDArray[np.float32],

@@ -17,7 +17,9 @@ The API the server and the chat client build on:
   ``break`` in a ``with contextlib.closing(...)``, garbage collection) frees its sequence.
 - ``engine.generate_harmony(messages, sampling, max_tokens, **render_options) -> Iterator[ChannelDelta]``
 - ``engine.config`` (ModelConfig), ``engine.max_context``, ``engine.max_sequences``, ``engine.backend``,
-  ``engine.random_weights``, ``engine.summary`` (what was loaded, how long it took), ``engine.close()`` (also a context manager).
+  ``engine.random_weights``, ``engine.summary`` (what was loaded, how long it took),
+  ``engine.open_sequences``,
+  ``engine.close()`` (also a context manager).
 
 Thread safety: each generation owns a native sequence (its KV cache); a lock serialises the native calls, so
 generators consumed from several threads interleave step by step and each sees exactly the tokens it would
@@ -72,8 +74,12 @@ class Engine:
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        for name, value, low in (("max_context", max_context, 1), ("max_sequences", max_sequences, 1),
-                                 ("num_threads", num_threads, 0), ("device", device, 0)):
+        for name, value, low in (
+            ("max_context", max_context, 1),
+            ("max_sequences", max_sequences, 1),
+            ("num_threads", num_threads, 0),
+            ("device", device, 0),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         from . import _C
@@ -84,7 +90,12 @@ class Engine:
         checkpoint = open_checkpoint(model, progress=progress)
         start = time.perf_counter()
         self._model = _C.Model(
-            checkpoint.config.to_native(), checkpoint.weights, backend, max_context, max_sequences, num_threads,
+            checkpoint.config.to_native(),
+            checkpoint.weights,
+            backend,
+            max_context,
+            max_sequences,
+            num_threads,
             device,
         )
         build_seconds = time.perf_counter() - start
@@ -202,19 +213,23 @@ class Engine:
     def _check_prompt(self, prompt_tokens: Sequence[int] | np.ndarray) -> np.ndarray:
         prompt = np.asarray(prompt_tokens)
         if prompt.ndim != 1 or (prompt.size and not np.issubdtype(prompt.dtype, np.integer)):
-            raise ValueError(f"prompt_tokens must be a flat sequence of token ids, got {prompt.dtype} {prompt.shape}")
+            raise ValueError(
+                f"prompt_tokens must be a flat sequence of token ids, got {prompt.dtype} {prompt.shape}"
+            )
         if prompt.size == 0:
             raise ValueError("prompt_tokens is empty: a generation needs at least one prompt token")
         if prompt.size > self.max_context:
             raise ValueError(
-                f"the prompt has {prompt.size} tokens, more than max_context={self.max_context}: shorten it or "
+                f"the prompt has {prompt.size} tokens, more than max_context={self.max_context}: shorten it "
+                "or "
                 "load the Engine with a larger max_context"
             )
         vocab = self.config.vocab_size
         bad = (prompt < 0) | (prompt >= vocab)
         if bad.any():
             raise ValueError(
-                f"prompt token {int(prompt[bad][0])} at position {int(np.argmax(bad))} is outside the vocabulary "
+                f"prompt token {int(prompt[bad][0])} at position {int(np.argmax(bad))} is outside the "
+                "vocabulary "
                 f"[0, {vocab})"
             )
         return np.ascontiguousarray(prompt, dtype=np.int32)
@@ -225,14 +240,17 @@ class Engine:
                 raise RuntimeError("this Engine is closed")
             if len(self._open) >= self.max_sequences:
                 raise RuntimeError(
-                    f"all {self.max_sequences} sequences are in use: finish or close() a running generation, or "
+                    f"all {self.max_sequences} sequences are in use: finish or close() a running generation, "
+                    "or "
                     "load the Engine with a larger max_sequences"
                 )
             seq = self._model.new_sequence()
             self._open.add(seq)
             return seq
 
-    def _forward_sample(self, seq: int, tokens: np.ndarray, sampling: tuple[float, float, int, int], draw: int) -> int:
+    def _forward_sample(
+        self, seq: int, tokens: np.ndarray, sampling: tuple[float, float, int, int], draw: int
+    ) -> int:
         with self._lock:
             if self._model is None:
                 raise RuntimeError("this Engine was closed while a generation was running")
@@ -249,7 +267,8 @@ def _require_cuda(native, device: int) -> None:
     """Fails fast, before the weights load, when the CUDA backend cannot run here."""
     if not native.built_with_cuda:
         raise RuntimeError(
-            "this build of gpt_oss_native has no CUDA backend (nvcc was not found when it was built): reinstall "
+            "this build of gpt_oss_native has no CUDA backend (nvcc was not found when it was built): "
+            "reinstall "
             "on a machine with the CUDA toolkit, or use --backend cpu"
         )
     devices = native.cuda_devices()

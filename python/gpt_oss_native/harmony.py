@@ -105,8 +105,10 @@ def _harmony_download_cache() -> Path:
     """Where openai-harmony keeps a previously downloaded vocabulary (mirrors its resolve_cache_path)."""
     override = os.environ.get("TIKTOKEN_RS_CACHE_DIR")
     # Rust's std::env::temp_dir(): $TMPDIR, else /tmp on Unix.
-    base = Path(override) if override else Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / (
-        "tiktoken-rs-cache"
+    base = (
+        Path(override)
+        if override
+        else Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / ("tiktoken-rs-cache")
     )
     return base / hashlib.sha1(VOCAB_URL.encode()).hexdigest()
 
@@ -135,7 +137,9 @@ def _quicktok_vocab_bytes() -> bytes:
             ranked.append((rank, token))
             offset += 6 + length
     except struct.error as e:
-        raise VocabularyError(f"quicktok's o200k.vocab is truncated or corrupt ({e}); reinstall quicktok-v1") from e
+        raise VocabularyError(
+            f"quicktok's o200k.vocab is truncated or corrupt ({e}); reinstall quicktok-v1"
+        ) from e
     ranked.sort()
     return b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in ranked)
 
@@ -169,8 +173,12 @@ def ensure_vocabulary() -> Path:
         path = Path(configured) / VOCAB_FILE
         if path.is_file():
             return path  # harmony checks its hash when it loads it
-        log.warning("%s=%s holds no %s; using gpt_oss_native's offline copy", ENCODINGS_BASE_VAR, configured,
-                    VOCAB_FILE)
+        log.warning(
+            "%s=%s holds no %s; using gpt_oss_native's offline copy",
+            ENCODINGS_BASE_VAR,
+            configured,
+            VOCAB_FILE,
+        )
     else:
         downloaded = _harmony_download_cache()
         if downloaded.is_file() and _sha256_file(downloaded) == VOCAB_SHA256:
@@ -182,7 +190,8 @@ def ensure_vocabulary() -> Path:
         digest = hashlib.sha256(data).hexdigest()
         if digest != VOCAB_SHA256:
             raise VocabularyError(
-                f"the o200k vocabulary re-encoded from quicktok-v1 has sha256 {digest}, expected {VOCAB_SHA256}: "
+                f"the o200k vocabulary re-encoded from quicktok-v1 has sha256 {digest}, expected "
+                f"{VOCAB_SHA256}: "
                 "refusing to use it. Reinstall quicktok-v1, or put the official o200k_base.tiktoken in a "
                 f"directory and point {ENCODINGS_BASE_VAR} at it."
             )
@@ -190,7 +199,8 @@ def ensure_vocabulary() -> Path:
             _write_atomically(path, data)
         except OSError as e:
             raise VocabularyError(
-                f"cannot write the harmony vocabulary to {path} ({e}): point XDG_CACHE_HOME at a writable directory"
+                f"cannot write the harmony vocabulary to {path} ({e}): point XDG_CACHE_HOME at a writable "
+                "directory"
             ) from e
     os.environ[ENCODINGS_BASE_VAR] = str(path.parent)
     return path
@@ -256,7 +266,8 @@ def build_conversation(
         for m in history:
             if m.author.role in (Role.SYSTEM, Role.DEVELOPER):
                 raise ValueError(
-                    f"messages must not contain {m.author.role.value} messages: build_conversation writes them "
+                    f"messages must not contain {m.author.role.value} messages: build_conversation writes "
+                    "them "
                     "(pass developer_instructions / function_tools instead)"
                 )
     return Conversation.from_messages(header + history)
@@ -401,7 +412,9 @@ class TextStream:
     def decode(self, tokens: Sequence[int], final: bool = False) -> str:
         """The text ``tokens`` add; ``final=True`` flushes an incomplete character as U+FFFD."""
         # surrogateescape round-trips the bytes of partial characters through harmony's str-only API.
-        data = self._encoding.decode(list(tokens), errors="surrogateescape").encode("utf-8", "surrogateescape")
+        data = self._encoding.decode(list(tokens), errors="surrogateescape").encode(
+            "utf-8", "surrogateescape"
+        )
         return self._decoder.decode(data, final)
 
 

@@ -68,30 +68,74 @@ def _number(text: str, kind: type, what: str):
 def add_engine_options(parser: argparse.ArgumentParser, *, max_context: int = 8192) -> None:
     """--backend, --max-context, --threads, --device: how the model is loaded."""
     group = parser.add_argument_group("engine")
-    group.add_argument("--backend", choices=("cpu", "cuda"), default="cpu",
-                       help="where the model runs (default: %(default)s)")
-    group.add_argument("--max-context", type=positive_int, default=max_context, metavar="N",
-                       help="most tokens per sequence, prompt included (default: %(default)s)")
-    group.add_argument("--threads", type=_non_negative_int, default=0, metavar="N",
-                       help="CPU backend threads; 0 uses every core (default: %(default)s)")
-    group.add_argument("--device", type=_non_negative_int, default=0, metavar="N",
-                       help="CUDA device ordinal (default: %(default)s)")
+    group.add_argument(
+        "--backend",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the model runs (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-context",
+        type=positive_int,
+        default=max_context,
+        metavar="N",
+        help="most tokens per sequence, prompt included (default: %(default)s)",
+    )
+    group.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="CPU backend threads; 0 uses every core (default: %(default)s)",
+    )
+    group.add_argument(
+        "--device",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="CUDA device ordinal (default: %(default)s)",
+    )
 
 
 def add_sampling_options(parser: argparse.ArgumentParser, *, max_tokens: int | None = None) -> None:
     """--temperature, --top-p, --top-k, --seed, --max-tokens. Defaults are gpt-oss's recommended sampling."""
     group = parser.add_argument_group("sampling")
-    group.add_argument("--temperature", type=_temperature, default=1.0, metavar="T",
-                       help="softmax temperature; 0 is greedy (default: %(default)s)")
-    group.add_argument("--top-p", type=_probability, default=1.0, metavar="P",
-                       help="nucleus sampling mass in (0, 1] (default: %(default)s)")
-    group.add_argument("--top-k", type=_non_negative_int, default=0, metavar="K",
-                       help="sample among the K most likely tokens; 0 keeps all (default: %(default)s)")
-    group.add_argument("--seed", type=_seed, default=None, metavar="S",
-                       help="random seed, for a repeatable sample (default: a fresh one, printed at the end)")
-    group.add_argument("--max-tokens", type=positive_int, default=max_tokens, metavar="N",
-                       help="most tokens to generate (default: %s)"
-                       % (max_tokens if max_tokens is not None else "until the reply ends or the context is full"))
+    group.add_argument(
+        "--temperature",
+        type=_temperature,
+        default=1.0,
+        metavar="T",
+        help="softmax temperature; 0 is greedy (default: %(default)s)",
+    )
+    group.add_argument(
+        "--top-p",
+        type=_probability,
+        default=1.0,
+        metavar="P",
+        help="nucleus sampling mass in (0, 1] (default: %(default)s)",
+    )
+    group.add_argument(
+        "--top-k",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="sample among the K most likely tokens; 0 keeps all (default: %(default)s)",
+    )
+    group.add_argument(
+        "--seed",
+        type=_seed,
+        default=None,
+        metavar="S",
+        help="random seed, for a repeatable sample (default: a fresh one, printed at the end)",
+    )
+    group.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=max_tokens,
+        metavar="N",
+        help="most tokens to generate (default: %s)"
+        % (max_tokens if max_tokens is not None else "until the reply ends or the context is full"),
+    )
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
@@ -105,8 +149,15 @@ def engine_from_args(model: str, args: argparse.Namespace, *, max_sequences: int
     from ..engine import Engine
 
     interactive = sys.stderr.isatty()
-    engine = Engine(model, backend=args.backend, max_context=args.max_context, max_sequences=max_sequences,
-                    num_threads=args.threads, device=args.device, progress=interactive)
+    engine = Engine(
+        model,
+        backend=args.backend,
+        max_context=args.max_context,
+        max_sequences=max_sequences,
+        num_threads=args.threads,
+        device=args.device,
+        progress=interactive,
+    )
     if not interactive:
         print(engine.summary, file=sys.stderr)
     return engine

@@ -24,8 +24,13 @@ BANNER = """\
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("directory", nargs="?", default=DEFAULT_DIRECTORY, metavar="DIR",
-                        help="where the demo checkpoint lives; written if absent (default: ./%(default)s)")
+    parser.add_argument(
+        "directory",
+        nargs="?",
+        default=DEFAULT_DIRECTORY,
+        metavar="DIR",
+        help="where the demo checkpoint lives; written if absent (default: ./%(default)s)",
+    )
     parser.add_argument("-p", "--prompt", default="Why is the sky blue?", help="the user message")
     add_prompt_options(parser)
     add_engine_options(parser, max_context=1024)
@@ -52,7 +57,8 @@ def _ensure_demo_checkpoint(directory: Path) -> None:
         return
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise FileExistsError(
-            f"{directory} exists and is not a demo checkpoint: pass an empty or new directory to write one into"
+            f"{directory} exists and is not a demo checkpoint: pass an empty or new directory to write "
+            "one into"
         )
     from ..random_checkpoint import tiny_config, write_random_checkpoint
 

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
-        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id such as "
+        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id "
+        "such as "
         "openai/gpt-oss-20b",
     )
     parser.add_argument("-p", "--prompt", required=True, help="the user message")
@@ -36,12 +37,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("prompt and output")
-    group.add_argument("--reasoning-effort", choices=("low", "medium", "high"), default="medium",
-                       help="how long the model thinks before answering (default: %(default)s)")
-    group.add_argument("--developer", metavar="TEXT", default=None,
-                       help="developer instructions (harmony's developer message)")
-    group.add_argument("--raw", action="store_true",
-                       help="print the raw decoded tokens, special tokens included, instead of the parsed channels")
+    group.add_argument(
+        "--reasoning-effort",
+        choices=("low", "medium", "high"),
+        default="medium",
+        help="how long the model thinks before answering (default: %(default)s)",
+    )
+    group.add_argument(
+        "--developer",
+        metavar="TEXT",
+        default=None,
+        help="developer instructions (harmony's developer message)",
+    )
+    group.add_argument(
+        "--raw",
+        action="store_true",
+        help="print the raw decoded tokens, special tokens included, instead of the parsed channels",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_and_print(engine: Engine, prompt: str, args: argparse.Namespace, sampling: SamplingParams) -> None:
+def generate_and_print(
+    engine: Engine, prompt: str, args: argparse.Namespace, sampling: SamplingParams
+) -> None:
     """Renders ``prompt`` (with the prompt options of ``args``), streams the reply to stdout and the speeds to
     stderr."""
     from .. import harmony

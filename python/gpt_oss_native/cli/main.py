@@ -38,7 +38,8 @@ _EXTRAS = {"fastapi": "gpt-oss-native[server]", "uvicorn": "gpt-oss-native[serve
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
-        prog=PROG, description="A native inference engine for OpenAI's gpt-oss models.",
+        prog=PROG,
+        description="A native inference engine for OpenAI's gpt-oss models.",
         epilog=f"Run '{PROG} COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -62,7 +63,10 @@ def _load(name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name == module_name:
-            _exit(f"{PROG} {name}: this command is not available in this installation ({module_name} is missing)")
+            _exit(
+                f"{PROG} {name}: this command is not available in this installation "
+                f"({module_name} is missing)"
+            )
         missing = (e.name or "").split(".")[0]
         hint = f"pip install '{_EXTRAS[missing]}'" if missing in _EXTRAS else f"pip install {missing}"
         _exit(f"{PROG} {name}: needs the Python package '{missing}', which is not installed: {hint}")
