@@ -16,6 +16,11 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define GPT_OSS_CPU_AVX512 1
+// GCC 12's AVX-512 headers trip false -W(maybe-)uninitialized warnings (_mm512_undefined_*, GCC PR 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #endif
 
 namespace gpt_oss {
