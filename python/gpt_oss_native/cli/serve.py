@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from . import add_engine_options, engine_from_args, positive_int
 
@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-python", action="store_true",
                        help="refuse the code_interpreter tool instead of running scripts in the sandbox")
     group.add_argument("--no-browser", action="store_true", help="refuse the web_search tool")
+    add_browser_options(group)
     group.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                        help="server log level (default: %(default)s)")
     add_engine_options(parser, max_context=16384)
@@ -81,5 +82,27 @@ def _tool_factories(args: argparse.Namespace) -> dict:
     if not args.no_browser:
         from ..tools import BrowserTool
 
-        factories["browser"] = BrowserTool
+        backend = browser_backend(args)
+        factories["browser"] = lambda: BrowserTool(backend)
     return factories
+
+
+def add_browser_options(group) -> None:
+    """--browser-backend, --browser-index: where the browser tool's pages come from (serve and chat)."""
+    group.add_argument("--browser-backend", choices=("exa", "youcom", "local"), default="exa",
+                       help="the browser's search service: exa (EXA_API_KEY), youcom (YDC_API_KEY) or local "
+                       "(no internet: --browser-index for search, plain HTTP for pages) (default: %(default)s)")
+    group.add_argument("--browser-index", metavar="PATH", default=None,
+                       help="for --browser-backend local: a JSON file or directory of HTML / text documents to search")
+
+
+def browser_backend(args: argparse.Namespace):
+    from ..tools.browser import ExaBackend, LocalBackend, SearchIndex, YouComBackend
+
+    if args.browser_backend == "local":
+        index = None
+        if args.browser_index:
+            path = Path(args.browser_index)
+            index = SearchIndex.from_directory(path) if path.is_dir() else SearchIndex.from_json(path)
+        return LocalBackend(index)
+    return ExaBackend() if args.browser_backend == "exa" else YouComBackend()
