@@ -13,7 +13,9 @@ import json
 import math
 import os
 import zlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,12 @@ from .safetensors_io import TensorSpec, write_safetensors
 
 __all__ = ["TINY_CONFIG", "tiny_config", "write_random_checkpoint"]
 
-_CHUNK_ELEMENTS = 1 << 24  # 64 MB of float32 scratch per chunk
+_CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 scratch per chunk
+_LOOKAHEAD = 2 * (os.cpu_count() or 1)  # chunks drawn ahead of the writer
 # E2M1 codes drawn uniformly: E[v^2] over the 16 values of csrc/core/model.h's kFp4Values.
 _FP4_RMS = math.sqrt(sum(v * v for v in (0, 0.5, 1, 1.5, 2, 3, 4, 6)) / 8)
 _BIAS_STD = 0.1
+_DTYPES = {"bf16": "BF16", "f32": "BF16", "u8": "U8"}  # stored as OpenAI stores them; f32 = norm scales, sinks
 _NORM_STD = 0.1
 README = """RANDOM WEIGHTS: this is not a trained model.
 
@@ -82,7 +86,17 @@ def write_random_checkpoint(
     for file in ours:
         file.unlink()
 
-    specs = _hf_specs(config, seed) if layout == "hf" else _official_specs(config, seed)
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        specs = (_hf_specs if layout == "hf" else _official_specs)(config, seed, pool)
+        _write_files(directory, specs, layout, seed, shards)
+    (directory / "README.txt").write_text(README.format(layout=layout, seed=seed))
+    config_json = config.to_hf_json() if layout == "hf" else config.to_json()
+    # Last, so an interrupted write leaves no config.json and never looks like a checkpoint.
+    (directory / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    return directory
+
+
+def _write_files(directory: Path, specs: list[TensorSpec], layout: str, seed: int, shards: int) -> None:
     groups = _split(specs, shards)
     # Shards are named as in openai/gpt-oss-*: model-00000-of-00002, ..., model-00002-of-00002 (0-based).
     names = (
@@ -99,11 +113,6 @@ def write_random_checkpoint(
             "weight_map": {s.name: name for name, group in zip(names, groups, strict=True) for s in group},
         }
         (directory / HF_INDEX_FILE).write_text(json.dumps(index, indent=2))
-    (directory / "README.txt").write_text(README.format(layout=layout, seed=seed))
-    config_json = config.to_hf_json() if layout == "hf" else config.to_json()
-    # Last, so an interrupted write leaves no config.json and never looks like a checkpoint.
-    (directory / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
-    return directory
 
 
 def _split(specs: list[TensorSpec], shards: int) -> list[list[TensorSpec]]:
@@ -122,46 +131,62 @@ def _split(specs: list[TensorSpec], shards: int) -> list[list[TensorSpec]]:
     return groups
 
 
-def _official_specs(config: ModelConfig, seed: int) -> list[TensorSpec]:
-    # Norm scales and sinks are stored bf16 as in OpenAI's files; the loader widens them to f32.
+def _official_specs(config: ModelConfig, seed: int, pool: Executor | None = None) -> list[TensorSpec]:
     return [
-        TensorSpec(name, "U8" if kind == "u8" else "BF16", shape, _chunks(config, seed, name, shape))
+        TensorSpec(name, _DTYPES[kind], shape, _chunks(config, seed, name, shape, pool))
         for name, (kind, shape) in expected_weights(config).items()
     ]
 
 
-def _hf_specs(config: ModelConfig, seed: int) -> list[TensorSpec]:
+def _hf_specs(config: ModelConfig, seed: int, pool: Executor | None = None) -> list[TensorSpec]:
     specs = []
     sources = hf_names(config)
     for name, (kind, shape) in expected_weights(config).items():
-        dtype = "U8" if kind == "u8" else "BF16"
-        parts = sources[name]
-        if len(parts) == 1:
-            (src, src_shape), = parts
-            specs.append(TensorSpec(src, dtype, src_shape, _chunks(config, seed, name, shape)))
-            continue
-        whole = np.concatenate(list(_chunks(config, seed, name, shape)))  # qkv: at most tens of MB
         row = 0
-        for src, src_shape in parts:
-            specs.append(TensorSpec(src, dtype, src_shape, [whole[row : row + src_shape[0]]]))
+        for src, src_shape in sources[name]:  # q, k, v: consecutive row ranges of qkv
+            rows = (row, row + src_shape[0])
+            specs.append(TensorSpec(src, _DTYPES[kind], src_shape, _chunks(config, seed, name, shape, pool, rows)))
             row += src_shape[0]
     return specs
 
 
-def _chunks(config: ModelConfig, seed: int, name: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
-    """The tensor's values in row chunks; lazily, so a writer holds one chunk at a time."""
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    row_elements = math.prod(shape[1:])
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, row_elements))
-    for start in range(0, shape[0], rows_per_chunk):
-        rows = min(rows_per_chunk, shape[0] - start)
-        yield _draw(config, rng, name, (rows, *shape[1:]))
+def _chunks(
+    config: ModelConfig,
+    seed: int,
+    name: str,
+    shape: tuple[int, ...],
+    pool: Executor | None = None,
+    rows: tuple[int, int] | None = None,
+) -> Iterator[np.ndarray]:
+    """Rows `rows` (default: all) of the tensor, in chunks, lazily, so a writer holds only a few chunks at a
+    time. Each chunk of rows has its own generator, so the values depend on neither `rows` nor `pool`, which
+    draws chunks ahead in parallel."""
+    first, last = rows or (0, shape[0])
+    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+    key = zlib.crc32(name.encode())
+
+    def draw(start: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, key, start])
+        chunk = _draw(config, rng, name, (min(rows_per_chunk, shape[0] - start), *shape[1:]))
+        return chunk[max(first - start, 0) : last - start]
+
+    starts = range(first - first % rows_per_chunk, last, rows_per_chunk)
+    if pool is None:
+        yield from map(draw, starts)
+        return
+    ahead: deque[Future[np.ndarray]] = deque()
+    for start in starts:
+        ahead.append(pool.submit(draw, start))
+        if len(ahead) > _LOOKAHEAD:
+            yield ahead.popleft().result()
+    while ahead:
+        yield ahead.popleft().result()
 
 
 def _draw(config: ModelConfig, rng: np.random.Generator, name: str, shape: tuple[int, ...]) -> np.ndarray:
     H, n = config.hidden_size, math.prod(shape)
     if name.endswith(".blocks"):  # uniformly random E2M1 codes, two per byte
-        return np.frombuffer(rng.bytes(n), np.uint8).reshape(shape)
+        return rng.bit_generator.random_raw(-(-n // 8)).view(np.uint8)[:n].reshape(shape)
     if name.endswith(".scales"):
         fan_in = H if "mlp1" in name else config.intermediate_size
         # E8M0 exponent giving each weight a standard deviation of about 1/sqrt(fan_in), jittered by one octave.
@@ -181,12 +206,9 @@ def _draw(config: ModelConfig, rng: np.random.Generator, name: str, shape: tuple
 
 
 def _bf16(rng: np.random.Generator, shape: tuple[int, ...], std: float, mean: float = 0.0) -> np.ndarray:
-    """N(mean, std^2) rounded to bf16 (nearest even), as uint16 bit patterns."""
+    """N(mean, std^2) samples truncated to bf16 (the top half of each f32: random weights need no rounding), as
+    uint16 bit patterns."""
     x = rng.standard_normal(shape, dtype=np.float32)
     x *= np.float32(std)
     x += np.float32(mean)
-    bits = x.view(np.uint32)
-    bits += 0x7FFF + ((bits >> 16) & 1)
-    bits >>= 16
-    return bits.astype(np.uint16)
-
+    return np.ascontiguousarray(x.view(np.uint16)[..., 1::2])  # little-endian: odd halves are the high ones
