@@ -73,6 +73,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   __shared__ __align__(16) float q_s[kAttentionMaxGroup][kD];
   __shared__ bool is_last;
 
+  pdl_wait();  // q and the new key come from norm_qkv_rope, the position from the step's copy
   const int group = p.q_heads / p.kv_heads;
   const int kv_head = blockIdx.y, split = blockIdx.x;
   const int len = min(*p.pos + 1, p.cache.capacity);
@@ -223,8 +224,7 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
                                 std::to_string(p.q_heads) + " / " + std::to_string(p.kv_heads));
   if (p.max_splits < 1 || p.cache.capacity < 1)
     throw std::invalid_argument("attention_decode: max_splits and capacity must be positive");
-  attention_decode_kernel<<<dim3(p.max_splits, p.kv_heads), kThreads, 0, stream>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(attention_decode_kernel, dim3(p.max_splits, p.kv_heads), dim3(kThreads), 0, stream, p);
 }
 
 }  // namespace gpt_oss

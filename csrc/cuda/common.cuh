@@ -66,4 +66,29 @@ class DeviceBuffer {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+#ifdef __CUDACC__
+// Programmatic dependent launch: the kernel may start while the previous kernel of the stream drains (its
+// launch latency and any independent prologue, e.g. weight loads, overlap that tail). Such a kernel must call
+// pdl_wait() before touching anything an earlier kernel wrote; pdl_wait() returns once those kernels finished
+// and their writes are visible. Captured into CUDA graphs as programmatic edges.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+}
+
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+// Lets the next PDL kernel of the stream launch now (it still waits in pdl_wait() for this one to finish).
+__device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+#endif
+
 }  // namespace gpt_oss

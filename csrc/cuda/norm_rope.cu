@@ -6,7 +6,9 @@
 //
 // Work split: a warp owns one rotation pair, i.e. rows (i, i + head_dim/2) of one head, so RoPE happens in the
 // warp's epilogue with no exchange; a CTA of 8 warps owns 8 pairs. Each lane streams 16-byte chunks of both rows
-// (kLoadBatch chunks per row in flight), the first batch issued before the norm so HBM latency hides it.
+// (kLoadBatch chunks per row in flight), the first batch issued before the norm so HBM latency hides it; the
+// launch is a programmatic dependent one, so that first batch is already in flight while the previous kernel
+// (the MoE of the layer before) drains.
 //
 // Floor: the weight, (q_heads + 2 kv_heads) · head_dim · hidden · 2 bytes = 29.5 MB for gpt-oss
 // (5120 × 2880) → 9.8 µs at 3.0 TB/s. x, norm_scale (23 KB) are re-read by every CTA from L2.
@@ -66,7 +68,9 @@ __global__ void __launch_bounds__(kThreads) norm_qkv_rope_kernel(const NormRopeP
       }
     }
   };
-  load_batch(0);
+  load_batch(0);  // weights depend on no earlier kernel: stream them while the previous kernel drains
+  pdl_launch_dependents();
+  pdl_wait();
 
   // RMSNorm statistics in fp32 over the whole residual stream.
   const float4* x4 = reinterpret_cast<const float4*>(p.x);
@@ -176,8 +180,7 @@ void launch_norm_qkv_rope(const NormRopeParams& p, cudaStream_t stream) {
     CUDA_CHECK(cudaFuncSetAttribute(norm_qkv_rope_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
   }
-  norm_qkv_rope_kernel<<<ceil_div(pairs, kWarps), kThreads, smem, stream>>>(p);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(norm_qkv_rope_kernel, dim3(ceil_div(pairs, kWarps)), dim3(kThreads), smem, stream, p);
 }
 
 }  // namespace gpt_oss
