@@ -142,10 +142,10 @@ def test_random_weights_keep_activations_order_one(tmp_path: Path) -> None:
     """Through 12 layers of the official reference, the residual stream and logits stay O(1)."""
     torch = pytest.importorskip("torch")
     model_module = pytest.importorskip("gpt_oss.torch.model")
-    config = tiny_config(vocab_size=1024, num_layers=12, hidden_size=256, intermediate_size=256)
+    config = tiny_config(vocab_size=1024, num_layers=12, hidden_size=128, intermediate_size=128)
     path = write_random_checkpoint(tmp_path / "deep", config, seed=1)
     model = model_module.Transformer.from_checkpoint(str(path), device=torch.device("cpu")).float()
-    tokens = torch.arange(0, 1024, 16)
+    tokens = torch.arange(0, 1024, 32)
     with torch.inference_mode():
         x = model.embedding(tokens)
         for block in model.block:

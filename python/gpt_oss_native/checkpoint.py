@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import ConfigError, ModelConfig, _is_hf
+from .config import ConfigError, ModelConfig, is_hf_config
 from .safetensors_io import CheckpointError, SafetensorsFile
 
 __all__ = [
@@ -167,7 +167,7 @@ def open_checkpoint(path_or_repo: str | os.PathLike[str], *, progress: bool = Tr
         config = ModelConfig.from_json(raw)
     except ConfigError as e:
         raise CheckpointError(f"{config_file}: {e}") from e
-    layout = "hf" if _is_hf(raw) else "original"
+    layout = "hf" if is_hf_config(raw) else "original"
     files, locate = _hf_tensor_files(directory) if layout == "hf" else _official_tensor_files(directory)
 
     if layout == "hf":

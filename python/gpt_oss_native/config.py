@@ -123,7 +123,7 @@ class ModelConfig:
         """Reads either layout (see the module docstring); unknown or missing keys raise ConfigError."""
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
-        if _is_hf(data):
+        if is_hf_config(data):
             return cls(**_fields_from_hf(data))
         return cls(**_fields_from_official(data))
 
@@ -242,7 +242,8 @@ _OFFICIAL_OPTIONAL_KEYS = {
 }
 
 
-def _is_hf(data: dict[str, Any]) -> bool:
+def is_hf_config(data: dict[str, Any]) -> bool:
+    """Whether a config.json dict is in the Hugging Face layout (else: the official one)."""
     return "model_type" in data or "num_local_experts" in data
 
 

@@ -137,10 +137,10 @@ class SafetensorsFile:
         previous: TensorInfo | None = None
         for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
             expected_begin = previous.end if previous else 0
-            if info.begin < expected_begin:
+            if previous and info.begin < expected_begin:
                 raise CheckpointError(
                     f"tensor '{info.name}' in {self.path}: data_offsets {[info.begin, info.end]} overlap tensor "
-                    f"'{previous.name if previous else ''}': the header is corrupt"
+                    f"'{previous.name}': the header is corrupt"
                 )
             if info.begin > expected_begin:
                 raise CheckpointError(
