@@ -31,10 +31,14 @@ def tiny_config() -> ModelConfig:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_config: ModelConfig) -> Path:
     """The official `original/` layout: config.json + model.safetensors."""
-    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-original"), tiny_config, layout="original", seed=0)
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("tiny-original"), tiny_config, layout="original", seed=0
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint_hf(tmp_path_factory: pytest.TempPathFactory, tiny_config: ModelConfig) -> Path:
     """The same weights as tiny_checkpoint in the Hugging Face layout, sharded with an index."""
-    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-hf"), tiny_config, layout="hf", seed=0, shards=2)
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("tiny-hf"), tiny_config, layout="hf", seed=0, shards=2
+    )

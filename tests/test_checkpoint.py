@@ -63,7 +63,7 @@ def write_raw(file: Path, header: bytes | dict, data: bytes = b"") -> None:
     file.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
 
 
-# ---- round trips and references -----------------------------------------------------------------------------
+# ---- round trips and references ----------------------------------------------------------------------
 
 
 def test_loaded_weights_follow_the_internal_contract(tiny_checkpoint: Path, tiny_config: ModelConfig) -> None:
@@ -226,7 +226,7 @@ def test_cpu_model_runs_on_loaded_weights(tiny_checkpoint: Path) -> None:
     assert logits.shape == (config.vocab_size,) and np.isfinite(logits).all()
 
 
-# ---- corrupt checkpoints ------------------------------------------------------------------------------------
+# ---- corrupt checkpoints ----------------------------------------------------------------------
 
 
 def load_error(path: Path) -> str:
@@ -245,7 +245,9 @@ def test_missing_tensor(small_checkpoint: Path, tmp_path: Path) -> None:
 def test_wrong_shape(small_checkpoint: Path, tmp_path: Path) -> None:
     path = copy_of(small_checkpoint, tmp_path)
     name = "block.0.attn.out.weight"
-    rewrite(path / "model.safetensors", lambda n, d, a: [(n, d, a.reshape(a.shape[::-1]) if n == name else a)])
+    rewrite(
+        path / "model.safetensors", lambda n, d, a: [(n, d, a.reshape(a.shape[::-1]) if n == name else a)]
+    )
     message = load_error(path)
     assert f"'{name}' in {path / 'model.safetensors'}" in message
     assert "shape [256, 64], expected [64, 256]" in message
@@ -268,7 +270,9 @@ def test_f32_norm_scales_are_accepted(small_checkpoint: Path, tmp_path: Path) ->
     path = copy_of(small_checkpoint, tmp_path)
     rewrite(
         path / "model.safetensors",
-        lambda n, d, a: [(n, "F32", bf16_to_f64(a).astype(np.float32)) if n.endswith("norm.scale") else (n, d, a)],
+        lambda n, d, a: [
+            (n, "F32", bf16_to_f64(a).astype(np.float32)) if n.endswith("norm.scale") else (n, d, a)
+        ],
     )
     _, widened = load_checkpoint(path, progress=False)
     _, original = load_checkpoint(small_checkpoint, progress=False)
@@ -289,7 +293,9 @@ def test_unexpected_extra_tensor(small_checkpoint: Path, tmp_path: Path) -> None
 def test_tensor_stored_twice(small_checkpoint: Path, tmp_path: Path) -> None:
     path = copy_of(small_checkpoint, tmp_path)
     sinks = np.zeros(SMALL.num_attention_heads, np.uint16)
-    write_safetensors(path / "extra.safetensors", [TensorSpec("block.0.attn.sinks", "BF16", sinks.shape, [sinks])])
+    write_safetensors(
+        path / "extra.safetensors", [TensorSpec("block.0.attn.sinks", "BF16", sinks.shape, [sinks])]
+    )
     message = load_error(path)
     assert "'block.0.attn.sinks' is stored twice" in message and "extra.safetensors" in message
 
@@ -329,19 +335,32 @@ GOOD = {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
         (b"\xff\xfe not json", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'{"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "t": {}}', "duplicate key"),
-        ({"t": {"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}}, "tensor 't' in .*unknown dtype 'F33'"),
-        ({"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, "tensor 't' in .*non-negative integers"),
+        (
+            {"t": {"dtype": "F33", "shape": [2], "data_offsets": [0, 8]}},
+            "tensor 't' in .*unknown dtype 'F33'",
+        ),
+        (
+            {"t": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}},
+            "tensor 't' in .*non-negative integers",
+        ),
         ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, "tensor 't' in .*0 <= begin <= end"),
-        ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, "tensor 't' in .*span 4 bytes but F32 \\[2\\] needs 8"),
+        (
+            {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}},
+            "tensor 't' in .*span 4 bytes but F32 \\[2\\] needs 8",
+        ),
         ({"t": {"dtype": "F32", "shape": [2]}}, "tensor 't' in .*exactly dtype, shape and data_offsets"),
         (
-            {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-             "u": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+            {
+                "t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "u": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
             "tensor 'u' in .*overlap tensor 't'",
         ),
         (
-            {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-             "u": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]}},
+            {
+                "t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "u": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]},
+            },
             "tensor 'u' in .*leave a gap after byte 8",
         ),
         ({"t": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, "tensor 't' in .*file is truncated"),
@@ -369,8 +388,10 @@ def test_misaligned_tensor_is_copied_aligned(tmp_path: Path) -> None:
     values = np.arange(3, dtype=np.float32)
     write_raw(
         file,
-        {"b": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
-         "f": {"dtype": "F32", "shape": [3], "data_offsets": [1, 13]}},
+        {
+            "b": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+            "f": {"dtype": "F32", "shape": [3], "data_offsets": [1, 13]},
+        },
         data=b"\x07" + values.tobytes(),
     )
     array = SafetensorsFile(file).array("f")

@@ -1,4 +1,4 @@
-"""The two checkpoint layouts: config.json in either form, and the Hugging Face tensor layout mapped onto ours.
+"""The two checkpoint layouts: config.json in either form, and the Hugging Face tensors mapped onto ours.
 
 References: the official gpt_oss.torch ModelConfig, transformers' GptOssConfig and GptOssForCausalLM (optional
 test dependency: it runs our random Hugging Face checkpoint with its own loader and MXFP4 dequantisation), the
@@ -42,7 +42,12 @@ HUB_20B_CONFIG = {
     "output_router_logits": False,
     "pad_token_id": 199999,
     "quantization_config": {
-        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn",
+            "model.layers.*.mlp.router",
+            "model.embed_tokens",
+            "lm_head",
+        ],
         "quant_method": "mxfp4",
     },
     "rms_norm_eps": 1e-05,
@@ -82,6 +87,27 @@ HUB_20B_ORIGINAL_CONFIG = {
     "rope_ntk_beta": 32,
 }
 SMALL = tiny_config(vocab_size=512)
+# csrc/core/model.h's ModelConfig, in order.
+MODEL_H_FIELDS = [
+    "num_layers",
+    "num_experts",
+    "experts_per_token",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "head_dim",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "sliding_window",
+    "initial_context_length",
+    "rope_theta",
+    "rope_scaling_factor",
+    "rope_ntk_alpha",
+    "rope_ntk_beta",
+    "swiglu_limit",
+    "swiglu_alpha",
+    "norm_eps",
+]
 
 # ---- config.json ------------------------------------------------------------------------------------------
 
@@ -95,10 +121,15 @@ def test_published_configs_read_as_the_presets() -> None:
         "layer_types": ["sliding_attention", "full_attention"] * 18,
     }
     assert ModelConfig.from_json(hub_120b) == GPT_OSS_120B
-    assert ModelConfig.from_json(HUB_20B_ORIGINAL_CONFIG | {"num_hidden_layers": 36, "num_experts": 128}) == GPT_OSS_120B
+    assert (
+        ModelConfig.from_json(HUB_20B_ORIGINAL_CONFIG | {"num_hidden_layers": 36, "num_experts": 128})
+        == GPT_OSS_120B
+    )
 
 
-@pytest.mark.parametrize("config", [GPT_OSS_20B, GPT_OSS_120B, SMALL, SMALL.replace(norm_eps=1e-6, swiglu_alpha=1.5)])
+@pytest.mark.parametrize(
+    "config", [GPT_OSS_20B, GPT_OSS_120B, SMALL, SMALL.replace(norm_eps=1e-6, swiglu_alpha=1.5)]
+)
 def test_json_round_trips(config: ModelConfig) -> None:
     assert ModelConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
     if config.swiglu_alpha == 1.702:
@@ -122,12 +153,7 @@ def test_transformers_config_agrees() -> None:
 
 def test_to_native_has_the_fields_of_model_h() -> None:
     native = GPT_OSS_20B.to_native()
-    assert list(native) == [
-        "num_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size", "intermediate_size",
-        "head_dim", "num_attention_heads", "num_key_value_heads", "sliding_window", "initial_context_length",
-        "rope_theta", "rope_scaling_factor", "rope_ntk_alpha", "rope_ntk_beta", "swiglu_limit", "swiglu_alpha",
-        "norm_eps",
-    ]  # fmt: skip
+    assert list(native) == MODEL_H_FIELDS
     assert native["num_layers"] == 24 and isinstance(native["rope_theta"], float)
 
 
@@ -147,7 +173,10 @@ def test_to_native_has_the_fields_of_model_h() -> None:
         ({"initial_context_length": 8192}, "disagree"),
         ({"moe_shared_experts": 1}, r"unknown key\(s\) \['moe_shared_experts'\]"),
         ({"num_local_experts": None}, "num_experts must be a number"),
-        ({"num_attention_heads": 60}, r"num_attention_heads \(60\) must be a multiple of num_key_value_heads"),
+        (
+            {"num_attention_heads": 60},
+            r"num_attention_heads \(60\) must be a multiple of num_key_value_heads",
+        ),
     ],
 )
 def test_bad_hf_config(change: dict, expected: str) -> None:
@@ -197,7 +226,7 @@ def test_from_dir(tmp_path: Path) -> None:
         ModelConfig.from_dir(tmp_path / "elsewhere")
 
 
-# ---- the Hugging Face tensor layout --------------------------------------------------------------------------
+# ---- the Hugging Face tensor layout ------------------------------------------------------------
 
 
 def assert_same_weights(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -243,13 +272,17 @@ def test_qkv_rows_are_q_then_k_then_v(tiny_checkpoint_hf: Path, tiny_config: Mod
                 name = f"model.layers.{layer}.self_attn.{part}_proj.{kind}"
                 with safe_open(tiny_checkpoint_hf / index[name], framework="pt") as f:
                     stored = f.get_tensor(name).view(torch.int16).numpy().view(np.uint16)
-                np.testing.assert_array_equal(weights[f"block.{layer}.attn.qkv.{kind}"][row_range], stored, err_msg=name)
+                np.testing.assert_array_equal(
+                    weights[f"block.{layer}.attn.qkv.{kind}"][row_range], stored, err_msg=name
+                )
 
 
 def test_single_file_hf_checkpoint(tiny_checkpoint: Path, tmp_path: Path, tiny_config: ModelConfig) -> None:
     path = write_random_checkpoint(tmp_path / "hf1", tiny_config, layout="hf", seed=0, shards=1)
     assert not (path / "model.safetensors.index.json").exists()
-    assert_same_weights(load_checkpoint(tiny_checkpoint, progress=False)[1], load_checkpoint(path, progress=False)[1])
+    assert_same_weights(
+        load_checkpoint(tiny_checkpoint, progress=False)[1], load_checkpoint(path, progress=False)[1]
+    )
 
 
 def test_shards_are_named_like_the_hub(tmp_path: Path) -> None:
@@ -275,7 +308,7 @@ def hf_error(path: Path) -> str:
 
 
 def rewrite_shards(path: Path, change) -> None:
-    """Applies `change(name, dtype, array) -> [(name, dtype, array)]` to every shard and refreshes the index."""
+    """Applies `change(name, dtype, array) -> [(name, dtype, array)]` to every shard; rewrites the index."""
     weight_map = {}
     for file in sorted(path.glob("*.safetensors")):
         source = SafetensorsFile(file)
@@ -290,9 +323,11 @@ def rewrite_shards(path: Path, change) -> None:
 
 
 def test_three_dimensional_blocks_are_accepted(small_hf: Path) -> None:
-    """MXFP4 blocks saved as [experts, rows, cols / 2] hold the same bytes as [experts, rows, cols / 32, 16]."""
+    """MXFP4 blocks saved as [experts, rows, cols / 2] hold the bytes of [experts, rows, cols / 32, 16]."""
     _, before = load_checkpoint(small_hf, progress=False)
-    rewrite_shards(small_hf, lambda n, d, a: [(n, d, a.reshape(*a.shape[:2], -1) if n.endswith("_blocks") else a)])
+    rewrite_shards(
+        small_hf, lambda n, d, a: [(n, d, a.reshape(*a.shape[:2], -1) if n.endswith("_blocks") else a)]
+    )
     _, after = load_checkpoint(small_hf, progress=False)
     assert_same_weights(before, after)
 
@@ -314,11 +349,16 @@ def test_dequantized_experts_beside_mxfp4_are_extra_tensors(small_hf: Path) -> N
 
     rewrite_shards(small_hf, add_dense)
     message = hf_error(small_hf)
-    assert "unexpected tensor(s) 'model.layers.0.mlp.experts.gate_up_proj' in" in message and ".safetensors" in message
+    assert (
+        "unexpected tensor(s) 'model.layers.0.mlp.experts.gate_up_proj' in" in message
+        and ".safetensors" in message
+    )
 
 
 def test_hf_missing_tensor_names_the_hf_name(small_hf: Path) -> None:
-    rewrite_shards(small_hf, lambda n, d, a: [] if n == "model.layers.1.self_attn.v_proj.bias" else [(n, d, a)])
+    rewrite_shards(
+        small_hf, lambda n, d, a: [] if n == "model.layers.1.self_attn.v_proj.bias" else [(n, d, a)]
+    )
     message = hf_error(small_hf)
     assert "'model.layers.1.self_attn.v_proj.bias' is missing" in message and "index.json" in message
 
@@ -367,7 +407,7 @@ def test_index_cannot_escape_the_directory(small_hf: Path, tmp_path: Path) -> No
 @pytest.mark.slow
 def test_transformers_computes_the_same_logits(tmp_path: Path) -> None:
     """transformers' GptOssForCausalLM, loading our random HF checkpoint with its own loader and MXFP4
-    dequantisation, agrees in fp32 with our CPU backend fed by our loader (a sequence longer than the window)."""
+    dequantisation, agrees in fp32 with our CPU backend fed by our loader (24 tokens, window 8)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")  # transformers needs it for MXFP4 checkpoints

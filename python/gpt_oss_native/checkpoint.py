@@ -7,10 +7,10 @@ Two layouts exist, holding the same bytes under different names:
 * Hugging Face: ``config.json`` with ``quantization_config`` + ``model.safetensors`` or shards listed by
   ``model.safetensors.index.json``, names ``model.layers.N.self_attn.q_proj.weight``, ...,
   ``model.layers.N.mlp.experts.gate_up_proj_blocks``, ``lm_head.weight``. OpenAI's conversion script
-  (transformers' convert_gpt_oss_weights_to_hf.py) only renames tensors and splits qkv into q, k, v row ranges;
-  the MXFP4 blocks and scales keep their bytes, shapes and the interleaved glu/linear rows of mlp1 (transformers'
-  GptOssExperts reads gate = [..., ::2], up = [..., 1::2] after transposing the dequantized [E, 2I, H] to
-  [E, H, 2I]). So the mapping is a rename, plus one concatenation of q | k | v rows.
+  (transformers' convert_gpt_oss_weights_to_hf.py) only renames tensors and splits qkv into q, k, v row
+  ranges; the MXFP4 blocks and scales keep their bytes, shapes and the interleaved glu/linear rows of mlp1
+  (transformers' GptOssExperts transposes the dequantized [E, 2I, H] to [E, H, 2I], then reads
+  gate = [..., ::2], up = [..., 1::2]). So the mapping is a rename, plus one concatenation of q | k | v rows.
 
 Weights come back as zero-copy read-only views of the mmap'd files (bf16 as uint16, MXFP4 blocks / scales as
 uint8); only qkv (concatenated) and the norm scales and sinks (converted to float32) are copies.
@@ -108,7 +108,7 @@ _HF_NAMES: dict[str, tuple[str, ...]] = {
 
 
 def hf_names(config: ModelConfig) -> dict[str, tuple[tuple[str, tuple[int, ...]], ...]]:
-    """Internal name → its Hugging Face source tensors, each with its own shape (q, k, v split the qkv rows)."""
+    """Internal name → its Hugging Face source tensors, each with its shape (q, k, v split the qkv rows)."""
     q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
     out = {}
     for name, (_, shape) in expected_weights(config).items():
@@ -140,8 +140,8 @@ class Checkpoint:
     def summary(self) -> str:
         random = " (RANDOM weights)" if self.random_weights else ""
         return (
-            f"loaded {len(self.weights)} tensors, {self.nbytes / 1e9:.2f} GB from {len(self.files)} file(s) in "
-            f"{self.directory} ({self.layout} layout{random}) in {self.seconds:.2f} s"
+            f"loaded {len(self.weights)} tensors, {self.nbytes / 1e9:.2f} GB from {len(self.files)} "
+            f"file(s) in {self.directory} ({self.layout} layout{random}) in {self.seconds:.2f} s"
         )
 
 
@@ -173,8 +173,9 @@ def open_checkpoint(path_or_repo: str | os.PathLike[str], *, progress: bool = Tr
     if layout == "hf":
         if raw.get("quantization_config") is None:
             raise CheckpointError(
-                f"{config_file} has no quantization_config: this Hugging Face checkpoint stores dequantized experts; "
-                "gpt_oss_native needs the MXFP4 experts as openai/gpt-oss-* publish them (gate_up_proj_blocks, ...)"
+                f"{config_file} has no quantization_config: this Hugging Face checkpoint stores dequantized "
+                "experts; gpt_oss_native needs the MXFP4 experts as openai/gpt-oss-* publish them "
+                "(gate_up_proj_blocks, ...)"
             )
         sources = hf_names(config)
     else:
@@ -206,8 +207,8 @@ def open_checkpoint(path_or_repo: str | os.PathLike[str], *, progress: bool = Tr
         shown = ", ".join(f"'{n}' in {stored[n].path}" for n in extra[:5])
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise CheckpointError(
-            f"unexpected tensor(s) {shown}{more}: the {layout} layout for this config.json ({config.num_layers} "
-            "layers) has no such tensors, so config.json and the weights disagree"
+            f"unexpected tensor(s) {shown}{more}: the {layout} layout for this config.json "
+            f"({config.num_layers} layers) has no such tensors, so config.json and the weights disagree"
         )
 
     metadata = {k: v for file in files for k, v in file.metadata.items()}
@@ -244,7 +245,9 @@ def _source_array(
     if kind == "u8" and len(shape) == 4 and stored_shape == (*shape[:2], shape[2] * shape[3]):
         stored_shape = shape  # MXFP4 blocks saved 3-D ([E, rows, cols / 2]) hold the same bytes
     if stored_shape != shape:
-        raise CheckpointError(f"{where} has shape {list(info.shape)}, expected {list(shape)} (from config.json)")
+        raise CheckpointError(
+            f"{where} has shape {list(info.shape)}, expected {list(shape)} (from config.json)"
+        )
     array = file.array(name).reshape(shape)
     if kind == "f32" and info.dtype == "BF16":
         array = (array.astype(np.uint32) << 16).view(np.float32)  # exact: bf16 is the top half of an f32
@@ -283,7 +286,9 @@ def _official_tensor_files(directory: Path) -> tuple[list[SafetensorsFile], Call
     for file in files:
         for name in file.tensors:
             if name in where:
-                raise CheckpointError(f"tensor '{name}' is stored twice: in {where[name].path} and in {file.path}")
+                raise CheckpointError(
+                    f"tensor '{name}' is stored twice: in {where[name].path} and in {file.path}"
+                )
             where[name] = file
     names = ", ".join(p.name for p in paths)
     return files, _locator(where, f"none of {names} in {directory} holds it")
@@ -311,7 +316,9 @@ def _hf_tensor_files(directory: Path) -> tuple[list[SafetensorsFile], Callable[[
         opened[shard] = SafetensorsFile(path)
     for name, shard in weight_map.items():
         if name not in opened[shard].tensors:
-            raise CheckpointError(f"{index_file} puts tensor '{name}' in {opened[shard].path}, which does not hold it")
+            raise CheckpointError(
+                f"{index_file} puts tensor '{name}' in {opened[shard].path}, which does not hold it"
+            )
     where = {name: opened[shard] for name, shard in weight_map.items()}
     files = list(opened.values())
     # Tensors a shard holds beyond the index are extra tensors too: report them rather than ignore them.
@@ -328,13 +335,17 @@ def resolve_checkpoint_dir(path_or_repo: str | os.PathLike[str]) -> Path:
     path = Path(path_or_repo).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise CheckpointError(f"{path} is a file; pass the checkpoint directory (the one holding config.json)")
+            raise CheckpointError(
+                f"{path} is a file; pass the checkpoint directory (the one holding config.json)"
+            )
         if not _has_weights(path) and _has_weights(path / "original"):
             return path / "original"
         return path  # open_checkpoint says what is missing
     repo = str(path_or_repo)
     if not _REPO_ID.match(repo):
-        raise CheckpointError(f"{repo} does not exist (and is not a Hugging Face repo id such as openai/gpt-oss-20b)")
+        raise CheckpointError(
+            f"{repo} does not exist (and is not a Hugging Face repo id such as openai/gpt-oss-20b)"
+        )
     return _download(repo)
 
 
@@ -350,8 +361,12 @@ def _download(repo: str) -> Path:
         snapshot = Path(snapshot_download(repo, allow_patterns=["original/*"]))
         if _has_weights(snapshot / "original"):
             return snapshot / "original"
-        snapshot = Path(snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", HF_INDEX_FILE]))
-    except Exception as e:  # huggingface_hub raises many types (HTTP, offline, auth, not found); all mean the same
+        snapshot = Path(
+            snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", HF_INDEX_FILE])
+        )
+    except (
+        Exception
+    ) as e:  # huggingface_hub raises many types (HTTP, offline, auth, not found); all mean the same
         raise CheckpointError(
             f"'{repo}' is not a local directory, and fetching it from the Hugging Face Hub failed: "
             f"{type(e).__name__}: {e}. Pass a local checkpoint directory, check the network (offline, set "

@@ -2,7 +2,8 @@
 
 Field names are those of csrc/core/model.h's ModelConfig. Two JSON layouts exist:
 
-* official (``original/config.json``, what ``gpt_oss.torch.model.ModelConfig(**json)`` reads): ``num_hidden_layers``,
+* official (``original/config.json``, what ``gpt_oss.torch.model.ModelConfig(**json)`` reads):
+  ``num_hidden_layers``,
   ``num_experts``, ``experts_per_token``, ..., ``rope_ntk_alpha``, ``rope_ntk_beta``;
 * Hugging Face (``config.json`` with ``model_type: gpt_oss``): ``num_local_experts``, ``num_experts_per_tok``,
   ``rope_scaling`` (or transformers 5's ``rope_parameters``) ``{factor, beta_fast, beta_slow,
@@ -82,8 +83,14 @@ class ModelConfig:
         require(self.vocab_size > 0, f"vocab_size must be > 0, got {self.vocab_size}")
         for name in ("hidden_size", "intermediate_size"):
             value = getattr(self, name)
-            require(value > 0 and value % 32 == 0, f"{name} must be a positive multiple of 32 (MXFP4 blocks), got {value}")
-        require(self.head_dim > 0 and self.head_dim % 2 == 0, f"head_dim must be positive and even, got {self.head_dim}")
+            require(
+                value > 0 and value % 32 == 0,
+                f"{name} must be a positive multiple of 32 (MXFP4 blocks), got {value}",
+            )
+        require(
+            self.head_dim > 0 and self.head_dim % 2 == 0,
+            f"head_dim must be positive and even, got {self.head_dim}",
+        )
         require(
             self.num_attention_heads > 0 and self.num_key_value_heads > 0,
             f"head counts must be > 0, got {self.num_attention_heads} / {self.num_key_value_heads}",
@@ -96,11 +103,13 @@ class ModelConfig:
         require(self.sliding_window >= 0, f"sliding_window must be >= 0, got {self.sliding_window}")
         require(self.initial_context_length > 0, "initial_context_length must be > 0")
         require(self.rope_theta > 1, f"rope_theta must be > 1, got {self.rope_theta}")
-        require(self.rope_scaling_factor >= 1, f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}")
+        require(
+            self.rope_scaling_factor >= 1, f"rope_scaling_factor must be >= 1, got {self.rope_scaling_factor}"
+        )
         require(self.swiglu_limit > 0 and self.swiglu_alpha > 0, "swiglu_limit and swiglu_alpha must be > 0")
         require(self.norm_eps > 0, f"norm_eps must be > 0, got {self.norm_eps}")
         if self.rope_scaling_factor > 1:
-            # YaRN's NTK-by-parts ramp must fall inside the rotary dimensions (the reference asserts the same).
+            # YaRN's NTK-by-parts ramp must lie inside the rotary dimensions (the reference asserts it).
             require(
                 0 < self.rope_ntk_alpha < self.rope_ntk_beta,
                 f"rope_ntk_alpha ({self.rope_ntk_alpha}) must be in (0, rope_ntk_beta={self.rope_ntk_beta})",
@@ -108,7 +117,11 @@ class ModelConfig:
             half = self.head_dim / 2
 
             def ramp_edge(beta: float) -> float:
-                return half * math.log(self.initial_context_length / (beta * 2 * math.pi)) / math.log(self.rope_theta)
+                return (
+                    half
+                    * math.log(self.initial_context_length / (beta * 2 * math.pi))
+                    / math.log(self.rope_theta)
+                )
 
             low, high = ramp_edge(self.rope_ntk_beta), ramp_edge(self.rope_ntk_alpha)
             require(
@@ -134,7 +147,9 @@ class ModelConfig:
         try:
             data = json.loads(file.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{file} does not exist: a checkpoint directory needs its config.json") from None
+            raise ConfigError(
+                f"{file} does not exist: a checkpoint directory needs its config.json"
+            ) from None
         except (OSError, ValueError) as e:
             raise ConfigError(f"{file}: cannot read it as JSON ({e})") from e
         try:
@@ -143,7 +158,7 @@ class ModelConfig:
             raise ConfigError(f"{file}: {e}") from e
 
     def to_json(self) -> dict[str, Any]:
-        """The official layout (what gpt_oss.torch reads). swiglu_alpha and norm_eps, which that layout does not
+        """The official layout (what gpt_oss.torch reads). swiglu_alpha and norm_eps, which that layout lacks,
         carry, appear only when they differ from the model's constants."""
         out: dict[str, Any] = {
             "num_hidden_layers": self.num_layers,
@@ -157,7 +172,9 @@ class ModelConfig:
     def to_hf_json(self) -> dict[str, Any]:
         """The Hugging Face layout, as openai/gpt-oss-* publish it (MXFP4 experts)."""
         if self.swiglu_alpha != _DEFAULTS["swiglu_alpha"]:
-            raise ConfigError("the Hugging Face layout of gpt-oss has no place for a non-default swiglu_alpha")
+            raise ConfigError(
+                "the Hugging Face layout of gpt-oss has no place for a non-default swiglu_alpha"
+            )
         return {
             "architectures": ["GptOssForCausalLM"],
             "model_type": "gpt_oss",
@@ -169,7 +186,8 @@ class ModelConfig:
             "initial_context_length": self.initial_context_length,
             "intermediate_size": self.intermediate_size,
             "layer_types": [
-                "sliding_attention" if self.layer_is_sliding(i) else "full_attention" for i in range(self.num_layers)
+                "sliding_attention" if self.layer_is_sliding(i) else "full_attention"
+                for i in range(self.num_layers)
             ],
             "max_position_embeddings": int(self.initial_context_length * self.rope_scaling_factor),
             "num_attention_heads": self.num_attention_heads,
@@ -207,7 +225,9 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING
+}
 # Official keys besides num_hidden_layers, in the order of gpt_oss.torch.model.ModelConfig.
 _OFFICIAL_FIELDS = (
     "num_experts",
@@ -305,7 +325,9 @@ def _fields_from_hf(data: dict[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "num_layers": take("num_hidden_layers"),
         "num_experts": agree("num_local_experts", take("num_local_experts"), "num_experts"),
-        "experts_per_token": agree("num_experts_per_tok", take("num_experts_per_tok", 4), "experts_per_token"),
+        "experts_per_token": agree(
+            "num_experts_per_tok", take("num_experts_per_tok", 4), "experts_per_token"
+        ),
         "vocab_size": take("vocab_size"),
         "hidden_size": take("hidden_size"),
         "intermediate_size": take("intermediate_size"),
@@ -320,11 +342,13 @@ def _fields_from_hf(data: dict[str, Any]) -> dict[str, Any]:
 
     layer_types = take("layer_types", None)
     if layer_types is not None and fields["sliding_window"]:
-        expected = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(fields["num_layers"])]
+        expected = [
+            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(fields["num_layers"])
+        ]
         if layer_types != expected:
             raise ConfigError(
-                "layer_types must alternate sliding_attention (even layers) and full_attention (odd layers) as in "
-                f"gpt-oss, got {layer_types}"
+                "layer_types must alternate sliding_attention (even layers) and full_attention (odd layers) "
+                f"as in gpt-oss, got {layer_types}"
             )
     if take("tie_word_embeddings", False):
         raise ConfigError("tie_word_embeddings is true, but gpt-oss has a separate unembedding (lm_head)")
@@ -357,7 +381,9 @@ def _fields_from_hf(data: dict[str, Any]) -> dict[str, Any]:
     )
     for key in ("attention_factor", "mscale", "mscale_all_dim"):
         if rope.get(key) is not None:
-            raise ConfigError(f"rope_scaling.{key} is not supported (gpt-oss uses YaRN's default 0.1 ln(s) + 1)")
+            raise ConfigError(
+                f"rope_scaling.{key} is not supported (gpt-oss uses YaRN's default 0.1 ln(s) + 1)"
+            )
         rope.pop(key, None)
     if rope:
         raise ConfigError(f"unknown rope_scaling key(s) {sorted(rope)}")

@@ -64,7 +64,9 @@ class TensorInfo:
 def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:
     where = f"tensor '{name}' in {path}"
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise CheckpointError(f"{where}: header entry must have exactly dtype, shape and data_offsets, got {entry!r}")
+        raise CheckpointError(
+            f"{where}: header entry must have exactly dtype, shape and data_offsets, got {entry!r}"
+        )
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in DTYPES:
         raise CheckpointError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
@@ -76,7 +78,9 @@ def _parse_entry(path: Path, name: str, entry: object) -> TensorInfo:
         or not all(type(o) is int and o >= 0 for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise CheckpointError(f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
+        raise CheckpointError(
+            f"{where}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}"
+        )
     info = TensorInfo(name, dtype, tuple(shape), offsets[0], offsets[1])
     expected = math.prod(shape) * DTYPES[dtype].itemsize
     if info.nbytes != expected:
@@ -111,8 +115,8 @@ class SafetensorsFile:
                 (header_len,) = struct.unpack("<Q", f.read(8))
                 if header_len > MAX_HEADER_BYTES or 8 + header_len > self.file_size:
                     raise CheckpointError(
-                        f"{self.path}: header length {header_len} does not fit the file ({self.file_size} bytes): "
-                        "the file is truncated or not safetensors"
+                        f"{self.path}: header length {header_len} does not fit the file "
+                        f"({self.file_size} bytes): the file is truncated or not safetensors"
                     )
                 header_bytes = f.read(header_len)
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -125,9 +129,13 @@ class SafetensorsFile:
         try:
             header = json.loads(header_bytes.decode("utf-8"), object_pairs_hook=_no_duplicates)
         except (UnicodeDecodeError, ValueError) as e:
-            raise CheckpointError(f"{self.path}: the header is not valid JSON ({e}): the file is corrupt") from e
+            raise CheckpointError(
+                f"{self.path}: the header is not valid JSON ({e}): the file is corrupt"
+            ) from e
         if not isinstance(header, dict):
-            raise CheckpointError(f"{self.path}: the header must be a JSON object, got {type(header).__name__}")
+            raise CheckpointError(
+                f"{self.path}: the header must be a JSON object, got {type(header).__name__}"
+            )
         metadata = header.pop(METADATA_KEY, {})
         if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
             raise CheckpointError(f"{self.path}: {METADATA_KEY} must map strings to strings")
@@ -139,18 +147,19 @@ class SafetensorsFile:
             expected_begin = previous.end if previous else 0
             if previous and info.begin < expected_begin:
                 raise CheckpointError(
-                    f"tensor '{info.name}' in {self.path}: data_offsets {[info.begin, info.end]} overlap tensor "
-                    f"'{previous.name}': the header is corrupt"
+                    f"tensor '{info.name}' in {self.path}: data_offsets {[info.begin, info.end]} "
+                    f"overlap tensor '{previous.name}': the header is corrupt"
                 )
             if info.begin > expected_begin:
                 raise CheckpointError(
-                    f"tensor '{info.name}' in {self.path}: data_offsets {[info.begin, info.end]} leave a gap after "
-                    f"byte {expected_begin}: the header is corrupt"
+                    f"tensor '{info.name}' in {self.path}: data_offsets {[info.begin, info.end]} "
+                    f"leave a gap after byte {expected_begin}: the header is corrupt"
                 )
             if info.end > data_size:
                 raise CheckpointError(
-                    f"tensor '{info.name}' in {self.path}: its data ends at byte {self.data_start + info.end} but the "
-                    f"file has only {self.file_size} bytes: the file is truncated (download it again)"
+                    f"tensor '{info.name}' in {self.path}: its data ends at byte "
+                    f"{self.data_start + info.end} but the file has only {self.file_size} bytes: "
+                    "the file is truncated (download it again)"
                 )
             previous = info
         return metadata, tensors
@@ -189,7 +198,11 @@ def _header_bytes(specs: list[TensorSpec], metadata: dict[str, str] | None) -> b
     header: dict[str, object] = {METADATA_KEY: metadata} if metadata else {}
     offset = 0
     for spec in specs:
-        header[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape), "data_offsets": [offset, offset + spec.nbytes]}
+        header[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     return raw + b" " * (-len(raw) % 8)  # data starts 8-aligned, as the reference writer does
@@ -216,7 +229,9 @@ def write_safetensors(
                     f.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
                     written += chunk.nbytes
                 if written != spec.nbytes:
-                    raise ValueError(f"tensor '{spec.name}': chunks gave {written} bytes, expected {spec.nbytes}")
+                    raise ValueError(
+                        f"tensor '{spec.name}': chunks gave {written} bytes, expected {spec.nbytes}"
+                    )
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -226,5 +241,7 @@ def _checked_chunks(spec: TensorSpec) -> Iterator[np.ndarray]:
     want = DTYPES[spec.dtype]
     for chunk in spec.chunks:
         if chunk.dtype != want:
-            raise TypeError(f"tensor '{spec.name}': chunk dtype {chunk.dtype}, expected {want} ({spec.dtype})")
+            raise TypeError(
+                f"tensor '{spec.name}': chunk dtype {chunk.dtype}, expected {want} ({spec.dtype})"
+            )
         yield chunk
