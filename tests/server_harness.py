@@ -31,7 +31,8 @@ class ScriptedEngine:
     """Stands in for ``Engine``: each ``generate`` call plays the next script (harmony text), honouring
     ``max_tokens`` and the stop tokens as the real engine does, and records the prompts it was given.
 
-    ``script`` may also be a function of the prompt text, for concurrent requests.
+    ``script`` may also be a function of the prompt text, for concurrent requests. ``delay`` slows each token
+    down; ``fail_after`` makes generation fail after that many tokens, as a broken device would.
     """
 
     def __init__(
@@ -41,8 +42,10 @@ class ScriptedEngine:
         max_context: int = 4096,
         max_sequences: int = 4,
         delay: float = 0.0,
+        fail_after: int | None = None,
     ) -> None:
         self.max_context = max_context
+        self.fail_after = fail_after
         self.max_sequences = max_sequences
         self.delay = delay
         self._scripts = scripts if callable(scripts) else list(scripts)
@@ -79,7 +82,9 @@ class ScriptedEngine:
                 raise RuntimeError("all sequences are in use")
             self._open += 1
         try:
-            for token in tokens[:max_tokens]:
+            for count, token in enumerate(tokens[:max_tokens]):
+                if count == self.fail_after:
+                    raise RuntimeError("the device fell off the bus")
                 if self.delay:
                     time.sleep(self.delay)
                 yield token

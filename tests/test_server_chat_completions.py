@@ -189,6 +189,21 @@ def test_bad_requests_get_openai_errors(body, status, param):
             assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
 
 
+def test_engine_failure_is_reported_not_crashed():
+    with scripted_server(THINK_THEN_ANSWER, THINK_THEN_ANSWER, THINK_THEN_ANSWER, fail_after=5) as (
+        engine, server, client,
+    ):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with httpx.stream("POST", server.base_url + "/chat/completions", json=body, timeout=30) as r:
+            data = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        engine.fail_after = None
+        assert client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert data[-1] == "[DONE]" and "device fell off" in json.loads(data[-2])["error"]["message"]
+    assert failed.value.body["type"] == "server_error"
+
+
 def test_models_endpoints():
     engine = ScriptedEngine()
     app = create_app(engine, model_name="gpt-oss-20b", model_aliases=["/models/gpt-oss-20b/original"])

@@ -119,6 +119,10 @@ def create_app(
             final = event
         if final is None or final["type"] not in _TERMINAL_EVENTS:  # the client went away; nobody reads this
             return JSONResponse(error_body("the client went away", type="server_error"), status_code=499)
+        if final["type"] == "response.failed":
+            error = final["response"]["error"]
+            return JSONResponse(error_body(error["message"], type="server_error", code=error["code"]),
+                                status_code=500)
         return final["response"]
 
     @app.get("/v1/responses/{response_id}")
@@ -128,6 +132,13 @@ def create_app(
             raise ApiError(f"No response found with id '{response_id}'.", status=404, param="response_id",
                            code="not_found")
         return entry.response
+
+    @app.delete("/v1/responses/{response_id}")
+    async def delete_response(response_id: str) -> dict[str, Any]:
+        if not store.delete(response_id):
+            raise ApiError(f"No response found with id '{response_id}'.", status=404, param="response_id",
+                           code="not_found")
+        return {"id": response_id, "object": "response", "deleted": True}
 
     @app.post("/v1/chat/completions")
     async def create_chat_completion(body: ChatCompletionRequest, request: Request):

@@ -85,6 +85,7 @@ class _Output:
 
     items: list[dict[str, Any]] = field(default_factory=list)
     by_segment: dict[int, int] = field(default_factory=dict)  # id(segment) → output_index
+    sent: dict[int, str] = field(default_factory=dict)  # id(segment) → text sent so far (citations rewritten)
 
 
 class ResponsesEndpoint:
@@ -416,8 +417,7 @@ class ResponsesEndpoint:
                 return [{"kind": "response.function_call_arguments.delta", **where, "delta": delta}]
             if segment.is_reasoning:
                 return [{"kind": "response.reasoning_text.delta", **where, "content_index": 0, "delta": delta}]
-            return [{"kind": "response.output_text.delta", **where, "content_index": 0, "delta": delta,
-                     "logprobs": []}]
+            return self._text_events(p, out, segment, where, final=False)
 
         # close
         status = "incomplete" if partial else "completed"
@@ -436,13 +436,41 @@ class ResponsesEndpoint:
                 {"kind": "response.content_part.done", **where, "content_index": 0, "part": part},
                 {"kind": "response.output_item.done", "output_index": index, "item": dict(item)},
             ]
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        events = self._text_events(p, out, segment, where, final=True)
+        text, annotations = self._cited(p, segment.text, final=True)
+        part = {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
         item.update(content=[part], status=status)
-        return [
+        return events + [
             {"kind": "response.output_text.done", **where, "content_index": 0, "text": text, "logprobs": []},
             {"kind": "response.content_part.done", **where, "content_index": 0, "part": part},
             {"kind": "response.output_item.done", "output_index": index, "item": dict(item)},
         ]
+
+    def _cited(self, p: _Prepared, text: str, final: bool) -> tuple[str, list[dict[str, Any]]]:
+        """With the browser on, ``【cursor†Lx-Ly】`` citations become links plus ``url_citation`` annotations;
+        while streaming, an unfinished citation at the end is held back."""
+        browser = p.builtins.get("browser")
+        if browser is None:
+            return text, []
+        cited, annotations, _ = browser.normalize_citations(text, hide_partial=not final)
+        return cited, annotations
+
+    def _text_events(
+        self, p: _Prepared, out: _Output, segment: Segment, where: dict[str, Any], final: bool
+    ) -> list[dict[str, Any]]:
+        """The output_text deltas (and annotations) that bring what the client has up to the segment's text."""
+        text, annotations = self._cited(p, segment.text, final)
+        sent = out.sent.get(id(segment), "")
+        events: list[dict[str, Any]] = []
+        if len(text) > len(sent):
+            events.append({"kind": "response.output_text.delta", **where, "content_index": 0,
+                           "delta": text[len(sent):], "logprobs": []})
+            out.sent[id(segment)] = text
+        for number, annotation in enumerate(annotations):
+            if len(sent) < annotation["end_index"] <= len(text):  # completed by this delta
+                events.append({"kind": "response.output_text.annotation.added", **where, "content_index": 0,
+                               "annotation_index": number, "annotation": annotation})
+        return events
 
     def _builtin_segment_events(
         self, p: _Prepared, out: _Output, kind: str, segment: Segment, delta: str, partial: bool
@@ -518,6 +546,10 @@ class ResponsesEndpoint:
             )
             status = "failed"
         item["status"] = status
+        if item.get("action", {}).get("type") == "open_page" and item["action"]["url"] is None:
+            pages = getattr(tool, "pages", None)  # the browser's page stack: the page it just opened
+            if status == "completed" and pages:
+                item["action"]["url"] = pages[-1].url
         if python:
             logs = "".join(c.text for m in results for c in m.content if hasattr(c, "text"))
             item["outputs"] = [{"type": "logs", "logs": logs}]

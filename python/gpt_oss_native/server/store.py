@@ -41,6 +41,11 @@ class ResponseStore:
                 self._entries.move_to_end(response_id)
             return entry
 
+    def delete(self, response_id: str) -> bool:
+        """Forgets a response; False if it was not stored."""
+        with self._lock:
+            return self._entries.pop(response_id, None) is not None
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
