@@ -147,8 +147,8 @@ def test_transformers_config_agrees() -> None:
     transformers = pytest.importorskip("transformers")
     hf = transformers.GptOssConfig(**GPT_OSS_20B.to_hf_json())
     assert hf.num_local_experts == 32 and hf.layer_types[:2] == ["sliding_attention", "full_attention"]
-    rewritten = json.loads(hf.to_json_string())
-    assert ModelConfig.from_json(rewritten) == GPT_OSS_20B
+    assert ModelConfig.from_json(json.loads(hf.to_json_string())) == GPT_OSS_20B
+    assert ModelConfig.from_json(hf.to_dict()) == GPT_OSS_20B  # every generic field written out
 
 
 def test_to_native_has_the_fields_of_model_h() -> None:

@@ -285,22 +285,34 @@ def _fields_from_official(data: dict[str, Any]) -> dict[str, Any]:
 # Hugging Face keys that do not change the forward pass this engine computes (training, generation and
 # bookkeeping settings). Any other unknown key is an error: it may mean a model variant we would run wrongly.
 _HF_IGNORED_KEYS = {
-    "architectures",
+    # gpt_oss settings that do not change inference
     "attention_dropout",
-    "bos_token_id",
-    "dtype",
-    "eos_token_id",
     "hidden_act",  # gpt-oss always uses its clamped SwiGLU; transformers ignores this too
     "initializer_range",
     "max_position_embeddings",
-    "model_type",
     "output_router_logits",
-    "pad_token_id",
     "router_aux_loss_coef",
+    # transformers' generic PreTrainedConfig fields and bookkeeping
+    "_attn_implementation_autoset",
+    "_name_or_path",
+    "architectures",
+    "auto_map",
+    "bos_token_id",
+    "chunk_size_feed_forward",
+    "dtype",
+    "eos_token_id",
+    "id2label",
+    "is_encoder_decoder",
+    "label2id",
+    "model_type",
+    "output_attentions",
+    "output_hidden_states",
+    "pad_token_id",
+    "problem_type",
+    "return_dict",
     "torch_dtype",
     "transformers_version",
     "use_cache",
-    "_name_or_path",
 }
 
 
