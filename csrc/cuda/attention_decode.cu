@@ -1,13 +1,19 @@
-// Decode attention for one query token (flash-decoding with GQA packing and sinks):
-//   1. CTA (split s, KV head g) streams keys [start_s, end_s) of the valid slots [0, len), len = min(pos+1,
-//      capacity), through a kStages-deep cp.async pipeline of kTile-key tiles (K rows padded to dodge bank
-//      conflicts). K and V are read from HBM once for all G query heads of the group.
-//   2. Warp w owns query heads w and w + 4 of the group: lane j scores key j of the tile for both heads, the
-//      online softmax (max, rescale, sum) is a warp reduction, and lane j accumulates output dims 2j, 2j+1
-//      (P·V with p broadcast by shuffles). Scores live in the log2 domain (q pre-scaled by sm_scale·log2 e).
-//   3. Each split writes (m, l, o unnormalised) to the workspace; the last CTA of a KV head to finish (atomic
-//      counter) merges the splits and the sink: out = Σ_s o_s 2^(m_s−M) / (2^(sink−M) + Σ_s l_s 2^(m_s−M)),
-//      so the sink enters the denominator exactly once. It then re-arms the counter for the next launch.
+// Decode attention for one query token (flash-decoding with GQA packing and sinks). Two kernels share the
+// split-KV scheme and the combine:
+//   * Split s of KV head g is one CTA; it covers keys [start_s, end_s) of the valid slots [0, len),
+//     len = min(pos + 1, capacity), and reads K and V from HBM once for all G query heads of the group.
+//   * Each split writes (m, l, o unnormalised; log2 domain, q pre-scaled by sm_scale·log2 e) to the
+//     workspace; the last CTA of a KV head to finish (atomic counter) merges the splits and the sink:
+//     out = Σ_s o_s 2^(m_s−M) / (2^(sink−M) + Σ_s l_s 2^(m_s−M)), so the sink enters the denominator exactly
+//     once, and re-arms the counter for the next launch.
+//   fma (CUDA cores): a kStages-deep cp.async pipeline of 32-key tiles shared by the CTA; warp w owns heads w
+//     and w + 4, lane j scores key j, the online softmax is a warp reduction, lane j accumulates output dims
+//     2j, 2j + 1. Issue-bound at long contexts (~3000 instructions per 32-key tile per CTA).
+//   mma (tensor cores, mma.sync m16n8k16 bf16): each warp streams its own 16-key blocks (blocks w, w+4, ...
+//     of the split) through its own cp.async pipeline (no CTA barrier in the loop). S = Q·Kᵀ with the G ≤ 8
+//     heads as the M rows (q split into bf16 hi + lo, so scores keep ~fp32 precision); the score fragments
+//     are exactly the A fragments of P·V (FA2's register reuse), P rounded to bf16. The 4 warps' states are
+//     merged in shared memory before the split is written.
 // Order inside the window does not matter (RoPE is already in k), so a ring of `capacity` slots needs no
 // unrolling: slots [0, len) are exactly the keys the query may see, sliding or full.
 //
@@ -25,12 +31,18 @@ namespace gpt_oss {
 namespace {
 
 constexpr int kD = kAttentionHeadDim;
-constexpr int kTile = 32;          // keys per pipeline stage: one key per lane
-constexpr int kStages = 4;         // tiles in flight per CTA (4 × 8 KiB of K + V)
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kKRowPad = kD + 8;   // 144-byte K rows: 8 lanes reading 16 B hit 8 distinct 4-bank groups
+constexpr int kRowPad = kD + 8;    // 144-byte smem rows: 8 rows × 16 B at a time hit 8 distinct 4-bank groups
 constexpr float kLog2e = 1.4426950408889634f;
+
+// fma kernel
+constexpr int kFmaTile = 32;       // keys per pipeline stage: one key per lane
+constexpr int kFmaStages = 4;      // tiles in flight per CTA (4 × 8 KiB of K + V)
+// mma kernel
+constexpr int kMmaBlock = 16;      // keys per warp step: two n8 score blocks, one k16 step of P·V
+constexpr int kMmaStages = 3;      // blocks in flight per warp
+constexpr size_t kMmaSmemBytes = static_cast<size_t>(kWarps) * kMmaStages * 2 * kMmaBlock * kRowPad * sizeof(bf16);
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -50,6 +62,66 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The keys of this CTA's split. Every CTA derives the same split count from the device position, so a
+// graph replay serves any length; CTAs past the count exit at once.
+struct SplitRange {
+  int splits, start, end;
+};
+__device__ __forceinline__ SplitRange split_range(const AttentionDecodeParams& p, int quantum) {
+  const int len = min(*p.pos + 1, p.cache.capacity);
+  const int splits = min(p.max_splits, (len + quantum - 1) / quantum);
+  const int per_split = (len + splits - 1) / splits;
+  const int keys_per_split = (per_split + quantum - 1) / quantum * quantum;
+  const int start = min(static_cast<int>(blockIdx.x) * keys_per_split, len);
+  return {splits, start, min(start + keys_per_split, len)};
+}
+
+// Workspace: o [kv_heads][max_splits][group][64] then (m, l) [kv_heads][max_splits][group][2], fp32.
+__device__ __forceinline__ size_t partial_index(const AttentionDecodeParams& p, int group, int kv_head, int split,
+                                                int h) {
+  return (static_cast<size_t>(kv_head) * p.max_splits + split) * group + h;
+}
+__device__ __forceinline__ float* partial_ml(const AttentionDecodeParams& p, int group) {
+  return p.workspace + static_cast<size_t>(p.kv_heads) * p.max_splits * group * kD;
+}
+
+// Called by every thread of a CTA once its split's partials are in the workspace: the last CTA of the KV head
+// merges all splits with the sink and writes the output.
+__device__ void combine_when_last(const AttentionDecodeParams& p, int group, int kv_head, int splits) {
+  __shared__ bool is_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&p.counters[kv_head], 1) == splits - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+
+  const float* ml = partial_ml(p, group);
+  for (int item = threadIdx.x; item < group * (kD / 2); item += blockDim.x) {
+    const int h = item / (kD / 2), pair = item % (kD / 2);
+    const int q_head = kv_head * group + h;
+    const float sink = p.sinks[q_head] * kLog2e;
+    float m_max = sink;
+    for (int s = 0; s < splits; ++s) m_max = fmaxf(m_max, __ldcg(&ml[partial_index(p, group, kv_head, s, h) * 2]));
+    float denom = exp2f(sink - m_max);
+    float2 acc = {0.0f, 0.0f};
+    for (int s = 0; s < splits; ++s) {
+      const size_t at = partial_index(p, group, kv_head, s, h);
+      const float w = exp2f(__ldcg(&ml[at * 2]) - m_max);
+      denom += __ldcg(&ml[at * 2 + 1]) * w;
+      const float2 o = __ldcg(reinterpret_cast<const float2*>(p.workspace + at * kD) + pair);
+      acc.x += o.x * w;
+      acc.y += o.y * w;
+    }
+    const float inv = 1.0f / denom;
+    reinterpret_cast<__nv_bfloat162*>(p.out + static_cast<size_t>(q_head) * kD)[pair] =
+        __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+  }
+  if (threadIdx.x == 0) p.counters[kv_head] = 0;
+}
+
+// ---- fma kernel ----------------------------------------------------------------------------------------------
+
 struct HeadState {
   float m = -INFINITY, l = 0.0f;
   float2 o = {0.0f, 0.0f};
@@ -67,23 +139,18 @@ __device__ __forceinline__ float online_softmax_step(HeadState& st, float s) {
   return p;
 }
 
-__global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p) {
-  __shared__ __align__(16) bf16 k_tiles[kStages][kTile][kKRowPad];
-  __shared__ __align__(16) bf16 v_tiles[kStages][kTile][kD];
+__global__ void __launch_bounds__(kThreads) attention_decode_fma_kernel(const AttentionDecodeParams p) {
+  __shared__ __align__(16) bf16 k_tiles[kFmaStages][kFmaTile][kRowPad];
+  __shared__ __align__(16) bf16 v_tiles[kFmaStages][kFmaTile][kD];
   __shared__ __align__(16) float q_s[kAttentionMaxGroup][kD];
-  __shared__ bool is_last;
 
   pdl_wait();  // q and the new key come from norm_qkv_rope, the position from the step's copy
   const int group = p.q_heads / p.kv_heads;
   const int kv_head = blockIdx.y, split = blockIdx.x;
-  const int len = min(*p.pos + 1, p.cache.capacity);
-  const int splits = min(p.max_splits, (len + kTile - 1) / kTile);
-  if (split >= splits) return;
-  const int per_split = (len + splits - 1) / splits;
-  const int keys_per_split = (per_split + kTile - 1) / kTile * kTile;
-  const int start = min(split * keys_per_split, len);
-  const int end = min(start + keys_per_split, len);
-  const int tiles = (end - start + kTile - 1) / kTile;
+  const SplitRange range = split_range(p, kFmaTile);
+  if (split >= range.splits) return;
+  const int start = range.start, end = range.end;
+  const int tiles = (end - start + kFmaTile - 1) / kFmaTile;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const size_t head_base = static_cast<size_t>(kv_head) * p.cache.capacity * kD;
@@ -92,10 +159,10 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
 
   auto load_tile = [&](int tile, int stage) {
 #pragma unroll
-    for (int r = 0; r < kTile * (kD / 8) / kThreads; ++r) {
+    for (int r = 0; r < kFmaTile * (kD / 8) / kThreads; ++r) {
       const int idx = threadIdx.x + r * kThreads;
       const int row = idx / (kD / 8), chunk = idx % (kD / 8);
-      const int key = start + tile * kTile + row;
+      const int key = start + tile * kFmaTile + row;
       const bool valid = key < end;
       const size_t at = static_cast<size_t>(valid ? key : 0) * kD + chunk * 8;
       cp_async16(&k_tiles[stage][row][chunk * 8], k_head + at, valid);
@@ -103,7 +170,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
     }
   };
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kFmaStages - 1; ++s) {
     if (s < tiles) load_tile(s, s);
     cp_async_commit();
   }
@@ -117,11 +184,11 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   HeadState st0, st1;
 
   for (int t = 0; t < tiles; ++t) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // tile t landed for every thread; stage (t-1) % kStages is free again
-    if (t + kStages - 1 < tiles) load_tile(t + kStages - 1, (t + kStages - 1) % kStages);
+    cp_async_wait<kFmaStages - 2>();
+    __syncthreads();  // tile t landed for every thread; stage (t-1) % kFmaStages is free again
+    if (t + kFmaStages - 1 < tiles) load_tile(t + kFmaStages - 1, (t + kFmaStages - 1) % kFmaStages);
     cp_async_commit();
-    const int stage = t % kStages;
+    const int stage = t % kFmaStages;
     if (!has0) continue;
 
     // Scores of key `lane` for heads h0, h1.
@@ -131,24 +198,26 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
     for (int c = 0; c < kD / 8; ++c) {
       const uint4 kk = k_row[c];
       const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&kk);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 kf = __bfloat1622float2(k2[e]);
-        const float2 qa = *reinterpret_cast<const float2*>(&q_s[h0][c * 8 + 2 * e]);
-        s0 += kf.x * qa.x + kf.y * qa.y;
-        if (has1) {
-          const float2 qb = *reinterpret_cast<const float2*>(&q_s[h1][c * 8 + 2 * e]);
-          s1 += kf.x * qb.x + kf.y * qb.y;
-        }
+      const float4 qa0 = *reinterpret_cast<const float4*>(&q_s[h0][c * 8]);
+      const float4 qa1 = *reinterpret_cast<const float4*>(&q_s[h0][c * 8 + 4]);
+      const float2 k01 = __bfloat1622float2(k2[0]), k23 = __bfloat1622float2(k2[1]);
+      const float2 k45 = __bfloat1622float2(k2[2]), k67 = __bfloat1622float2(k2[3]);
+      s0 += k01.x * qa0.x + k01.y * qa0.y + k23.x * qa0.z + k23.y * qa0.w + k45.x * qa1.x + k45.y * qa1.y +
+            k67.x * qa1.z + k67.y * qa1.w;
+      if (has1) {
+        const float4 qb0 = *reinterpret_cast<const float4*>(&q_s[h1][c * 8]);
+        const float4 qb1 = *reinterpret_cast<const float4*>(&q_s[h1][c * 8 + 4]);
+        s1 += k01.x * qb0.x + k01.y * qb0.y + k23.x * qb0.z + k23.y * qb0.w + k45.x * qb1.x + k45.y * qb1.y +
+              k67.x * qb1.z + k67.y * qb1.w;
       }
     }
-    const bool valid = start + t * kTile + lane < end;
+    const bool valid = start + t * kFmaTile + lane < end;
     const float p0 = online_softmax_step(st0, valid ? s0 : -INFINITY);
     const float p1 = has1 ? online_softmax_step(st1, valid ? s1 : -INFINITY) : 0.0f;
 
     // o += P · V: lane owns dims 2·lane, 2·lane + 1.
 #pragma unroll 8
-    for (int j = 0; j < kTile; ++j) {
+    for (int j = 0; j < kFmaTile; ++j) {
       const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v_tiles[stage][j][2 * lane]));
       const float pj0 = __shfl_sync(0xffffffffu, p0, j);
       const float pj1 = __shfl_sync(0xffffffffu, p1, j);
@@ -160,57 +229,232 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   }
   cp_async_wait<0>();
 
-  // Partial results of this split.
-  const size_t splits_base = (static_cast<size_t>(kv_head) * p.max_splits + split) * group;
-  float* partial_o = p.workspace;
-  float* partial_ml = p.workspace + static_cast<size_t>(p.kv_heads) * p.max_splits * group * kD;
+  float* ml = partial_ml(p, group);
   auto store = [&](int h, const HeadState& st) {
-    reinterpret_cast<float2*>(partial_o + (splits_base + h) * kD)[lane] = st.o;
+    const size_t at = partial_index(p, group, kv_head, split, h);
+    reinterpret_cast<float2*>(p.workspace + at * kD)[lane] = st.o;
     if (lane == 0) {
-      partial_ml[(splits_base + h) * 2] = st.m;
-      partial_ml[(splits_base + h) * 2 + 1] = st.l;
+      ml[at * 2] = st.m;
+      ml[at * 2 + 1] = st.l;
     }
   };
   if (has0) store(h0, st0);
   if (has1) store(h1, st1);
+  combine_when_last(p, group, kv_head, range.splits);
+}
 
-  // The last split of this KV head to finish merges all of them.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(&p.counters[kv_head], 1) == splits - 1;
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
+// ---- mma kernel ----------------------------------------------------------------------------------------------
 
-  const size_t head_splits = static_cast<size_t>(kv_head) * p.max_splits * group;
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// Fragment ownership (lane = 4·g + t): row g of A/C is query head g; C columns 2t, 2t+1 are keys (S) or dims
+// (O). Rows 8..15 of the m16 tiles stay zero and are never read back.
+__global__ void __launch_bounds__(kThreads) attention_decode_mma_kernel(const AttentionDecodeParams p) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
+
+  pdl_wait();  // q and the new key come from norm_qkv_rope, the position from the step's copy
+  const int group = p.q_heads / p.kv_heads;
+  const int kv_head = blockIdx.y, split = blockIdx.x;
+  const SplitRange range = split_range(p, kWarps * kMmaBlock);
+  if (split >= range.splits) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int blocks = (range.end - range.start + kMmaBlock - 1) / kMmaBlock;
+  const int my_blocks = blocks > warp ? (blocks - warp + kWarps - 1) / kWarps : 0;  // blocks warp, warp+4, ...
+
+  const size_t head_base = static_cast<size_t>(kv_head) * p.cache.capacity * kD;
+  const bf16* k_head = p.cache.k + head_base;
+  const bf16* v_head = p.cache.v + head_base;
+  bf16* warp_smem = smem + static_cast<size_t>(warp) * kMmaStages * 2 * kMmaBlock * kRowPad;
+  auto k_stage = [&](int s) { return warp_smem + static_cast<size_t>(s) * 2 * kMmaBlock * kRowPad; };
+  auto v_stage = [&](int s) { return k_stage(s) + kMmaBlock * kRowPad; };
+
+  auto load_block = [&](int i, int stage) {  // the warp's i-th block: 16 keys of K and V, 8 × 16 B per lane
+    const int first = range.start + (warp + i * kWarps) * kMmaBlock;
+#pragma unroll
+    for (int r = 0; r < kMmaBlock * (kD / 8) / 32; ++r) {
+      const int idx = lane + r * 32;
+      const int row = idx / (kD / 8), chunk = idx % (kD / 8);
+      const bool valid = first + row < range.end;
+      const size_t at = static_cast<size_t>(valid ? first + row : 0) * kD + chunk * 8;
+      cp_async16(k_stage(stage) + row * kRowPad + chunk * 8, k_head + at, valid);
+      cp_async16(v_stage(stage) + row * kRowPad + chunk * 8, v_head + at, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kMmaStages - 1; ++s) {
+    if (s < my_blocks) load_block(s, s);
+    cp_async_commit();
+  }
+
+  // Q as the A operand (rows = heads), pre-scaled to the log2 domain and split into bf16 hi + lo.
+  uint32_t q_hi[kD / 16][2], q_lo[kD / 16][2];
+  {
+    const float q_scale = p.sm_scale * kLog2e;
+    const float* q = p.q + (static_cast<size_t>(kv_head) * group + g) * kD;
+#pragma unroll
+    for (int ks = 0; ks < kD / 16; ++ks) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int d = ks * 16 + half * 8 + 2 * t;
+        const float x0 = g < group ? q[d] * q_scale : 0.0f;
+        const float x1 = g < group ? q[d + 1] * q_scale : 0.0f;
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(x0, x1);
+        const float2 hf = __bfloat1622float2(hi);
+        q_hi[ks][half] = *reinterpret_cast<const uint32_t*>(&hi);
+        q_lo[ks][half] = pack_bf16(x0 - hf.x, x1 - hf.y);
+      }
+    }
+  }
+
+  float m = -INFINITY, l = 0.0f;  // of head g, replicated over t
+  float o[kD / 8][4] = {};        // o[n][0..1]: head g, dims 8n + 2t, 8n + 2t + 1
+
+  for (int i = 0; i < my_blocks; ++i) {
+    cp_async_wait<kMmaStages - 2>();
+    __syncwarp();  // every lane's copies of block i landed; stage (i-1) % kMmaStages is free again
+    if (i + kMmaStages - 1 < my_blocks) load_block(i + kMmaStages - 1, (i + kMmaStages - 1) % kMmaStages);
+    cp_async_commit();
+    const bf16* ks_smem = k_stage(i % kMmaStages);
+    const bf16* vs_smem = v_stage(i % kMmaStages);
+
+    // S = Q·Kᵀ for keys 0..7 (s[0]) and 8..15 (s[1]) of the block.
+    float s[2][4] = {};
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // dims 0..31, 32..63
+        uint32_t b[4];
+        ldmatrix_x4(b, ks_smem + (nb * 8 + lane % 8) * kRowPad + half * 32 + (lane / 8) * 8);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int kstep = half * 2 + j;
+          mma_bf16_16816(s[nb], q_hi[kstep][0], 0u, q_hi[kstep][1], 0u, b[2 * j], b[2 * j + 1]);
+          mma_bf16_16816(s[nb], q_lo[kstep][0], 0u, q_lo[kstep][1], 0u, b[2 * j], b[2 * j + 1]);
+        }
+      }
+    }
+    const int first = range.start + (warp + i * kWarps) * kMmaBlock;
+    float block_max = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        if (first + nb * 8 + 2 * t + e >= range.end) s[nb][e] = -INFINITY;
+        block_max = fmaxf(block_max, s[nb][e]);
+      }
+    }
+    block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 1));
+    block_max = fmaxf(block_max, __shfl_xor_sync(0xffffffffu, block_max, 2));
+    const float m_new = fmaxf(m, block_max);  // finite: every block holds at least one valid key
+    const float rescale = exp2f(m - m_new);
+    float block_sum = 0.0f;
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nb][e] = exp2f(s[nb][e] - m_new);
+        block_sum += s[nb][e];
+      }
+    }
+    block_sum += __shfl_xor_sync(0xffffffffu, block_sum, 1);
+    block_sum += __shfl_xor_sync(0xffffffffu, block_sum, 2);
+    l = l * rescale + block_sum;
+    m = m_new;
+#pragma unroll
+    for (int n = 0; n < kD / 8; ++n) {
+      o[n][0] *= rescale;
+      o[n][1] *= rescale;
+    }
+
+    // O += P·V: P's A fragment is S's C fragment (keys 2t, 2t+1 of both n8 blocks), V via transposed loads.
+    const uint32_t p_lo = pack_bf16(s[0][0], s[0][1]), p_hi = pack_bf16(s[1][0], s[1][1]);
+#pragma unroll
+    for (int q4 = 0; q4 < kD / 16; ++q4) {  // dims 16·q4 .. 16·q4 + 15: two n8 blocks
+      uint32_t b[4];
+      const int j = lane / 8;
+      ldmatrix_x4_trans(b, vs_smem + ((j & 1) * 8 + lane % 8) * kRowPad + q4 * 16 + (j >> 1) * 8);
+      mma_bf16_16816(o[2 * q4], p_lo, 0u, p_hi, 0u, b[0], b[1]);
+      mma_bf16_16816(o[2 * q4 + 1], p_lo, 0u, p_hi, 0u, b[2], b[3]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with its stages: reuse them for the cross-warp merge
+
+  // Merge the 4 warps' states of each head, then write the split's partial.
+  float* merge = reinterpret_cast<float*>(smem_raw);  // [kWarps][8 heads][kD + 2]
+  constexpr int kEntry = kD + 2;
+  float* mine = merge + (warp * kAttentionMaxGroup + g) * kEntry;
+#pragma unroll
+  for (int n = 0; n < kD / 8; ++n) {
+    mine[8 * n + 2 * t] = o[n][0];
+    mine[8 * n + 2 * t + 1] = o[n][1];
+  }
+  if (t == 0) {
+    mine[kD] = m;
+    mine[kD + 1] = l;
+  }
+  __syncthreads();
+  float* ml = partial_ml(p, group);
   for (int item = threadIdx.x; item < group * (kD / 2); item += kThreads) {
     const int h = item / (kD / 2), pair = item % (kD / 2);
-    const int q_head = kv_head * group + h;
-    const float sink = p.sinks[q_head] * kLog2e;
-    float m_max = sink;
-    for (int s = 0; s < splits; ++s) m_max = fmaxf(m_max, __ldcg(&partial_ml[(head_splits + s * group + h) * 2]));
-    float denom = exp2f(sink - m_max);
+    float m_max = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m_max = fmaxf(m_max, merge[(w * kAttentionMaxGroup + h) * kEntry + kD]);
+    float l_sum = 0.0f;
     float2 acc = {0.0f, 0.0f};
-    for (int s = 0; s < splits; ++s) {
-      const size_t at = head_splits + s * group + h;
-      const float w = exp2f(__ldcg(&partial_ml[at * 2]) - m_max);
-      denom += __ldcg(&partial_ml[at * 2 + 1]) * w;
-      const float2 o = __ldcg(reinterpret_cast<const float2*>(partial_o + at * kD) + pair);
-      acc.x += o.x * w;
-      acc.y += o.y * w;
+    if (m_max != -INFINITY) {  // else: an empty split, written as m = -inf, l = 0, o = 0
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float* e = merge + (w * kAttentionMaxGroup + h) * kEntry;
+        const float wgt = exp2f(e[kD] - m_max);
+        l_sum += e[kD + 1] * wgt;
+        acc.x += e[2 * pair] * wgt;
+        acc.y += e[2 * pair + 1] * wgt;
+      }
     }
-    const float inv = 1.0f / denom;
-    reinterpret_cast<__nv_bfloat162*>(p.out + static_cast<size_t>(q_head) * kD)[pair] =
-        __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+    const size_t at = partial_index(p, group, kv_head, split, h);
+    reinterpret_cast<float2*>(p.workspace + at * kD)[pair] = acc;
+    if (pair == 0) {
+      ml[at * 2] = m_max;
+      ml[at * 2 + 1] = l_sum;
+    }
   }
-  if (threadIdx.x == 0) p.counters[kv_head] = 0;
+  combine_when_last(p, group, kv_head, range.splits);
 }
 
 }  // namespace
 
 int attention_decode_max_splits(int kv_heads, int capacity, int multiprocessors) {
   const int for_occupancy = ceil_div(2 * multiprocessors, std::max(kv_heads, 1));
-  return std::max(1, std::min({for_occupancy, 64, ceil_div(capacity, kTile)}));
+  return std::max(1, std::min({for_occupancy, 64, ceil_div(capacity, kFmaTile)}));
 }
 
 size_t attention_decode_workspace_bytes(int q_heads, int max_splits) {
@@ -224,7 +468,15 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
                                 std::to_string(p.q_heads) + " / " + std::to_string(p.kv_heads));
   if (p.max_splits < 1 || p.cache.capacity < 1)
     throw std::invalid_argument("attention_decode: max_splits and capacity must be positive");
-  launch_pdl(attention_decode_kernel, dim3(p.max_splits, p.kv_heads), dim3(kThreads), 0, stream, p);
+  const dim3 grid(p.max_splits, p.kv_heads);
+  if (p.tensor_cores) {
+    // Idempotent; legal during graph capture (it is not a stream operation).
+    CUDA_CHECK(cudaFuncSetAttribute(attention_decode_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(kMmaSmemBytes)));
+    launch_pdl(attention_decode_mma_kernel, grid, dim3(kThreads), kMmaSmemBytes, stream, p);
+  } else {
+    launch_pdl(attention_decode_fma_kernel, grid, dim3(kThreads), 0, stream, p);
+  }
 }
 
 }  // namespace gpt_oss
