@@ -5,6 +5,9 @@ for real generation (seeds, concurrency). Wire formats are checked against the o
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -26,7 +29,7 @@ from openai_harmony import (
     SystemContent,
     ToolDescription,
 )
-from server_harness import ScriptedEngine, ServerThread, decode
+from server_harness import ScriptedEngine, ServerThread, decode, free_port, wait_until
 
 MODEL = "gpt-oss-test"
 WEATHER = {
@@ -267,3 +270,36 @@ def test_real_model_concurrent_requests_with_distinct_seeds(tiny):
         t.join()
     assert [results[i] for i in range(len(jobs))] == sequential
     assert engine.open_sequences == 0
+
+
+def test_serve_command(tiny_checkpoint):
+    """``gpt-oss-native serve`` as a user runs it: a process answering the openai client until stopped."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gpt_oss_native.cli.main", "serve", str(tiny_checkpoint), "--port", str(port),
+         "--max-context", "512", "--max-sequences", "2", "--no-browser", "--no-python", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NO_COLOR": "1"},
+    )
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return server.poll() is not None  # died: stop waiting, the asserts below say why
+
+        assert wait_until(up, timeout=60)
+        assert server.poll() is None, server.stdout.read()
+        (model,) = client.models.list().data
+        assert model.id == tiny_checkpoint.name
+        completion = client.chat.completions.create(model=model.id, max_tokens=4,
+                                                    messages=[{"role": "user", "content": "hi"}])
+        assert completion.usage.completion_tokens == 4
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.responses.create(model=model.id, input="hi", tools=[{"type": "code_interpreter"}])
+        assert refused.value.body["code"] == "unsupported_tool"
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert f"serving {tiny_checkpoint.name} on http://127.0.0.1:{port}/v1" in output
