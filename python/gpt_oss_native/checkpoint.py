@@ -168,20 +168,19 @@ def open_checkpoint(path_or_repo: str | os.PathLike[str], *, progress: bool = Tr
     except ConfigError as e:
         raise CheckpointError(f"{config_file}: {e}") from e
     layout = "hf" if is_hf_config(raw) else "original"
+    if layout == "hf" and raw.get("quantization_config") is None:
+        raise CheckpointError(
+            f"{config_file} has no quantization_config: this Hugging Face checkpoint stores dequantized "
+            "experts; gpt_oss_native needs the MXFP4 experts as openai/gpt-oss-* publish them "
+            "(gate_up_proj_blocks, ...)"
+        )
     files, locate = _hf_tensor_files(directory) if layout == "hf" else _official_tensor_files(directory)
-
+    expected = expected_weights(config)
     if layout == "hf":
-        if raw.get("quantization_config") is None:
-            raise CheckpointError(
-                f"{config_file} has no quantization_config: this Hugging Face checkpoint stores dequantized "
-                "experts; gpt_oss_native needs the MXFP4 experts as openai/gpt-oss-* publish them "
-                "(gate_up_proj_blocks, ...)"
-            )
         sources = hf_names(config)
     else:
-        sources = {name: ((name, shape),) for name, (_, shape) in expected_weights(config).items()}
+        sources = {name: ((name, shape),) for name, (_, shape) in expected.items()}
 
-    expected = expected_weights(config)
     weights: dict[str, np.ndarray] = {}
     used: set[str] = set()
     nbytes = 0
