@@ -480,3 +480,27 @@ def test_contract_sizes_match_gpt_oss_20b() -> None:
     assert 20.9e9 < params < 21.0e9, params
     size = sum(math.prod(shape) * {"bf16": 2, "f32": 2, "u8": 1}[kind] for kind, shape in contract.values())
     assert 12.5 * 2**30 < size < 13.0 * 2**30, size / 2**30
+
+
+def test_repo_id_prefers_the_original_files(
+    tiny_checkpoint: Path, tiny_checkpoint_hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repo id fetches `original/*` first and falls back to the Hugging Face files when there are none."""
+    import huggingface_hub
+
+    snapshots = {"openai/with-original": tmp_path / "a", "someone/hf-only": tmp_path / "b"}
+    shutil.copytree(tiny_checkpoint, snapshots["openai/with-original"] / "original")
+    shutil.copytree(tiny_checkpoint_hf, snapshots["someone/hf-only"])
+    calls = []
+
+    def fake_snapshot_download(repo_id: str, allow_patterns: list[str]) -> str:
+        calls.append((repo_id, allow_patterns))
+        return str(snapshots[repo_id])
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    ckpt = open_checkpoint("openai/with-original", progress=False)
+    assert ckpt.layout == "original" and ckpt.directory == snapshots["openai/with-original"] / "original"
+    assert calls == [("openai/with-original", ["original/*"])]
+    ckpt = open_checkpoint("someone/hf-only", progress=False)
+    assert ckpt.layout == "hf" and ckpt.directory == snapshots["someone/hf-only"]
+    assert calls[-1][1] == ["config.json", "*.safetensors", "model.safetensors.index.json"]
