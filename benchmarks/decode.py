@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -180,28 +181,24 @@ def profile(args: argparse.Namespace) -> None:
     torch.cuda.nvtx.range_pop()
 
 
-def ncu_table(csv_path: Path) -> dict[str, float]:
-    """Kernel name → µs from `ncu --csv --metrics gpu__time_duration.sum` output (summed over the layers'
-    launches and divided by the 2 profiled layers for per-layer kernels)."""
+def ncu_table(csv_path: Path) -> list[tuple[str, float]]:
+    """(kernel, µs) in launch order from `ncu --csv --metrics gpu__time_duration.sum` output."""
     lines = csv_path.read_text().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))
-    times: dict[str, list[float]] = {}
+    to_us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}
+    launches = []
     for row in csv.DictReader(lines[header:]):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        kernel = row["Kernel Name"].split("(")[0].split("<")[0].strip()
-        kernel = kernel.split("::")[-1]
-        value = float(row["Metric Value"].replace(",", ""))
-        unit = row.get("Metric Unit", "ns")
-        times.setdefault(kernel, []).append(value / {"ns": 1e3, "nsecond": 1e3, "us": 1, "usecond": 1,
-                                                        "ms": 1e-3, "msecond": 1e-3}.get(unit, 1e3))
-    print("\nPer-kernel time of one decode step (ncu, caches flushed, 2-layer model at ctx 1k; µs per launch):")
-    print(f"{'kernel':<48} {'launches':>8} {'mean µs':>9}")
-    out = {}
-    for kernel, values in times.items():
-        out[kernel] = sum(values) / len(values)
-        print(f"{kernel:<48} {len(values):>8} {out[kernel]:>9.2f}")
-    return out
+        name = re.sub(r"\(anonymous namespace\)::", "", row["Kernel Name"]).removeprefix("void ")
+        name = name.split("(")[0].split("<")[0].split("::")[-1]
+        value = float(row["Metric Value"].replace(",", "")) * to_us.get(row.get("Metric Unit", "nsecond"), 1e-3)
+        launches.append((name, value))
+    print("\nOne decode step, kernel by kernel (ncu, caches flushed, 2-layer 20b-shaped model at ctx 1k):")
+    for name, us in launches:
+        print(f"  {name:<44} {us:>9.2f} µs")
+    print(f"  {'total':<44} {sum(us for _, us in launches):>9.2f} µs")
+    return launches
 
 
 def main() -> None:
@@ -217,7 +214,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.ncu_csv:
-        print(json.dumps({"per_kernel_us": ncu_table(args.ncu_csv)}))
+        print(json.dumps({"launches_us": ncu_table(args.ncu_csv)}))
         return
     if args.profile:
         profile(args)
