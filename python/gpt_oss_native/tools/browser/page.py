@@ -46,8 +46,8 @@ class PageContents:
 
 
 def get_domain(url: str) -> str:
-    """The host (and port) of a URL; a bare domain is returned as is."""
-    if "http" not in url:
+    """The host (and port) of a URL (empty for file:// URLs); a bare domain is returned as is."""
+    if "://" not in url:
         url = "http://" + url
     return urlparse(url).netloc
 
