@@ -10,6 +10,7 @@ sequence the OpenAI API emits, every event with its ``sequence_number``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -146,13 +147,10 @@ class ResponsesEndpoint:
                 param="input",
                 code="context_length_exceeded",
             )
-        try:
-            sampling = SamplingParams(
-                temperature=1.0 if body.temperature is None else body.temperature,
-                top_p=1.0 if body.top_p is None else body.top_p,
-            )
-        except (TypeError, ValueError) as e:
-            raise ApiError(str(e), param="temperature" if "temperature" in str(e) else "top_p") from None
+        sampling = SamplingParams(  # ranges already checked by the request schema
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+        )
         return _Prepared(
             id=_new_id("resp"),
             body=body,
@@ -251,7 +249,7 @@ class ResponsesEndpoint:
 
         out = _Output()
         conversation = list(p.history)
-        generated = reasoning_tokens = 0
+        generated = reasoning_tokens = turns = 0
         status, incomplete, error = "completed", None, None
         snapshot = self._response(p, out, "in_progress", None, None, None)
         yield event("response.created", response=snapshot)
@@ -268,7 +266,10 @@ class ResponsesEndpoint:
                 status, incomplete = "incomplete", {"reason": "max_output_tokens"}
                 break
             parser = CompletionParser(stop)
-            stream = TokenStream(self._engine, prompt, p.sampling, budget, stop, self._slots)
+            # Each turn after a tool call draws from its own random stream.
+            sampling = dataclasses.replace(p.sampling, seed=(p.sampling.seed + turns) % 2**64)
+            turns += 1
+            stream = TokenStream(self._engine, prompt, sampling, budget, stop, self._slots)
             try:
                 async for token in stream:
                     generated += 1

@@ -62,7 +62,6 @@ class TokenStream:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
-        self._finished = threading.Event()
         self._thread = threading.Thread(
             target=self._produce,
             args=(engine, list(prompt), sampling, max_tokens, list(stop_tokens), slots),
@@ -88,7 +87,6 @@ class TokenStream:
         except Exception as e:  # noqa: BLE001 - handed to the consumer, which decides what the client sees
             outcome = e
         finally:
-            self._finished.set()
             self._post(outcome)
 
     def _post(self, item: object) -> None:
@@ -110,10 +108,6 @@ class TokenStream:
 
     def close(self) -> None:
         self._cancelled.set()
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        """Blocks until the generator is closed (the engine's sequence is free); for tests and shutdown."""
-        return self._finished.wait(timeout)
 
 
 @dataclass
