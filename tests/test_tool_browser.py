@@ -524,3 +524,47 @@ def test_web_backends_speak_their_apis(server: str, monkeypatch: pytest.MonkeyPa
         ("/v1/contents", "you-key", {"urls": ["http://y.org/"], "livecrawl_formats": "html"}),
         ("/v1/search?query=zebras&count=2", "you-key", None),
     ]
+
+
+# -- the common interface ----------------------------------------------------------------------------------------
+
+
+def test_dispatch_and_harmony_rendering(tmp_path: Path) -> None:
+    from gpt_oss_native.harmony import get_encoding
+    from gpt_oss_native.tools import ApplyPatchTool, dispatch
+    from openai_harmony import Conversation, DeveloperContent, SystemContent
+
+    browser, patcher = BrowserTool(StaticBackend(), count_tokens=counter), ApplyPatchTool(tmp_path)
+    tools = [browser, patcher]
+    search = Message.from_role_and_content(Role.ASSISTANT, '{"query": "zebra"}')
+    search = search.with_recipient("browser.search").with_channel("analysis")
+    edit = Message.from_role_and_content(
+        Role.ASSISTANT, "*** Begin Patch\n*** Add File: a.txt\n+a\n*** End Patch"
+    )
+    edit = edit.with_recipient("functions.apply_patch").with_channel("commentary")
+    stray = Message.from_role_and_content(Role.ASSISTANT, "1").with_recipient("calculator.add")
+    [found], [patched], [unknown] = (dispatch(tools, m) for m in (search, edit, stray))
+    assert text_of(found).startswith("[0] zebra\n") and text_of(patched) == "Done!\nA a.txt"
+    assert text_of(unknown) == (
+        "Error: there is no tool named `calculator.add`. Available tools: browser, functions.apply_patch."
+    )
+
+    system = SystemContent.new().with_tools(browser.tool_config)
+    developer = DeveloperContent.new().with_instructions(patcher.developer_instructions)
+    developer = developer.with_function_tools([patcher.function_description])
+    messages = [
+        Message.from_role_and_content(Role.SYSTEM, system),
+        Message.from_role_and_content(Role.DEVELOPER, developer),
+        search,
+        found,
+        edit,
+        patched,
+    ]
+    encoding = get_encoding()
+    text = encoding.decode(encoding.render_conversation(Conversation.from_messages(messages)))
+    assert "namespace browser {" in text and "type apply_patch = (_: string) => any;" in text
+    assert "<|start|>browser.search to=assistant<|channel|>analysis<|message|>[0] zebra" in text
+    assert (
+        "<|start|>functions.apply_patch to=assistant<|channel|>commentary<|message|>Done!\nA a.txt<|end|>"
+        in text
+    )

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,7 +334,9 @@ class PythonSandbox:
 
     def _execute(self, code: str) -> ExecutionResult:
         lim = self.limits
-        with tempfile.TemporaryFile() as script, tempfile.TemporaryDirectory(prefix="gpt-oss-python-") as cwd:
+        # Unsandboxed code gets a scratch directory of its own; sandboxed code starts in its private /tmp.
+        scratch = tempfile.TemporaryDirectory(prefix="gpt-oss-python-") if self.unsafe else nullcontext("/")
+        with tempfile.TemporaryFile() as script, scratch as cwd:
             script.write(code.encode("utf-8", errors="surrogatepass"))
             script.seek(0)
             proc = subprocess.Popen(
@@ -342,7 +345,7 @@ class PythonSandbox:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=self._env(),
-                cwd=cwd if self.unsafe else "/",
+                cwd=cwd,
                 start_new_session=True,  # its own process group, killed as a whole
             )
             output = _BoundedOutput(lim.output_bytes)
