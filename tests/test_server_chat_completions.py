@@ -168,13 +168,35 @@ def test_max_tokens_finishes_with_length_and_effort_is_rendered():
 
 
 @pytest.mark.parametrize(
+    ("stop", "content"),
+    [
+        ("there", "Hello "),  # a whole token
+        (["o th", "zzz"], "Hell"),  # across two tokens: held back, then cut
+        ("user greets", "Hello there, friend!"),  # only the answer is cut, not the reasoning
+        (["!"], "Hello there, friend"),
+    ],
+)
+def test_stop_strings_cut_the_content(stop, content):
+    with scripted_server(THINK_THEN_ANSWER, THINK_THEN_ANSWER) as (_, server, client):
+        messages = [{"role": "user", "content": "hi"}]
+        completion = client.chat.completions.create(model=MODEL, messages=messages, stop=stop)
+        chunks = raw_chunks(server, {"model": MODEL, "messages": messages, "stop": stop})
+    assert completion.choices[0].message.content == content
+    assert completion.choices[0].finish_reason == "stop"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == content
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
     ("body", "status", "param"),
     [
         ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
         ({"model": MODEL, "messages": []}, 400, "messages"),
         ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
-        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": ["x"]}, 400, "stop"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, 400,
+         "stop"),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 400, "stop"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 400, "top_p"),
         ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "max"}, 400,
          "reasoning_effort"),

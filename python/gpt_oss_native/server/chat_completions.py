@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,7 @@ class _Prepared:
     sampling: SamplingParams
     max_tokens: int | None
     include_usage: bool
+    stop: list[str]  # strings that end the content (the harmony stop tokens end the turn regardless)
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -68,12 +69,9 @@ class ChatCompletionsEndpoint:
         model = self._model_name(body.model)
         if body.n not in (None, 1):
             raise ApiError("Only n=1 is supported.", param="n", code="unsupported_value")
-        if body.stop:
-            raise ApiError(
-                "Stop sequences are not supported: gpt-oss ends its turn itself (harmony stop tokens).",
-                param="stop",
-                code="unsupported_parameter",
-            )
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > 4 or not all(stop):
+            raise ApiError("stop takes up to 4 non-empty strings.", param="stop", code="invalid_value")
         if body.logprobs:
             raise ApiError("logprobs are not supported.", param="logprobs", code="unsupported_parameter")
         if body.response_format and body.response_format.get("type", "text") != "text":
@@ -146,6 +144,7 @@ class ChatCompletionsEndpoint:
             sampling=sampling,
             max_tokens=body.max_completion_tokens or body.max_tokens,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
+            stop=stop,
         )
 
     async def _deltas(
@@ -159,25 +158,32 @@ class ChatCompletionsEndpoint:
         parser = CompletionParser(stop)
         stream = TokenStream(self._engine, p.prompt, p.sampling, budget, stop, self._slots)
         call_index: dict[int, int] = {}  # id(segment) → tool_calls index
+        stops = _StopStrings(p.stop)
         try:
             async for token in stream:
                 result.completion_tokens += 1
                 events = parser.feed(token)
                 if any(kind == "delta" and seg.is_reasoning for kind, seg, _ in events):
                     result.reasoning_tokens += 1
-                for delta in _message_deltas(events, result, call_index):
+                for delta in stops.filter(_message_deltas(events, result, call_index)):
                     yield delta
+                if stops.hit:
+                    break
                 if await is_disconnected():
                     log.info("client went away: stopping completion %s", p.id)
                     return
-            for delta in _message_deltas(parser.finish(), result, call_index):
-                yield delta
+            else:
+                for delta in stops.filter(_message_deltas(parser.finish(), result, call_index), final=True):
+                    yield delta
         finally:
             stream.close()
         if parser.malformed:
             log.warning("completion %s: model output is not harmony (%s); passed through as text",
                         p.id, parser.malformed)
-        if parser.stop_token is None:
+        result.content = stops.text
+        if stops.hit:
+            result.finish_reason = "stop"
+        elif parser.stop_token is None:
             result.finish_reason = "length"
         elif result.tool_calls:
             result.finish_reason = "tool_calls"
@@ -265,6 +271,46 @@ def _message_deltas(events, result: _Result, call_index: dict[int, int]) -> list
             result.reasoning += text
             deltas.append({"reasoning_content": text})
         elif kind == "delta":
-            result.content += text
             deltas.append({"content": text})
     return deltas
+
+
+class _StopStrings:
+    """Cuts the content at the first of the request's ``stop`` strings (not included, as the OpenAI API does).
+
+    Text that might begin a stop string is held back until it is known not to; ``text`` is the content so
+    far and ``hit`` says whether a stop string ended it. Reasoning and tool calls pass through unchanged.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = list(stops)
+        self._held = ""
+        self.text = ""
+        self.hit = False
+
+    def filter(self, deltas: list[dict[str, Any]], final: bool = False) -> list[dict[str, Any]]:
+        out = []
+        for delta in deltas:
+            if "content" not in delta:
+                out.append(delta)
+            elif not self.hit:
+                out += self._content(delta["content"])
+        if final and self._held and not self.hit:
+            out += self._emit(self._held)
+            self._held = ""
+        return out
+
+    def _content(self, text: str) -> list[dict[str, Any]]:
+        pending = self._held + text
+        cuts = [i for i in (pending.find(s) for s in self._stops) if i >= 0]
+        if cuts:
+            self.hit = True
+            self._held = ""
+            return self._emit(pending[: min(cuts)])
+        keep = max((n for s in self._stops for n in range(1, len(s)) if pending.endswith(s[:n])), default=0)
+        self._held = pending[len(pending) - keep :]
+        return self._emit(pending[: len(pending) - keep])
+
+    def _emit(self, text: str) -> list[dict[str, Any]]:
+        self.text += text
+        return [{"content": text}] if text else []
