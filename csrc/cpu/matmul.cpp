@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <stdexcept>
 
 #include "cpu/kernels.h"
 #include "cpu/numerics.h"
@@ -40,87 +41,45 @@ const std::array<float, 256>& e8m0_table() {
   return table;
 }
 
-// ---- bf16 tiles: out[t * ldo + r] = Σ_c W[r][c] x[t][c] for r < R, t < T ----------------------------------
-#ifdef GPT_OSS_CPU_AVX512
-inline __m512 load_bf16x16(const uint16_t* p, __mmask16 mask) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
+// Activations enter the tiles pair-split: each 32-column chunk holds its 16 even-column values, then its 16
+// odd-column values (the last chunk zero-padded). A bf16 weight row read as 32-bit words then widens with one
+// shift (the even column, low half) and one mask (the odd column, high half); an MXFP4 byte's low and high
+// nibbles are likewise an even/odd column pair.
+constexpr int kChunk = 32;
 
-template <int R, int T>
-void bf16_tile(const uint16_t* W, int64_t ldw, const float* x, int64_t ldx, int cols, float* out, int64_t ldo) {
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int c = 0; c < cols; c += 16) {
-    const __mmask16 mask = cols - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (cols - c)) - 1);
-    __m512 w[R];
-    for (int r = 0; r < R; ++r) w[r] = load_bf16x16(W + r * ldw + c, mask);
-    for (int t = 0; t < T; ++t) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + t * ldx + c);
-      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(w[r], xv, acc[r][t]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
-}
-#else
-template <int R, int T>
-void bf16_tile(const uint16_t* W, int64_t ldw, const float* x, int64_t ldx, int cols, float* out, int64_t ldo) {
-  constexpr int kLanes = 16;  // independent partial sums, so the compiler may vectorise across them
-  float acc[R][T][kLanes] = {};
-  int c = 0;
-  for (; c + kLanes <= cols; c += kLanes)
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t)
-        for (int l = 0; l < kLanes; ++l) acc[r][t][l] += bf16_to_f32(W[r * ldw + c + l]) * x[t * ldx + c + l];
-  for (; c < cols; ++c)
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < T; ++t) acc[r][t][0] += bf16_to_f32(W[r * ldw + c]) * x[t * ldx + c];
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) {
-      float sum = 0.0f;
-      for (int l = 0; l < kLanes; ++l) sum += acc[r][t][l];
-      out[t * ldo + r] = sum;
-    }
-}
-#endif
+int64_t padded_cols(int cols) { return (cols + kChunk - 1) / kChunk * kChunk; }
 
-// ---- MXFP4 tiles over de-interleaved activations ------------------------------------------------------------
-// xd holds x with each 32-value block reordered as [16 even-index values, 16 odd-index values], so the low
-// nibbles of a block's 16 bytes pair with the first half and the high nibbles with the second.
-void deinterleave_blocks(const float* x, int n, int cols, float* xd) {
+void split_pairs(const float* x, int n, int cols, float* xs) {
+  const int64_t ld = padded_cols(cols);
   for (int64_t t = 0; t < n; ++t)
-    for (int b = 0; b < cols; b += kMxfp4BlockValues)
-      for (int i = 0; i < kMxfp4BlockValues / 2; ++i) {
-        xd[t * cols + b + i] = x[t * cols + b + 2 * i];
-        xd[t * cols + b + 16 + i] = x[t * cols + b + 2 * i + 1];
+    for (int c = 0; c < ld; c += kChunk)
+      for (int i = 0; i < kChunk / 2; ++i) {
+        const int even = c + 2 * i, odd = even + 1;
+        xs[t * ld + c + i] = even < cols ? x[t * cols + even] : 0.0f;
+        xs[t * ld + c + kChunk / 2 + i] = odd < cols ? x[t * cols + odd] : 0.0f;
       }
 }
 
+// ---- bf16 tiles: out[t * ldo + r] = Σ_c W[r][c] x[t][c] for r < R, t < T; cols even -----------------------
 #ifdef GPT_OSS_CPU_AVX512
 template <int R, int T>
-void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row, const float* xd, int64_t ldx,
-                float* out, int64_t ldo) {
-  const __m512 lut = _mm512_loadu_ps(kFp4Values);
-  const float* scale_of = e8m0_table().data();
-  const __m512i low_nibble = _mm512_set1_epi32(0x0F);
+void bf16_tile(const uint16_t* W, int64_t ldw, const float* xs, int64_t ldx, int cols, float* out, int64_t ldo) {
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   __m512 acc[R][T];
   for (int r = 0; r < R; ++r)
     for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  for (int b = 0; b < blocks_per_row; ++b) {
+  for (int c = 0; c < cols; c += kChunk) {
+    const int pairs = std::min(kChunk / 2, (cols - c) / 2);
+    const __mmask16 mask = static_cast<__mmask16>((1u << pairs) - 1);
     __m512 w_even[R], w_odd[R];
     for (int r = 0; r < R; ++r) {
-      const int64_t block = static_cast<int64_t>(r) * blocks_per_row + b;
-      const __m512i codes = _mm512_cvtepu8_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + block * kMxfp4BlockBytes)));
-      const __m512 scale = _mm512_set1_ps(scale_of[scales[block]]);
-      w_even[r] = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(codes, low_nibble), lut), scale);
-      w_odd[r] = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), lut), scale);
+      const __m512i words = _mm512_maskz_loadu_epi32(mask, W + r * ldw + c);
+      w_even[r] = _mm512_castsi512_ps(_mm512_slli_epi32(words, 16));
+      w_odd[r] = _mm512_castsi512_ps(_mm512_and_si512(words, high_half));
     }
     for (int t = 0; t < T; ++t) {
-      const float* xb = xd + t * ldx + b * kMxfp4BlockValues;
-      const __m512 x_even = _mm512_loadu_ps(xb), x_odd = _mm512_loadu_ps(xb + 16);
+      const __m512 x_even = _mm512_loadu_ps(xs + t * ldx + c);
+      const __m512 x_odd = _mm512_loadu_ps(xs + t * ldx + c + kChunk / 2);
       for (int r = 0; r < R; ++r)
         acc[r][t] = _mm512_fmadd_ps(w_odd[r], x_odd, _mm512_fmadd_ps(w_even[r], x_even, acc[r][t]));
     }
@@ -130,9 +89,69 @@ void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row
 }
 #else
 template <int R, int T>
-void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row, const float* xd, int64_t ldx,
+void bf16_tile(const uint16_t* W, int64_t ldw, const float* xs, int64_t ldx, int cols, float* out, int64_t ldo) {
+  constexpr int kHalf = kChunk / 2;  // independent partial sums, so the compiler may vectorise across them
+  float acc[R][T][kHalf] = {};
+  for (int c = 0; c < cols; c += kChunk) {
+    const int pairs = std::min(kHalf, (cols - c) / 2);
+    for (int r = 0; r < R; ++r) {
+      float w_even[kHalf] = {}, w_odd[kHalf] = {};
+      for (int i = 0; i < pairs; ++i) {
+        w_even[i] = bf16_to_f32(W[r * ldw + c + 2 * i]);
+        w_odd[i] = bf16_to_f32(W[r * ldw + c + 2 * i + 1]);
+      }
+      for (int t = 0; t < T; ++t) {
+        const float* xc = xs + t * ldx + c;
+        for (int i = 0; i < kHalf; ++i) acc[r][t][i] += w_even[i] * xc[i] + w_odd[i] * xc[kHalf + i];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      float sum = 0.0f;
+      for (int i = 0; i < kHalf; ++i) sum += acc[r][t][i];
+      out[t * ldo + r] = sum;
+    }
+}
+#endif
+
+// ---- MXFP4 tiles: the same sums with W decoded per block: code → kFp4Values · 2^(scale − 127) ---------------
+#ifdef GPT_OSS_CPU_AVX512
+template <int R, int T>
+void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row, const float* xs, int64_t ldx,
                 float* out, int64_t ldo) {
-  constexpr int kHalf = kMxfp4BlockValues / 2;
+  const __m512 fp4_values = _mm512_loadu_ps(kFp4Values);
+  const float* scale_of = e8m0_table().data();
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  for (int b = 0; b < blocks_per_row; ++b) {
+    __m512 w_even[R], w_odd[R];
+    for (int r = 0; r < R; ++r) {
+      const int64_t block = static_cast<int64_t>(r) * blocks_per_row + b;
+      // The block's table, scaled once; vpermps reads only the low 4 bits of each index, so the low nibble
+      // needs no mask.
+      const __m512 table = _mm512_mul_ps(fp4_values, _mm512_set1_ps(scale_of[scales[block]]));
+      const __m512i codes = _mm512_cvtepu8_epi32(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + block * kMxfp4BlockBytes)));
+      w_even[r] = _mm512_permutexvar_ps(codes, table);
+      w_odd[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
+    }
+    for (int t = 0; t < T; ++t) {
+      const float* xb = xs + t * ldx + b * kMxfp4BlockValues;
+      const __m512 x_even = _mm512_loadu_ps(xb), x_odd = _mm512_loadu_ps(xb + kChunk / 2);
+      for (int r = 0; r < R; ++r)
+        acc[r][t] = _mm512_fmadd_ps(w_odd[r], x_odd, _mm512_fmadd_ps(w_even[r], x_even, acc[r][t]));
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) out[t * ldo + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+#else
+template <int R, int T>
+void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row, const float* xs, int64_t ldx,
+                float* out, int64_t ldo) {
+  constexpr int kHalf = kChunk / 2;
   const float* scale_of = e8m0_table().data();
   float acc[R][T][kHalf] = {};
   for (int b = 0; b < blocks_per_row; ++b)
@@ -146,7 +165,7 @@ void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row
         w_odd[i] = kFp4Values[bytes[i] >> 4] * scale;
       }
       for (int t = 0; t < T; ++t) {
-        const float* xb = xd + t * ldx + b * kMxfp4BlockValues;
+        const float* xb = xs + t * ldx + b * kMxfp4BlockValues;
         for (int i = 0; i < kHalf; ++i) acc[r][t][i] += w_even[i] * xb[i] + w_odd[i] * xb[kHalf + i];
       }
     }
@@ -184,25 +203,25 @@ void add_bias(const uint16_t* bias, int n, int64_t r0, int64_t r1, int rows, flo
 
 struct Bf16Tile {
   const uint16_t* W;
-  const float* x;
+  const float* xs;  // pair-split activations, row stride padded_cols(cols)
   float* y;
   int rows, cols;
   template <int R, int T>
   void run(int64_t r, int t) const {
-    bf16_tile<R, T>(W + r * cols, cols, x + static_cast<int64_t>(t) * cols, cols, cols,
-                    y + static_cast<int64_t>(t) * rows + r, rows);
+    const int64_t ldx = padded_cols(cols);
+    bf16_tile<R, T>(W + r * cols, cols, xs + t * ldx, ldx, cols, y + static_cast<int64_t>(t) * rows + r, rows);
   }
 };
 
 struct Mxfp4Tile {
   const Mxfp4Matrix* W;
-  const float* xd;
+  const float* xs;  // pair-split activations (cols is a multiple of 32: no padding)
   float* y;
   template <int R, int T>
   void run(int64_t r, int t) const {
     const int blocks_per_row = W->cols / kMxfp4BlockValues;
     mxfp4_tile<R, T>(W->blocks + r * blocks_per_row * kMxfp4BlockBytes, W->scales + r * blocks_per_row,
-                     blocks_per_row, xd + static_cast<int64_t>(t) * W->cols, W->cols,
+                     blocks_per_row, xs + static_cast<int64_t>(t) * W->cols, W->cols,
                      y + static_cast<int64_t>(t) * W->rows + r, W->rows);
   }
 };
@@ -211,7 +230,10 @@ struct Mxfp4Tile {
 
 void linear_bf16(ThreadPool& pool, const float* x, int n, const uint16_t* W, const uint16_t* bias, int rows,
                  int cols, float* y) {
-  const Bf16Tile tile{W, x, y, rows, cols};
+  if (cols % 2 != 0) throw std::invalid_argument("linear_bf16: cols must be even");
+  std::vector<float> xs(static_cast<size_t>(n) * padded_cols(cols));
+  split_pairs(x, n, cols, xs.data());
+  const Bf16Tile tile{W, xs.data(), y, rows, cols};
   pool.parallel_for(rows, kRowTile, [&](int64_t r0, int64_t r1) {
     for_each_tile(r0, r1, n, tile);
     add_bias(bias, n, r0, r1, rows, y);
@@ -219,9 +241,9 @@ void linear_bf16(ThreadPool& pool, const float* x, int n, const uint16_t* W, con
 }
 
 void linear_mxfp4(ThreadPool& pool, const float* x, int n, const Mxfp4Matrix& W, float* y) {
-  std::vector<float> xd(static_cast<size_t>(n) * W.cols);
-  deinterleave_blocks(x, n, W.cols, xd.data());
-  const Mxfp4Tile tile{&W, xd.data(), y};
+  std::vector<float> xs(static_cast<size_t>(n) * W.cols);
+  split_pairs(x, n, W.cols, xs.data());
+  const Mxfp4Tile tile{&W, xs.data(), y};
   pool.parallel_for(W.rows, kRowTile, [&](int64_t r0, int64_t r1) {
     for_each_tile(r0, r1, n, tile);
     add_bias(W.bias, n, r0, r1, W.rows, y);
