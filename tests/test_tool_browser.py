@@ -459,7 +459,7 @@ def test_bad_calls_get_readable_answers() -> None:
     assert text_of(call(tool, "search", {"query": "x", "colour": "red"})) == (
         "Unknown argument(s) colour for `search`; it accepts query, source, top_n, topn."
     )
-    assert text_of(call(tool, "find", {})).startswith("Invalid arguments for `find`: ")
+    assert text_of(call(tool, "find", {})) == "`find` needs the argument(s) pattern."
     assert text_of(call(tool, "search", {"query": ""})) == "`query` should be a non-empty string"
     call(tool, "search", {"query": "zebra"})
     assert text_of(call(tool, "open", {"cursor": "first"})) == "`cursor` should be an integer, not `'first'`"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,15 +336,15 @@ def _commit(plan: _Plan) -> None:
             for directory in missing:
                 directory.mkdir()
                 made_dirs.append(directory)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".patch-tmp", dir=target.parent)
-            temps[target] = Path(tmp)
+            fd, tmp = _exclusive_file(target, ".patch-tmp")
+            temps[target] = tmp
             with os.fdopen(fd, "wb") as f:
                 f.write(content.encode("utf-8"))
-            os.chmod(tmp, plan.modes.get(target, 0o666 & ~_umask()))
+            if target in plan.modes:
+                os.chmod(tmp, plan.modes[target])
         for original in [*plan.deletes, *(t for t in plan.writes if t.exists())]:
-            fd, name = tempfile.mkstemp(prefix=f".{original.name}.", suffix=".patch-old", dir=original.parent)
+            fd, backup = _exclusive_file(original, ".patch-old")
             os.close(fd)
-            backup = Path(name)
             os.rename(original, backup)  # atomically over the placeholder: a unique name nobody else can take
             backups.append((original, backup))
         for target, tmp in temps.items():
@@ -365,10 +365,15 @@ def _commit(plan: _Plan) -> None:
         os.unlink(backup)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _exclusive_file(beside: Path, suffix: str) -> tuple[int, Path]:
+    """A new file next to ``beside``, created 0666 less the umask (the mode a new file normally gets)."""
+    for _ in range(100):
+        path = beside.with_name(f".{beside.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a temporary file beside {beside}")
 
 
 def apply_patch(text: str, root: str | os.PathLike[str]) -> str:

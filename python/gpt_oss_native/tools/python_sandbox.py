@@ -106,14 +106,15 @@ class SandboxError(RuntimeError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Limits of one execution. Memory and file sizes in bytes; processes counts threads too."""
+    """Limits of one execution. Sizes in bytes. ``processes`` counts threads too; ``memory_bytes`` bounds each
+    process's address space, so the sandbox as a whole stays under ``processes * memory_bytes``."""
 
     timeout_s: float = 60.0
     cpu_s: int = 60
-    memory_bytes: int = 4 << 30
+    memory_bytes: int = 2 << 30
     file_bytes: int = 64 << 20
     tmp_bytes: int = 256 << 20
-    processes: int = 64
+    processes: int = 32
     output_bytes: int = 16 << 10
 
     def __post_init__(self) -> None:
@@ -300,12 +301,15 @@ class PythonSandbox:
 
     def _env(self) -> dict[str, str]:
         bin_dir = os.path.dirname(os.path.abspath(self.python))
+        # Math libraries start a thread per core by default, which the process limit (threads count) refuses.
+        threads = str(max(1, min(8, self.limits.processes // 4)))
         env = {
             "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "MPLBACKEND": "Agg",
         }
+        env |= {var: threads for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
         if not self.unsafe:
             env |= {"HOME": "/tmp", "TMPDIR": "/tmp"}
         return env

@@ -35,6 +35,7 @@ _PARAMETERS = {
     "open": {"id", "cursor", "loc", "num_lines", "view_source", "source"},
     "find": {"pattern", "cursor"},
 }
+_REQUIRED = {"search": {"query"}, "open": set(), "find": {"pattern"}}
 
 
 class ToolUsageError(Exception):
@@ -131,11 +132,12 @@ class BrowserTool(Tool):
                     f"Unknown argument(s) {', '.join(sorted(unknown))} for `{function}`; "
                     f"it accepts {', '.join(sorted(_PARAMETERS[function]))}."
                 )
+            missing = _REQUIRED[function] - set(args)
+            if missing:
+                raise ToolUsageError(f"`{function}` needs the argument(s) {', '.join(sorted(missing))}.")
             text = getattr(self, function)(**args)
         except (ToolUsageError, BackendError) as e:
             text = str(e)
-        except TypeError as e:  # a missing required argument
-            text = f"Invalid arguments for `{function}`: {e}"
         return [tool_message(author, text, message)]
 
     # -- the model's functions -----------------------------------------------------------------------------
