@@ -158,6 +158,18 @@ def test_tool_calls_streaming_non_streaming_and_follow_up():
     assert engine.prompts[2] == expected
 
 
+def test_named_tool_choice_forces_the_call():
+    with scripted_server('{"city": "Oslo"}<|call|>') as (engine, _, client):
+        completion = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Oslo?"}], tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    (call,) = completion.choices[0].message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Oslo"}')
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert engine.prompts[0].endswith(
+        "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>")
+
+
 def test_max_tokens_finishes_with_length_and_effort_is_rendered():
     with scripted_server(THINK_THEN_ANSWER) as (engine, _, client):
         completion = client.chat.completions.create(

@@ -209,6 +209,25 @@ def test_function_call_streaming_and_multi_turn_tool_use():
     assert engine.prompts[1] == expected
 
 
+@pytest.mark.parametrize(
+    ("tool_choice", "forced", "script"),
+    [
+        ({"type": "function", "name": "get_weather"},
+         "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>", '{"city": "Oslo"}<|call|>'),
+        ("required", "<|channel|>commentary to=functions.",
+         'get_weather <|constrain|>json<|message|>{"city": "Oslo"}<|call|>'),
+    ],
+)
+def test_tool_choice_forces_a_function_call(tool_choice, forced, script):
+    with scripted_server(script) as (engine, _, client):
+        response = client.responses.create(model=MODEL, input="Oslo?", tools=[WEATHER_TOOL],
+                                           tool_choice=tool_choice)
+    (call,) = response.output
+    assert (call.type, call.name, call.arguments) == ("function_call", "get_weather", '{"city": "Oslo"}')
+    assert engine.prompts[0].endswith("<|start|>assistant" + forced)  # the model continues the forced start
+    assert response.usage.output_tokens == len(harmony.get_encoding().encode(script, allowed_special="all"))
+
+
 def test_previous_response_id_continues_the_conversation():
     with scripted_server(THINK_THEN_ANSWER, CALL_WEATHER, "<|channel|>final<|message|>Sunny.<|return|>") as (
         engine, _server, client,
@@ -395,6 +414,8 @@ def test_web_search_runs_server_side_with_citations():
         ({"model": MODEL, "input": "hi", "tools": [{"type": "file_search"}]}, 400, "tools[0]"),
         ({"model": MODEL, "input": "hi", "tools": [{"type": "code_interpreter"}]}, 400, "tools[0].type"),
         ({"model": MODEL, "input": "hi", "tool_choice": "required"}, 400, "tool_choice"),
+        ({"model": MODEL, "input": "hi", "tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "name": "x"}},
+         400, "tool_choice"),
         ({"model": MODEL, "input": [{"type": "function_call_output", "call_id": "nope", "output": "x"}]}, 400,
          "input[0].call_id"),
         ({"model": MODEL, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},

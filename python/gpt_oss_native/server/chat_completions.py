@@ -21,6 +21,7 @@ from .. import harmony
 from ..sampling import SamplingParams
 from .conversation import (
     drop_stale_reasoning,
+    forced_call_prefix,
     function_call_message,
     function_name,
     function_output_message,
@@ -40,6 +41,7 @@ class _Prepared:
     id: str
     model: str
     prompt: list[int]
+    forced: list[int]  # the reply's forced start (tool_choice), fed to the parser as if generated
     sampling: SamplingParams
     max_tokens: int | None
     include_usage: bool
@@ -76,13 +78,10 @@ class ChatCompletionsEndpoint:
             raise ApiError("logprobs are not supported.", param="logprobs", code="unsupported_parameter")
         if body.response_format and body.response_format.get("type", "text") != "text":
             raise ApiError("Only text responses are supported.", param="response_format")
-        if body.tool_choice not in (None, "auto", "none"):
-            raise ApiError(
-                "tool_choice must be 'auto' or 'none': gpt-oss decides itself whether to call a tool.",
-                param="tool_choice",
-                code="unsupported_value",
-            )
         tools = [] if body.tool_choice == "none" else (body.tools or [])
+        choice = body.tool_choice
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        prefix = forced_call_prefix(choice, [t.function.name for t in tools], named)
 
         developer_texts: list[str] = []
         history: list[Message] = []
@@ -124,8 +123,9 @@ class ChatCompletionsEndpoint:
             conversation_start_date=time.strftime("%Y-%m-%d"),
         )
         prompt = harmony.render_conversation(conversation)
+        forced = harmony.get_encoding().encode(prefix, allowed_special="all") if prefix else []
         max_context = self._engine.max_context
-        if len(prompt) >= max_context:
+        if len(prompt) + len(forced) >= max_context:
             raise ApiError(
                 f"This model's maximum context length is {max_context} tokens, but the messages are "
                 f"{len(prompt)} tokens. Shorten the conversation.",
@@ -141,6 +141,7 @@ class ChatCompletionsEndpoint:
             id=f"chatcmpl-{uuid.uuid4().hex}",
             model=model,
             prompt=prompt,
+            forced=forced,
             sampling=sampling,
             max_tokens=body.max_completion_tokens or body.max_tokens,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
@@ -151,15 +152,18 @@ class ChatCompletionsEndpoint:
         self, p: _Prepared, result: _Result, is_disconnected: Callable[[], Awaitable[bool]]
     ) -> AsyncIterator[dict[str, Any]]:
         """The message's deltas as they are generated; fills ``result`` as it goes."""
-        budget = self._engine.max_context - len(p.prompt)
+        budget = self._engine.max_context - len(p.prompt) - len(p.forced)
         if p.max_tokens is not None:
             budget = min(budget, p.max_tokens)
         stop = harmony.stop_tokens()
         parser = CompletionParser(stop)
-        stream = TokenStream(self._engine, p.prompt, p.sampling, budget, stop, self._slots)
+        stream = TokenStream(self._engine, p.prompt + p.forced, p.sampling, budget, stop, self._slots)
         call_index: dict[int, int] = {}  # id(segment) → tool_calls index
         stops = _StopStrings(p.stop)
         try:
+            for token in p.forced:
+                for delta in _message_deltas(parser.feed(token), result, call_index):
+                    yield delta
             async for token in stream:
                 result.completion_tokens += 1
                 events = parser.feed(token)

@@ -86,3 +86,28 @@ def drop_stale_reasoning(messages: Sequence[Message]) -> list[Message]:
         default=-1,
     )
     return [m for i, m in enumerate(messages) if not (i < last_final and m.channel == "analysis")]
+
+
+def forced_call_prefix(tool_choice: Any, functions: Sequence[str], named: str | None) -> str | None:
+    """The start of the assistant's reply that makes it call a function, for ``tool_choice``.
+
+    ``"auto"`` / ``"none"`` / None force nothing; ``"required"`` starts a call to one of the functions (the
+    model picks which); a named function (``named``, taken from the API's object form) starts a call to it.
+    The model skips its reasoning then, as a forced call does with OpenAI's models.
+    """
+    if tool_choice in (None, "auto", "none"):
+        return None
+    if tool_choice == "required" or named is not None:
+        if not functions:
+            raise ApiError("tool_choice requires a function tool, but none is given.", param="tool_choice")
+        if named is not None and named not in functions:
+            raise ApiError(f"tool_choice names the function {named!r}, which is not among the tools.",
+                           param="tool_choice")
+        if named is None:
+            return f"<|channel|>commentary to={FUNCTIONS_PREFIX}"
+        return f"<|channel|>commentary to={FUNCTIONS_PREFIX}{named} {JSON_CONTENT_TYPE}<|message|>"
+    raise ApiError(
+        "tool_choice must be 'auto', 'none', 'required' or a function tool.",
+        param="tool_choice",
+        code="unsupported_value",
+    )

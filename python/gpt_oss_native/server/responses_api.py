@@ -28,6 +28,7 @@ from .builtin_tools import ToolFactory, recipient_namespace
 from .conversation import (
     FUNCTIONS_PREFIX,
     drop_stale_reasoning,
+    forced_call_prefix,
     function_call_message,
     function_name,
     function_output_message,
@@ -75,6 +76,7 @@ class _Prepared:
     builtins: dict[str, Tool]  # namespace → tool
     functions: set[str]
     prompt: list[int]
+    forced: list[int]  # the reply's forced start (tool_choice), fed to the parser as if generated
     sampling: SamplingParams
     effort: str
     created_at: int = field(default_factory=lambda: int(time.time()))
@@ -139,6 +141,10 @@ class ResponsesEndpoint:
             "conversation_start_date": time.strftime("%Y-%m-%d"),
         }
         prompt = harmony.render_conversation(harmony.build_conversation(history, **header))
+        choice = body.tool_choice
+        prefix = forced_call_prefix(
+            choice, [f.name for f in functions], choice.get("name") if isinstance(choice, dict) else None
+        )
         max_context = self._engine.max_context
         if len(prompt) >= max_context:
             raise ApiError(
@@ -161,18 +167,12 @@ class ResponsesEndpoint:
             builtins=builtins,
             functions={f.name for f in functions},
             prompt=prompt,
+            forced=harmony.get_encoding().encode(prefix, allowed_special="all") if prefix else [],
             sampling=sampling,
             effort=effort,
         )
 
     def _tools(self, body: ResponsesRequest) -> tuple[list[FunctionTool], dict[str, Tool]]:
-        choice = body.tool_choice
-        if choice not in (None, "auto", "none"):
-            raise ApiError(
-                "tool_choice must be 'auto' or 'none': gpt-oss decides itself whether to call a tool.",
-                param="tool_choice",
-                code="unsupported_value",
-            )
         functions: list[FunctionTool] = []
         builtins: dict[str, Tool] = {}
         for i, tool in enumerate(body.tools):
@@ -193,7 +193,7 @@ class ResponsesEndpoint:
                 )
             if namespace not in builtins:
                 builtins[namespace] = factory()
-        if choice == "none":
+        if body.tool_choice == "none":
             return [], {}
         return functions, builtins
 
@@ -259,7 +259,7 @@ class ResponsesEndpoint:
         prompt = p.prompt
         max_output = p.body.max_output_tokens
         while True:
-            budget = self._engine.max_context - len(prompt)
+            budget = self._engine.max_context - len(prompt) - (len(p.forced) if turns == 0 else 0)
             if max_output is not None:
                 budget = min(budget, max_output - generated)
             if budget <= 0:
@@ -268,9 +268,14 @@ class ResponsesEndpoint:
             parser = CompletionParser(stop)
             # Each turn after a tool call draws from its own random stream.
             sampling = dataclasses.replace(p.sampling, seed=(p.sampling.seed + turns) % 2**64)
+            forced = p.forced if turns == 0 else []
             turns += 1
-            stream = TokenStream(self._engine, prompt, sampling, budget, stop, self._slots)
+            stream = TokenStream(self._engine, prompt + forced, sampling, budget, stop, self._slots)
             try:
+                for token in forced:
+                    for kind, segment, delta in parser.feed(token):
+                        for e in self._segment_events(p, out, kind, segment, delta, partial=False):
+                            yield event(**e)
                 async for token in stream:
                     generated += 1
                     segment_events = parser.feed(token)
@@ -356,7 +361,7 @@ class ResponsesEndpoint:
             "store": body.store,
             "temperature": p.sampling.temperature,
             "text": {"format": {"type": "text"}},
-            "tool_choice": body.tool_choice if isinstance(body.tool_choice, str) else "auto",
+            "tool_choice": body.tool_choice,
             "tools": [tool.model_dump(exclude_none=True) for tool in body.tools],
             "top_p": p.sampling.top_p,
             "truncation": "disabled",
