@@ -442,7 +442,10 @@ def test_malformed_bodies_get_400():
                            headers={"content-type": "application/json"})
             assert r.status_code == 400, (content, r.text)
             assert r.json()["error"]["type"] == "invalid_request_error"
+        form = httpx.post(server.base_url + "/responses", data={"input": "hi"})
+        assert form.status_code == 400 and "must be a JSON object" in form.json()["error"]["message"]
         assert httpx.get(server.base_url + "/nowhere").json()["error"]["code"] == "not_found"
+        assert httpx.put(server.base_url + "/responses").status_code == 405
 
 
 def test_engine_failure_is_reported_not_crashed():

@@ -79,6 +79,8 @@ def create_app(
         param = _param_path(first.get("loc", ()))
         if first.get("type") == "json_invalid":
             message = f"The request body is not valid JSON: {first.get('msg')}"
+        elif param is None and first.get("type") == "model_attributes_type":
+            message = "The request body must be a JSON object (Content-Type: application/json)."
         else:
             message = f"Invalid request: {first.get('msg')}" + (f" (at '{param}')" if param else "")
             if len(errors) > 1:
