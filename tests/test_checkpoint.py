@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from gpt_oss_native.checkpoint import CheckpointError, expected_weights, load_checkpoint, open_checkpoint
 from gpt_oss_native.config import GPT_OSS_20B, ModelConfig
-from gpt_oss_native.random_checkpoint import _official_specs, tiny_config, write_random_checkpoint
+from gpt_oss_native.random_checkpoint import _draw, _official_specs, tiny_config, write_random_checkpoint
 from gpt_oss_native.safetensors_io import SafetensorsFile, TensorSpec, write_safetensors
 
 FP4_VALUES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float64)
@@ -158,6 +158,18 @@ def test_random_weights_keep_activations_order_one(tmp_path: Path) -> None:
     assert 1 < rms < 10, rms
     assert 0.3 < logits.std().item() < 3
     assert torch.softmax(logits, -1).max(-1).values.mean().item() < 0.5  # no collapsed distribution
+
+
+@pytest.mark.parametrize("hidden", [64, 2880])
+def test_expert_weights_have_variance_one_over_fan_in(hidden: int) -> None:
+    """Dequantized MXFP4 experts have the variance of the bf16 matrices, 1/fan_in, at any width."""
+    config = GPT_OSS_20B.replace(hidden_size=hidden, intermediate_size=hidden)
+    rng = np.random.default_rng(0)
+    shape = (1, 512, hidden // 32)
+    blocks = _draw(config, rng, "block.0.mlp.mlp1_weight.blocks", (*shape, 16))
+    scales = _draw(config, rng, "block.0.mlp.mlp1_weight.scales", shape)
+    variance = dequantize(blocks, scales).var()
+    assert abs(variance * hidden - 1) < 0.1, variance * hidden
 
 
 def test_writer_is_deterministic_per_seed(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 The weights are noise, scaled so activations stay O(1) through many layers: bf16 matrices ~ N(0, 1/fan_in),
 small biases, norm scales ~ 1, sinks ~ N(0, 1), MXFP4 experts with uniformly random E2M1 codes and E8M0 scales
-chosen so each expert matrix has about the same variance. Every tensor draws from its own generator, seeded by
+chosen so each expert matrix also has variance 1/fan_in. Every tensor draws from its own generator, seeded by
 (seed, internal name, row), so the official and Hugging Face layouts of one seed hold identical weights.
 Writing streams chunk by chunk, drawing chunks in parallel (a full-size gpt-oss-20b, 13.8 GB, takes ~12 s on
 16 cores); every safetensors file's metadata and a README.txt say that the weights are random.
@@ -197,10 +197,13 @@ def _draw(config: ModelConfig, rng: np.random.Generator, name: str, shape: tuple
     if name.endswith(".blocks"):  # uniformly random E2M1 codes, two per byte
         return rng.bit_generator.random_raw(-(-n // 8)).view(np.uint8)[:n].reshape(shape)
     if name.endswith(".scales"):
+        # E8M0 exponents from two neighbouring octaves, mixed so that the weights' mean variance is exactly
+        # 1/fan_in (as for the bf16 matrices) whatever fan_in is: E[4^e] = 4^target.
         fan_in = H if "mlp1" in name else config.intermediate_size
-        # E8M0 exponents giving each weight a standard deviation near 1/sqrt(fan_in), jittered by an octave.
-        center = 127 + round(-math.log2(math.sqrt(fan_in) * _FP4_RMS))
-        return rng.integers(center - 1, center + 2, size=shape, dtype=np.uint8)
+        target = -math.log2(math.sqrt(fan_in) * _FP4_RMS)
+        low = math.floor(target)
+        upper_share = (4 ** (target - low) - 1) / 3
+        return (127 + low + (rng.random(shape, dtype=np.float32) < upper_share)).astype(np.uint8)
     if name.endswith("norm.scale"):
         return _bf16(rng, shape, std=_NORM_STD, mean=1.0)
     if name.endswith("sinks"):
