@@ -33,15 +33,32 @@ from gpt_oss_native.tools.python_sandbox import (
 from gpt_oss_native.tools.python_tool import PYTHON_DESCRIPTION
 from openai_harmony import Message, Role
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
+
+def _why_no_sandbox() -> str | None:
+    """Why this machine cannot sandbox anything (no bwrap, or namespaces forbidden), or None if it can."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    probe = subprocess.run(
+        [bwrap, "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True, check=False
+    )
+    return (
+        None
+        if probe.returncode == 0
+        else f"bwrap cannot create namespaces here: {probe.stderr.decode().strip()}"
+    )
+
+
+NO_SANDBOX = _why_no_sandbox()
+needs_sandbox = pytest.mark.skipif(NO_SANDBOX is not None, reason=f"no sandbox on this machine: {NO_SANDBOX}")
 
 LIMITS = SandboxLimits(timeout_s=20, cpu_s=10, memory_bytes=1 << 30, processes=32, output_bytes=4096)
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> PythonSandbox:
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap (bwrap) is not installed")
+    if NO_SANDBOX is not None:
+        pytest.skip(f"no sandbox on this machine: {NO_SANDBOX}")
     box = PythonSandbox(LIMITS)
     box.check()
     return box
@@ -93,7 +110,7 @@ def test_description_is_the_reference_tools_word_for_word() -> None:
     assert PYTHON_DESCRIPTION == texts[0].strip()
 
 
-@needs_bwrap
+@needs_sandbox
 def test_tool_message_round_trip(sandbox: PythonSandbox) -> None:
     tool = PythonTool(sandbox)
     assert tool.tool_config.name == "python" and tool.tool_config.description == PYTHON_DESCRIPTION
@@ -124,11 +141,34 @@ def test_output_of_a_normal_script(sandbox: PythonSandbox) -> None:
 
 
 def test_calls_share_nothing(sandbox: PythonSandbox) -> None:
-    assert (
-        run(sandbox, "open('/tmp/state', 'w').write('x'); import os; print(os.listdir('/tmp'))")
-        == "['state']\n"
+    listing = "import os; print(sorted(os.listdir('/tmp')), os.getcwd())"
+    baseline = run(sandbox, listing)  # empty, unless the interpreter itself lives under /tmp (as in CI)
+    assert baseline.endswith(" /tmp\n") and "state" not in baseline
+    assert "'state'" in run(sandbox, "open('/tmp/state', 'w').write('x')\n" + listing)
+    assert run(sandbox, listing) == baseline
+
+
+@needs_sandbox
+def test_an_interpreter_under_tmp(tmp_path: Path) -> None:
+    """CI's virtualenv lives in /tmp: the sandbox's own /tmp must not hide it, nor show the rest of /tmp."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (tmp_path / "beside.txt").write_text("not for the sandbox")
+    box = PythonSandbox(LIMITS, python=str(venv / "bin" / "python"))
+    out = run(
+        box,
+        f"""
+        import os, sys
+        print(sys.prefix == {str(venv)!r}, sorted(os.listdir({str(tmp_path)!r})))
+        open("/tmp/scratch", "w").write("writable")
+        try:
+            open({str(venv / "escape")!r}, "w")
+        except OSError as e:
+            print("venv read-only", type(e).__name__)
+        """,
     )
-    assert run(sandbox, "import os; print(os.listdir('/tmp'), os.getcwd())") == "[] /tmp\n"
+    assert out == "True ['venv']\nvenv read-only OSError\n", out
+    assert not (venv / "escape").exists()
 
 
 def test_the_virtual_environment_is_usable(sandbox: PythonSandbox) -> None:
@@ -331,6 +371,7 @@ def test_huge_output_is_truncated(sandbox: PythonSandbox) -> None:
     assert len(text.encode()) < LIMITS.output_bytes + 100
 
 
+@needs_sandbox
 def test_wall_clock_timeout_kills_everything() -> None:
     box = PythonSandbox(SandboxLimits(timeout_s=2, cpu_s=60))
     before = foreign_pid_namespace_processes()
@@ -346,6 +387,7 @@ def test_wall_clock_timeout_kills_everything() -> None:
     assert_nothing_left(before)
 
 
+@needs_sandbox
 def test_cpu_limit_stops_a_busy_loop() -> None:
     box = PythonSandbox(SandboxLimits(timeout_s=30, cpu_s=1))
     started = time.monotonic()
@@ -379,6 +421,7 @@ def test_memory_is_limited(sandbox: PythonSandbox) -> None:
     assert grown <= LIMITS.memory_bytes >> 20, out
 
 
+@needs_sandbox
 def test_file_and_tmp_sizes_are_limited() -> None:
     box = PythonSandbox(SandboxLimits(file_bytes=1 << 20, tmp_bytes=4 << 20))
     out = run(
@@ -476,7 +519,7 @@ print(json.dumps(out))
 """
 
 
-@needs_bwrap
+@needs_sandbox
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
 @pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="needs a system /usr/bin/python3")
 def test_sandbox_as_an_unprivileged_user() -> None:

@@ -229,12 +229,12 @@ class PythonSandbox:
 
     def _interpreter_dirs(self) -> list[str]:
         """Directories of the interpreter installation that must be visible inside the sandbox."""
-        if os.path.realpath(self.python) == os.path.realpath(sys.executable):
+        if os.path.abspath(self.python) == os.path.abspath(sys.executable):
             prefixes = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix}
         else:
             query = "import sys; print(sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, sep=chr(10))"
             probe = subprocess.run(
-                [self.python, "-I", "-S", "-c", query],
+                [self.python, "-I", "-c", query],
                 check=False,
                 capture_output=True,
                 text=True,
@@ -276,7 +276,10 @@ class PythonSandbox:
                 args += ["--ro-bind", path, path]
         for path in _ETC_PATHS:
             args += ["--ro-bind-try", path, path]
-        created = {"/"} | set(_SYSTEM_DIRS)
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--perms", "1777", "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"]
+        # After /tmp: an interpreter living under /tmp (a CI virtualenv) must not be hidden by the tmpfs.
+        created = {"/", "/tmp"} | set(_SYSTEM_DIRS)
         for path in self._interpreter_dirs():
             # bwrap would create the missing parents mode 0700, unreadable after dropping root.
             parents = [str(p) for p in reversed(Path(path).parents) if str(p) not in created]
@@ -284,8 +287,6 @@ class PythonSandbox:
                 args += ["--perms", "0755", "--dir", parent]
             created.update(parents)
             args += ["--ro-bind", path, path]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        args += ["--perms", "1777", "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"]
         args += ["--remount-ro", "/", "--chdir", "/tmp"]
         return args
 
