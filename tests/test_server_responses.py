@@ -209,6 +209,41 @@ def test_function_call_streaming_and_multi_turn_tool_use():
     assert engine.prompts[1] == expected
 
 
+@pytest.mark.parametrize("keep_phase", [True, False])
+def test_preamble_before_a_call_round_trips_as_commentary(keep_phase):
+    preamble_then_call = (
+        "<|channel|>analysis<|message|>Think.<|end|>"
+        "<|start|>assistant<|channel|>commentary<|message|>Let me check.<|end|>"
+        '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Rome"}'
+        "<|call|>"
+    )
+    with scripted_server(preamble_then_call, "<|channel|>final<|message|>Warm.<|return|>") as (engine, _, client):
+        first = client.responses.create(model=MODEL, input="Rome?", tools=[WEATHER_TOOL])
+        reasoning, preamble, call = first.output
+        assert (preamble.type, preamble.phase, preamble.content[0].text) == ("message", "commentary",
+                                                                              "Let me check.")
+        items = [item.model_dump(exclude_none=True) for item in first.output]
+        if not keep_phase:
+            del items[1]["phase"]  # a client that drops it: the call that follows tells
+        client.responses.create(model=MODEL, tools=[WEATHER_TOOL], store=False, input=[
+            {"role": "user", "content": "Rome?"}, *items,
+            {"type": "function_call_output", "call_id": call.call_id, "output": "28 C"}])
+    expected = reference_prompt(
+        [
+            Message.from_role_and_content(Role.USER, "Rome?"),
+            Message.from_role_and_content(Role.ASSISTANT, "Think.").with_channel("analysis"),
+            Message.from_role_and_content(Role.ASSISTANT, "Let me check.").with_channel("commentary"),
+            Message.from_role_and_content(Role.ASSISTANT, '{"city": "Rome"}').with_channel("commentary")
+            .with_recipient("functions.get_weather").with_content_type("<|constrain|>json"),
+            Message.from_author_and_content(Author.new(Role.TOOL, "functions.get_weather"), "28 C")
+            .with_channel("commentary").with_recipient("assistant"),
+        ],
+        developer=DeveloperContent.new().with_function_tools(
+            [ToolDescription.new("get_weather", WEATHER_TOOL["description"], WEATHER_TOOL["parameters"])]),
+    )
+    assert engine.prompts[1] == expected
+
+
 @pytest.mark.parametrize(
     ("tool_choice", "forced", "script"),
     [

@@ -212,7 +212,8 @@ class ResponsesEndpoint:
                 elif item.role == "user":
                     messages.append(Message.from_role_and_content(Role.USER, text))
                 else:
-                    messages.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("final"))
+                    channel = "commentary" if self._is_preamble(body.input, i) else "final"
+                    messages.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel(channel))
             elif isinstance(item, ReasoningItem):
                 parts = item.content or item.summary
                 text = "".join(p.text for p in parts)
@@ -232,6 +233,20 @@ class ResponsesEndpoint:
             else:
                 assert isinstance(item, BuiltinCallItem)  # ran server-side earlier; its result is not replayable
         return messages
+
+    @staticmethod
+    def _is_preamble(items: list, index: int) -> bool:
+        """Whether the assistant message ``items[index]`` was commentary: marked so (``phase``), or followed by
+        a function call within the same turn, as gpt-oss writes a preamble before its calls."""
+        phase = items[index].phase
+        if phase is not None:
+            return phase == "commentary"
+        for item in items[index + 1 :]:
+            if isinstance(item, FunctionCallItem):
+                return True
+            if isinstance(item, MessageItem):
+                return False
+        return False
 
     # -----------------------------------------------------------------------------------------------------
     # Generation → events
@@ -405,8 +420,10 @@ class ResponsesEndpoint:
                 item = {"id": _new_id("rs"), "type": "reasoning", "summary": [], "content": []}
                 part = {"type": "reasoning_text", "text": ""}
             else:
+                # gpt-oss's commentary text (a preamble to tool calls) is a message, marked as the API marks it.
+                phase = "commentary" if segment.channel == "commentary" else "final_answer"
                 item = {"id": _new_id("msg"), "type": "message", "role": "assistant", "status": "in_progress",
-                        "content": []}
+                        "content": [], "phase": phase}
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             out.items.append(item)
             return [

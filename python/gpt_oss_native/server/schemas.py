@@ -34,6 +34,7 @@ class MessageItem(_Lenient):
     content: str | list[ContentPart]
     id: str | None = None
     status: str | None = None
+    phase: Literal["commentary", "final_answer"] | None = None  # assistant messages: commentary = preamble
 
 
 class ReasoningText(_Lenient):
