@@ -219,7 +219,7 @@ def test_preamble_before_a_call_round_trips_as_commentary(keep_phase):
     )
     with scripted_server(preamble_then_call, "<|channel|>final<|message|>Warm.<|return|>") as (engine, _, client):
         first = client.responses.create(model=MODEL, input="Rome?", tools=[WEATHER_TOOL])
-        reasoning, preamble, call = first.output
+        _reasoning, preamble, call = first.output
         assert (preamble.type, preamble.phase, preamble.content[0].text) == ("message", "commentary",
                                                                               "Let me check.")
         items = [item.model_dump(exclude_none=True) for item in first.output]
