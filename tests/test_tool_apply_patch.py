@@ -171,6 +171,18 @@ def test_lenient_whitespace_keeps_the_files_own_lines(root: Path) -> None:
     assert (root / "ws.py").read_text() == "def f():\n    x = 1   \n  return x + 1\n"
 
 
+def test_an_anchor_resolves_repeated_context(root: Path) -> None:
+    """Two blank lines occur twice; without an anchor that is refused, with one the first after it is meant."""
+    ambiguous = patch("*** Update File: src/app.py", " ", "-")
+    with pytest.raises(PatchError, match="matches src/app.py in 2 places"):
+        apply_patch(ambiguous, root)
+    anchored = patch("*** Update File: src/app.py", "@@ def greet():", " ", "-")
+    apply_patch(anchored, root)
+    expected = APP.replace('"Hi")\n\n\n', '"Hi")\n\n')
+    assert (root / "src" / "app.py").read_text() == expected
+    assert reference_result(anchored, {"src/app.py": APP})["src/app.py"] == expected
+
+
 def test_symlinks_inside_the_root_are_followed(root: Path) -> None:
     (root / "link").symlink_to("src")
     apply_patch(patch("*** Update File: link/app.py", "-import sys", "+import sys  # patched"), root)

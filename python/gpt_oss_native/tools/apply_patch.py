@@ -16,7 +16,8 @@ temporary files beside their targets and are renamed into place, undoing everyth
 refused patch leaves the tree byte-identical.
 
 Where this is stricter than the reference (gpt_oss/tools/apply_patch.py): context that matches in several
-places is refused rather than taking the first; an ``@@`` anchor that is not in the file is an error (unified
+places is refused rather than taking the first (unless an ``@@`` anchor line precedes it: then the first match
+after the anchor is meant); an ``@@`` anchor that is not in the file is an error (unified
 diff ranges such as ``@@ -3,7 +3,8 @@`` are ignored); ``*** End of File`` context must really end the file.
 Paths must be relative, without ``..``, and stay inside the root after resolving symlinks. Added files end
 with a newline (like Codex's apply_patch); updates keep a file's newline style and final newline.
@@ -218,7 +219,7 @@ def _update(path: str, content: str, hunks: list[Hunk]) -> str:
             if not found:
                 shown = "\n".join(old)
                 raise PatchError(f"line {hunk.line}: context not found in {path}:\n{shown}")
-            if len(found) > 1 and old:
+            if len(found) > 1 and old and hunk.anchor is None:  # an anchor picks its first match
                 where = ", ".join(str(i + 1) for i in found[:5])
                 raise PatchError(
                     f"line {hunk.line}: the hunk's context matches {path} in {len(found)} places (lines {where}); "

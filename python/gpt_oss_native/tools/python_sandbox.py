@@ -363,15 +363,14 @@ class PythonSandbox:
                 proc.wait()
                 assert proc.stdout is not None
                 proc.stdout.close()
-        code_ = proc.returncode
-        # bwrap reports a signal-killed child as 128 + signal; Popen reports a signal-killed process as -signal.
-        sig = -code_ if code_ < 0 else (code_ - 128 if 128 < code_ < 128 + 65 else None)
-        if timed_out:
-            sig = None
+        status = proc.returncode
+        # Popen reports a process killed by a signal as -signal, bwrap reports its child's as 128 + signal (so a
+        # script's own sys.exit(137) reads as SIGKILL too).
+        killed_by = -status if status < 0 else status - 128 if 128 < status <= 128 + 64 else None
         return ExecutionResult(
             output=output.text(),
-            exit_code=None if timed_out else code_,
-            signal=sig,
+            exit_code=None if timed_out else status,
+            signal=None if timed_out else killed_by,
             timed_out=timed_out,
             truncated=output.truncated,
         )
