@@ -54,7 +54,7 @@ CALL_WEATHER = (
 @contextmanager
 def scripted_server(*scripts: str, **engine_options):
     engine = ScriptedEngine(list(scripts), **engine_options)
-    with ServerThread(create_app(engine, model_name=MODEL, max_concurrent=engine.max_sequences)) as server:
+    with ServerThread(create_app(engine, model_name=MODEL)) as server:
         yield engine, server, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
 
@@ -259,7 +259,7 @@ def test_models_endpoints():
 @pytest.fixture(scope="module")
 def tiny(tiny_checkpoint):
     with Engine(tiny_checkpoint, max_context=512, max_sequences=2, progress=False) as engine:
-        app = create_app(engine, model_name="gpt-oss-tiny", max_concurrent=engine.max_sequences)
+        app = create_app(engine, model_name="gpt-oss-tiny")
         with ServerThread(app) as server:
             yield engine, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 

@@ -58,7 +58,7 @@ CALL_WEATHER = (
 @contextmanager
 def scripted_server(*scripts: str, tool_factories=None, **engine_options):
     engine = ScriptedEngine(list(scripts), **engine_options)
-    app = create_app(engine, model_name=MODEL, tool_factories=tool_factories, max_concurrent=engine.max_sequences)
+    app = create_app(engine, model_name=MODEL, tool_factories=tool_factories)
     with ServerThread(app) as server:
         yield engine, server, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
@@ -546,7 +546,7 @@ def tiny_engine(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_engine):
-    app = create_app(tiny_engine, model_name="gpt-oss-tiny", model_aliases=["tiny"], max_concurrent=3)
+    app = create_app(tiny_engine, model_name="gpt-oss-tiny", model_aliases=["tiny"])
     with ServerThread(app) as server:
         yield server, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 

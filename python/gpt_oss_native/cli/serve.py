@@ -59,7 +59,6 @@ def run(args: argparse.Namespace) -> int:
         model_name=name,
         model_aliases=[args.model],
         tool_factories=tools,
-        max_concurrent=engine.max_sequences,
     )
     print(f"serving {name} on http://{args.host}:{args.port}/v1 (built-in tools: "
           f"{', '.join(sorted(tools)) or 'none'})", file=sys.stderr)

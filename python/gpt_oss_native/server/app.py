@@ -36,7 +36,7 @@ def create_app(
     model_name: str,
     model_aliases: Sequence[str] = (),
     tool_factories: dict[str, ToolFactory] | None = None,
-    max_concurrent: int = 8,
+    max_concurrent: int | None = None,
     store_capacity: int = 1024,
 ) -> FastAPI:
     """An app serving ``engine`` as ``model_name``.
@@ -44,12 +44,12 @@ def create_app(
     ``model_aliases``: other names requests may use for the model (e.g. the path it was loaded from).
     ``tool_factories``: ``"browser"`` / ``"python"`` → a factory of the built-in tool behind the Responses
     API's ``web_search`` / ``code_interpreter`` tools (one instance per request); absent ones are refused.
-    ``max_concurrent``: generations running at once (the engine's sequences); more requests wait.
+    ``max_concurrent``: generations running at once (default: the engine's ``max_sequences``); more wait.
     """
     app = FastAPI(title="gpt-oss-native")
     created = int(time.time())
     names = {model_name, *model_aliases}
-    slots = threading.BoundedSemaphore(max_concurrent)
+    slots = threading.BoundedSemaphore(max_concurrent or engine.max_sequences)
     store = ResponseStore(store_capacity)
 
     def resolve_model(requested: str | None) -> str:

@@ -25,6 +25,7 @@ class TokenEngine(Protocol):
     """What the server needs of :class:`gpt_oss_native.engine.Engine`."""
 
     max_context: int
+    max_sequences: int
 
     def generate(
         self,
