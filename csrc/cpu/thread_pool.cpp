@@ -6,11 +6,14 @@ namespace gpt_oss {
 
 namespace {
 constexpr int kSpinIterations = 20000;  // ~tens of microseconds before a worker sleeps
+// Chunks per thread and loop: enough that a thread the OS preempts (a shared machine) leaves its share to the
+// others, few enough that each chunk is a long contiguous stream of weight rows.
+constexpr int64_t kChunksPerThread = 4;
 }
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -23,12 +26,12 @@ ThreadPool::~ThreadPool() {
   for (std::thread& t : workers_) t.join();
 }
 
-void ThreadPool::run_chunk(int index) {
-  // Chunk boundaries rounded to the grain; trailing chunks may be empty when n is small.
-  const int64_t units = (job_n_ + job_grain_ - 1) / job_grain_;
-  const int64_t begin = std::min(job_n_, units * index / job_chunks_ * job_grain_);
-  const int64_t end = std::min(job_n_, units * (index + 1) / job_chunks_ * job_grain_);
-  if (begin < end) (*job_)(begin, end);
+void ThreadPool::run_chunks() {
+  for (;;) {
+    const int64_t begin = next_.fetch_add(job_chunk_, std::memory_order_relaxed);
+    if (begin >= job_n_) return;
+    (*job_)(begin, std::min(job_n_, begin + job_chunk_));
+  }
 }
 
 void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
@@ -38,17 +41,18 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     fn(0, n);
     return;
   }
+  const int64_t chunks = static_cast<int64_t>(size()) * kChunksPerThread;
   job_ = &fn;
   job_n_ = n;
-  job_grain_ = grain;
-  job_chunks_ = size();
+  job_chunk_ = ((n + chunks - 1) / chunks + grain - 1) / grain * grain;
+  next_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
-  run_chunk(0);
+  run_chunks();
   for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
     if (spin >= kSpinIterations) {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -59,7 +63,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   job_ = nullptr;
 }
 
-void ThreadPool::worker_loop(int index) {
+void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
     uint64_t now = generation_.load(std::memory_order_acquire);
@@ -72,7 +76,7 @@ void ThreadPool::worker_loop(int index) {
     }
     seen = now;
     if (stopping_.load(std::memory_order_acquire)) return;
-    run_chunk(index);
+    run_chunks();
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mutex_);
       done_.notify_one();

@@ -1,7 +1,7 @@
-// A small persistent thread pool for the CPU backend's data-parallel loops. parallel_for splits [0, n) into one
-// contiguous chunk per thread (rows of a GEMV cost the same, so static chunks balance); the calling thread runs
-// chunk 0. Workers spin briefly before sleeping: a decode step issues hundreds of short loops, and waking a
-// sleeping thread costs more than most of them.
+// A small persistent thread pool for the CPU backend's data-parallel loops. parallel_for splits [0, n) into a
+// few contiguous chunks per thread that the threads (the caller included) claim from an atomic counter, so a
+// thread the OS preempts does not hold the loop up. Workers spin briefly before sleeping: a decode step issues
+// hundreds of short loops, and waking a sleeping thread costs more than most of them.
 #pragma once
 
 #include <atomic>
@@ -24,13 +24,13 @@ class ThreadPool {
 
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
-  // Calls fn(begin, end) on disjoint ranges covering [0, n); every chunk boundary but the last is a multiple of
-  // `grain`. Returns when all calls have returned. Not reentrant: fn must not call parallel_for.
+  // Calls fn(begin, end) on disjoint ranges covering [0, n), concurrently; every range boundary but the last is
+  // a multiple of `grain`. Returns when all calls have returned. Not reentrant: fn must not call parallel_for.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
-  void worker_loop(int index);
-  void run_chunk(int index);
+  void worker_loop();
+  void run_chunks();
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
@@ -41,8 +41,8 @@ class ThreadPool {
   std::atomic<bool> stopping_{false};
   // The current job, valid while pending_ > 0.
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
-  int64_t job_n_ = 0, job_grain_ = 1;
-  int job_chunks_ = 0;
+  int64_t job_n_ = 0, job_chunk_ = 1;
+  std::atomic<int64_t> next_{0};  // first row of the next unclaimed chunk
 };
 
 }  // namespace gpt_oss
