@@ -12,6 +12,16 @@
 #include "cuda/attention_decode.h"
 #include "cuda/norm_rope.h"
 
+// ---- weight-streaming kernels (cuda-weights) ----
+#include <algorithm>
+#include <functional>
+#include <string>
+#include <type_traits>
+
+#include "cuda/gemv_bf16.h"
+#include "cuda/moe_mxfp4.h"
+#include "cuda/sampling.h"
+
 namespace nb = nanobind;
 
 namespace gpt_oss {
@@ -140,6 +150,276 @@ nb::tuple attention_decode(HostArray<float> q, HostArray<uint16_t> k_cache, Host
 
 }  // namespace forward_kernel_tests
 
+// ---- weight-streaming kernels (cuda-weights): moe_mxfp4, gemv_bf16, sampling ----
+namespace weight_kernel_tests {
+
+template <typename T>
+using Array = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
+
+template <typename T>
+DeviceBuffer upload(const Array<T>& a) {
+  return DeviceBuffer::from_host(a.data(), a.size() * sizeof(T));
+}
+
+// 0xFF bytes: NaN for fp32 and bf16, -1 for int32, so an unwritten output never passes for a result.
+DeviceBuffer poisoned(size_t bytes) {
+  DeviceBuffer d(bytes);
+  CUDA_CHECK(cudaMemset(d.get(), 0xFF, bytes));
+  return d;
+}
+
+template <typename T>
+nb::ndarray<nb::numpy, T> download(const DeviceBuffer& d, std::vector<size_t> shape) {
+  size_t n = 1;
+  for (size_t s : shape) n *= s;
+  auto host = std::make_unique<T[]>(n);
+  CUDA_CHECK(cudaMemcpy(host.get(), d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  T* raw = host.release();
+  nb::capsule owner(raw, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  return nb::ndarray<nb::numpy, T>(raw, shape.size(), shape.data(), owner);
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+// blocks [E, rows, cols/32, 16] u8, scales [E, rows, cols/32] u8, bias [E, rows] bf16 → device experts.
+Mxfp4Experts experts_from(const Array<uint8_t>& blocks, const Array<uint8_t>& scales, const Array<uint16_t>& bias) {
+  require(blocks.ndim() == 4 && blocks.shape(3) == 16 && scales.ndim() == 3 && bias.ndim() == 2,
+          "blocks must be [E, rows, cols/32, 16], scales [E, rows, cols/32], bias [E, rows]");
+  const int E = static_cast<int>(blocks.shape(0)), rows = static_cast<int>(blocks.shape(1));
+  const int cols = static_cast<int>(blocks.shape(2)) * 32;
+  require(scales.shape(0) == blocks.shape(0) && scales.shape(1) == blocks.shape(1) &&
+              scales.shape(2) == blocks.shape(2) && bias.shape(0) == blocks.shape(0) && bias.shape(1) == blocks.shape(1),
+          "blocks, scales and bias disagree on [E, rows, cols/32]");
+  return upload_mxfp4_experts(blocks.data(), scales.data(), bias.data(), E, rows, cols);
+}
+
+DeviceBuffer checked_ids(const Array<int32_t>& ids, int experts) {
+  for (size_t i = 0; i < ids.size(); ++i)
+    require(ids.data()[i] >= 0 && ids.data()[i] < experts, "expert ids must be in [0, experts)");
+  return upload(ids);
+}
+
+nb::tuple moe_router(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b, int k,
+                     float eps) {
+  const int hidden = static_cast<int>(x.size());
+  require(gate_w.ndim() == 2 && gate_w.shape(1) == x.size() && gate_b.size() == gate_w.shape(0) &&
+              norm_scale.size() == x.size(),
+          "gate_w must be [experts, hidden], gate_b [experts], norm_scale [hidden]");
+  const int experts = static_cast<int>(gate_w.shape(0));
+  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_w = upload(gate_w), d_b = upload(gate_b);
+  DeviceBuffer xn = poisoned(sizeof(uint16_t) * hidden), ids = poisoned(sizeof(int32_t) * k),
+               w = poisoned(sizeof(float) * k);
+  launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_w.get<bf16>(), d_b.get<bf16>(), experts, hidden, k, eps,
+                    xn.get<bf16>(), ids.get<int32_t>(), w.get<float>(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return nb::make_tuple(download<uint16_t>(xn, {static_cast<size_t>(hidden)}),
+                        download<int32_t>(ids, {static_cast<size_t>(k)}), download<float>(w, {static_cast<size_t>(k)}));
+}
+
+nb::ndarray<nb::numpy, uint16_t> mlp1_swiglu(Array<uint16_t> x_normed, Array<int32_t> ids, Array<uint8_t> blocks,
+                                              Array<uint8_t> scales, Array<uint16_t> bias, float alpha, float limit) {
+  const Mxfp4Experts m = experts_from(blocks, scales, bias);
+  require(x_normed.size() == static_cast<size_t>(m.cols), "x_normed must have cols = blocks.shape[2] * 32 values");
+  const int k = static_cast<int>(ids.size());
+  DeviceBuffer d_x = upload(x_normed), d_ids = checked_ids(ids, m.experts);
+  DeviceBuffer act = poisoned(sizeof(uint16_t) * k * (m.rows / 2));
+  launch_bf16_mxfp4w_moe_mlp1_swiglu(d_x.get<bf16>(), d_ids.get<int32_t>(), k, m, alpha, limit, act.get<bf16>(),
+                                     nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download<uint16_t>(act, {static_cast<size_t>(k), static_cast<size_t>(m.rows / 2)});
+}
+
+nb::ndarray<nb::numpy, float> mlp2_residual(Array<uint16_t> act, Array<int32_t> ids, Array<float> weights,
+                                            Array<uint8_t> blocks, Array<uint8_t> scales, Array<uint16_t> bias,
+                                            Array<float> residual) {
+  const Mxfp4Experts m = experts_from(blocks, scales, bias);
+  const int k = static_cast<int>(ids.size());
+  require(act.size() == static_cast<size_t>(k) * m.cols && weights.size() == ids.size() &&
+              residual.size() == static_cast<size_t>(m.rows),
+          "act must be [k, cols], weights [k], residual [rows]");
+  DeviceBuffer d_act = upload(act), d_ids = checked_ids(ids, m.experts), d_w = upload(weights), d_r = upload(residual);
+  launch_bf16_mxfp4w_moe_mlp2_residual(d_act.get<bf16>(), d_ids.get<int32_t>(), d_w.get<float>(), k, m,
+                                       d_r.get<float>(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download<float>(d_r, {static_cast<size_t>(m.rows)});
+}
+
+nb::ndarray<nb::numpy, float> gemv_bias_residual(Array<uint16_t> w, Array<uint16_t> bias, Array<uint16_t> x,
+                                                 Array<float> residual) {
+  require(w.ndim() == 2 && w.shape(1) == x.size() && bias.size() == w.shape(0) && residual.size() == w.shape(0),
+          "w must be [rows, cols], bias and residual [rows], x [cols]");
+  const int rows = static_cast<int>(w.shape(0)), cols = static_cast<int>(w.shape(1));
+  DeviceBuffer d_w = upload(w), d_b = upload(bias), d_x = upload(x), d_r = upload(residual);
+  launch_bf16_gemv_bias_residual(d_w.get<bf16>(), d_b.get<bf16>(), d_x.get<bf16>(), rows, cols, d_r.get<float>(),
+                                 nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download<float>(d_r, {static_cast<size_t>(rows)});
+}
+
+nb::ndarray<nb::numpy, float> unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, float eps) {
+  require(w.ndim() == 2 && w.shape(1) == x.size() && norm_scale.size() == x.size(),
+          "w must be [vocab, hidden], norm_scale and x [hidden]");
+  const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
+  DeviceBuffer d_w = upload(w), d_s = upload(norm_scale), d_x = upload(x);
+  DeviceBuffer logits = poisoned(sizeof(float) * vocab);
+  launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, eps, logits.get<float>(),
+                     nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download<float>(logits, {static_cast<size_t>(vocab)});
+}
+
+SamplingParams sampling_params(float temperature, float top_p, int top_k, uint64_t seed) {
+  require(temperature >= 0.0f && top_p > 0.0f && top_p <= 1.0f && top_k >= 0,
+          "need temperature >= 0, top_p in (0, 1] and top_k >= 0");
+  return SamplingParams{temperature, top_p, top_k, seed};
+}
+
+// One device draw per entry of `draws` (same logits, same seed): the tokens, in order.
+nb::ndarray<nb::numpy, int32_t> sample(Array<float> logits, float temperature, float top_p, int top_k, uint64_t seed,
+                                       Array<uint64_t> draws) {
+  const SamplingParams p = sampling_params(temperature, top_p, top_k, seed);
+  const int vocab = static_cast<int>(logits.size());
+  DeviceBuffer d_l = upload(logits), ws(std::max<size_t>(1, sample_workspace_bytes(vocab)));
+  DeviceBuffer tokens = poisoned(sizeof(int32_t) * std::max<size_t>(1, draws.size()));
+  for (size_t i = 0; i < draws.size(); ++i)
+    launch_sample(d_l.get<float>(), vocab, p, draws.data()[i], ws.get(), tokens.get<int32_t>() + i, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download<int32_t>(tokens, {draws.size()});
+}
+
+// ---- timing (benchmarks/bench_kernels_weights.py) ----
+
+// Median µs of one launch: `per_graph` calls (call i gets index i) captured into a graph, replayed `reps` times.
+double graph_us(const std::function<void(cudaStream_t, int)>& launch, int per_graph, int reps) {
+  cudaStream_t s = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  std::unique_ptr<std::remove_pointer_t<cudaStream_t>, void (*)(cudaStream_t)> stream(s, [](cudaStream_t x) { cudaStreamDestroy(x); });
+  for (int i = 0; i < per_graph; ++i) launch(s, i);  // eager warm-up (sets kernel attributes outside capture)
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  cudaGraph_t graph = nullptr;
+  CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < per_graph; ++i) launch(s, i);
+  CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  CUDA_CHECK(e);
+  std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, void (*)(cudaGraphExec_t)> owned(exec, [](cudaGraphExec_t x) { cudaGraphExecDestroy(x); });
+  cudaEvent_t a = nullptr, b = nullptr;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> times;
+  for (int r = 0; r < reps + 1; ++r) {
+    CUDA_CHECK(cudaEventRecord(a, s));
+    CUDA_CHECK(cudaGraphLaunch(exec, s));
+    CUDA_CHECK(cudaEventRecord(b, s));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    if (r > 0) times.push_back(1000.0 * ms / per_graph);  // replay 0 warms the graph up
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// Device-to-device copy of `bytes`: µs per copy (it moves 2 × bytes).
+double time_copy(size_t bytes, int reps) {
+  DeviceBuffer src(bytes), dst(bytes);
+  CUDA_CHECK(cudaMemset(src.get(), 0x5A, bytes));
+  return graph_us([&](cudaStream_t s, int) { CUDA_CHECK(cudaMemcpyAsync(dst.get(), src.get(), bytes, cudaMemcpyDeviceToDevice, s)); },
+                  1, reps);
+}
+
+// Router, mlp1 and mlp2 of one layer (µs each). Launch i uses experts {k·i, .., k·i + k - 1} mod E, so a graph of
+// E / k launches streams every expert once and the data never sits in L2.
+nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b,
+                  Array<uint8_t> blocks1, Array<uint8_t> scales1, Array<uint16_t> bias1, Array<uint8_t> blocks2,
+                  Array<uint8_t> scales2, Array<uint16_t> bias2, int k, int reps) {
+  const Mxfp4Experts m1 = experts_from(blocks1, scales1, bias1), m2 = experts_from(blocks2, scales2, bias2);
+  const int E = m1.experts, hidden = static_cast<int>(x.size()), inter = m1.rows / 2;
+  require(m2.experts == E && m2.cols == inter && m2.rows == hidden && m1.cols == hidden &&
+              gate_w.size() == static_cast<size_t>(E) * hidden,
+          "mlp1 must be [E, 2I, H], mlp2 [E, H, I], gate [E, H]");
+  const int per_graph = std::max(1, E / k);
+  std::vector<int32_t> ids(static_cast<size_t>(per_graph) * k);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i % E);
+  std::vector<float> w(ids.size(), 1.0f / k);
+  DeviceBuffer d_ids = DeviceBuffer::from_host(ids.data(), ids.size() * sizeof(int32_t));
+  DeviceBuffer d_w = DeviceBuffer::from_host(w.data(), w.size() * sizeof(float));
+  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_gw = upload(gate_w), d_gb = upload(gate_b);
+  DeviceBuffer xn(sizeof(uint16_t) * hidden), act(sizeof(uint16_t) * k * inter), r_ids(sizeof(int32_t) * k),
+      r_w(sizeof(float) * k), residual(sizeof(float) * hidden);
+  CUDA_CHECK(cudaMemset(residual.get(), 0, residual.bytes()));
+  launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, 1e-5f,
+                    xn.get<bf16>(), r_ids.get<int32_t>(), r_w.get<float>(), nullptr);
+  launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), d_ids.get<int32_t>(), k, m1, 1.702f, 7.0f, act.get<bf16>(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  nb::dict out;
+  out["router_us"] = graph_us(
+      [&](cudaStream_t s, int) {
+        launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, 1e-5f,
+                          xn.get<bf16>(), r_ids.get<int32_t>(), r_w.get<float>(), s);
+      },
+      per_graph, reps);
+  out["mlp1_us"] = graph_us(
+      [&](cudaStream_t s, int i) {
+        launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), d_ids.get<int32_t>() + k * i, k, m1, 1.702f, 7.0f,
+                                           act.get<bf16>(), s);
+      },
+      per_graph, reps);
+  out["mlp2_us"] = graph_us(
+      [&](cudaStream_t s, int i) {
+        launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), d_ids.get<int32_t>() + k * i, d_w.get<float>() + k * i,
+                                             k, m2, residual.get<float>(), s);
+      },
+      per_graph, reps);
+  return out;
+}
+
+// The out-projection over `copies` copies of w (so the 24 MB matrix is not served from L2): µs per launch.
+double time_gemv_bias_residual(Array<uint16_t> w, int copies, int reps) {
+  require(w.ndim() == 2, "w must be [rows, cols]");
+  const int rows = static_cast<int>(w.shape(0)), cols = static_cast<int>(w.shape(1));
+  std::vector<DeviceBuffer> ws;
+  for (int c = 0; c < copies; ++c) ws.push_back(upload(w));
+  DeviceBuffer bias(sizeof(uint16_t) * rows), x(sizeof(uint16_t) * cols), residual(sizeof(float) * rows);
+  CUDA_CHECK(cudaMemset(bias.get(), 0, bias.bytes()));
+  CUDA_CHECK(cudaMemset(x.get(), 0x3F, x.bytes()));
+  CUDA_CHECK(cudaMemset(residual.get(), 0, residual.bytes()));
+  return graph_us(
+      [&](cudaStream_t s, int i) {
+        launch_bf16_gemv_bias_residual(ws[i].get<bf16>(), bias.get<bf16>(), x.get<bf16>(), rows, cols,
+                                       residual.get<float>(), s);
+      },
+      copies, reps);
+}
+
+double time_unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, int reps) {
+  const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
+  DeviceBuffer d_w = upload(w), d_s = upload(norm_scale), d_x = upload(x), logits(sizeof(float) * vocab);
+  return graph_us(
+      [&](cudaStream_t s, int) {
+        launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, 1e-5f,
+                           logits.get<float>(), s);
+      },
+      1, reps);
+}
+
+double time_sample(Array<float> logits, float temperature, float top_p, int top_k, int reps) {
+  const SamplingParams p = sampling_params(temperature, top_p, top_k, 1234);
+  const int vocab = static_cast<int>(logits.size());
+  DeviceBuffer d_l = upload(logits), token(sizeof(int32_t)), ws(std::max<size_t>(1, sample_workspace_bytes(vocab)));
+  return graph_us(
+      [&](cudaStream_t s, int i) { launch_sample(d_l.get<float>(), vocab, p, i, ws.get(), token.get<int32_t>(), s); },
+      16, reps);
+}
+
+}  // namespace weight_kernel_tests
+
 void register_cuda_kernel_tests(nb::module_& m) {
   m.doc() = "CUDA kernel test entry points (host arrays in, host arrays out)";
   // Entries are added below, one block per kernel family, each named by the kernel's stem.
@@ -150,6 +430,24 @@ void register_cuda_kernel_tests(nb::module_& m) {
           "rope_scaling_factor"_a, "initial_context_length"_a, "rope_ntk_alpha"_a, "rope_ntk_beta"_a, "eps"_a);
     m.def("attention_decode", &forward_kernel_tests::attention_decode, "q"_a, "k_cache"_a, "v_cache"_a, "sinks"_a,
           "pos"_a, "max_splits"_a = 0, "tensor_cores"_a = false);
+  }
+  {  // ---- weight-streaming kernels (cuda-weights) ----
+    using namespace nb::literals;
+    namespace wk = weight_kernel_tests;
+    m.def("moe_router", &wk::moe_router, "x"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a, "k"_a, "eps"_a);
+    m.def("bf16_mxfp4w_moe_mlp1_swiglu", &wk::mlp1_swiglu, "x_normed"_a, "ids"_a, "blocks"_a, "scales"_a, "bias"_a,
+          "alpha"_a, "limit"_a);
+    m.def("bf16_mxfp4w_moe_mlp2_residual", &wk::mlp2_residual, "act"_a, "ids"_a, "weights"_a, "blocks"_a,
+          "scales"_a, "bias"_a, "residual"_a);
+    m.def("bf16_gemv_bias_residual", &wk::gemv_bias_residual, "w"_a, "bias"_a, "x"_a, "residual"_a);
+    m.def("unembedding", &wk::unembedding, "w"_a, "norm_scale"_a, "x"_a, "eps"_a);
+    m.def("sample", &wk::sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "seed"_a, "draws"_a);
+    m.def("time_copy", &wk::time_copy, "bytes"_a, "reps"_a);
+    m.def("time_moe", &wk::time_moe, "x"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a, "scales1"_a,
+          "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "reps"_a);
+    m.def("time_bf16_gemv_bias_residual", &wk::time_gemv_bias_residual, "w"_a, "copies"_a, "reps"_a);
+    m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "reps"_a);
+    m.def("time_sample", &wk::time_sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "reps"_a);
   }
 }
 

@@ -1,0 +1,162 @@
+// bf16-weight GEMVs for batch-1 decode: the attention out-projection (+ bias + fp32 residual) and the
+// unembedding with the final RMSNorm fused.
+//
+// Floors (bytes / 3.0 TB/s):
+//   out-projection  2880 × 4096 bf16 = 23.6 MB                   → 7.9 µs
+//   unembedding     201088 × 2880 bf16 = 1.158 GB (+ 0.8 MB out) → 386 µs
+//
+// Work split: a warp owns a tile of 16 rows. Per 32-column chunk, lane (g, t) = (lane / 4, lane % 4) loads
+// 16 B of row g and 16 B of row g + 8 (columns 32c + 8t .. + 7) and the matching 16 B of the input: exactly
+// the A and B fragments of two bf16 m16n8k16 mma steps (k order permuted within the chunk), so weights go
+// from the 16-byte load straight into the tensor cores with no conversion and the accumulation is fp32.
+//   out-projection: one CTA per tile, its 8 warps splitting the columns; partial sums meet in shared memory
+//     in a fixed order and the CTA adds bias and residual (deterministic, no atomics).
+//   unembedding: a persistent grid (SMs × resident CTAs); each CTA normalises x into shared bf16 once, then
+//     each warp walks tiles gw, gw + warps, ... over all columns.
+//
+// Warning: cols must be a multiple of 8 and the matrices 16-byte aligned (cudaMalloc'd buffers are).
+#include "cuda/gemv_bf16.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/weight_stream.cuh"
+
+namespace gpt_oss {
+
+namespace {
+
+constexpr int kTileRows = 16;
+constexpr int kChunkCols = 32;
+constexpr int kWarps = 8;
+constexpr int kBatch = 8;  // chunks whose loads a warp issues before it uses the first
+
+// Adds W[rg] · x and W[rg8] · x over chunks [c_begin, c_end) into d[0] / d[2]. x_at(col) returns the 8 inputs
+// at col as a uint4 (from global or shared memory). Full batches issue all their loads before the first mma
+// (no predicates, so the scheduler keeps them together); the rest, including a partial last chunk, go one by one.
+template <typename XAt>
+__device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, int rg, int rg8, int c_begin,
+                                         int c_end, XAt x_at, float (&d)[4]) {
+  const int t = threadIdx.x % 4;
+  const bf16* row_g = W + static_cast<int64_t>(rg) * cols + 8 * t;
+  const bf16* row_g8 = W + static_cast<int64_t>(rg8) * cols + 8 * t;
+  const int full_end = max(c_begin, min(c_end, cols / kChunkCols));
+  int c = c_begin;
+  for (; c + kBatch <= full_end; c += kBatch) {
+    uint4 wa[kBatch], wb[kBatch], xv[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      wa[u] = ld_stream(row_g + (c + u) * kChunkCols);
+      wb[u] = ld_stream(row_g8 + (c + u) * kChunkCols);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) xv[u] = x_at((c + u) * kChunkCols + 8 * t);
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      mma_bf16(d, wa[u].x, wb[u].x, wa[u].y, wb[u].y, xv[u].x, xv[u].y);
+      mma_bf16(d, wa[u].z, wb[u].z, wa[u].w, wb[u].w, xv[u].z, xv[u].w);
+    }
+  }
+  for (; c < c_end; ++c) {
+    const int col = c * kChunkCols + 8 * t;
+    if (col < cols) {  // cols % 8 == 0: a lane's 8 columns are all inside or all outside
+      const uint4 wa = ld_stream(row_g + c * kChunkCols), wb = ld_stream(row_g8 + c * kChunkCols), xv = x_at(col);
+      mma_bf16(d, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
+      mma_bf16(d, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
+    } else {
+      mma_bf16(d, 0u, 0u, 0u, 0u, 0u, 0u);  // the other lanes of the warp still take part in the mma
+      mma_bf16(d, 0u, 0u, 0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kWarps * 32)
+    bf16_gemv_bias_residual_kernel(const bf16* __restrict__ W, const bf16* __restrict__ bias,
+                                   const bf16* __restrict__ in, int rows, int cols, float* __restrict__ residual) {
+  __shared__ float s_sum[kWarps][kTileRows];
+  const int tile = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int chunks = (cols + kChunkCols - 1) / kChunkCols;
+  const int per_warp = (chunks + kWarps - 1) / kWarps;
+  const int c_begin = min(chunks, warp * per_warp), c_end = min(chunks, c_begin + per_warp);
+  const int rg = min(tile * kTileRows + g, rows - 1), rg8 = min(tile * kTileRows + g + 8, rows - 1);
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  rows_dot(W, cols, rg, rg8, c_begin, c_end,
+           [in](int col) { return __ldg(reinterpret_cast<const uint4*>(in + col)); }, d);
+  if (lane % 4 == 0) s_sum[warp][g] = d[0], s_sum[warp][g + 8] = d[2];
+  __syncthreads();
+  const int row = tile * kTileRows + threadIdx.x;
+  if (threadIdx.x < kTileRows && row < rows) {
+    float sum = 0.f;
+    for (int w = 0; w < kWarps; ++w) sum += s_sum[w][threadIdx.x];
+    residual[row] += sum + __bfloat162float(bias[row]);
+  }
+}
+
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    unembedding_kernel(const bf16* __restrict__ W, const float* __restrict__ norm_scale, const float* __restrict__ x,
+                       int vocab, int hidden, float eps, float* __restrict__ logits) {
+  extern __shared__ uint4 dyn_smem[];
+  bf16* xs = reinterpret_cast<bf16*>(dyn_smem);
+  __shared__ float s_red[kWarps];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
+  float ss = 0.f;
+  for (int i = tid; i < hidden; i += blockDim.x) ss = fmaf(x[i], x[i], ss);
+  ss = warp_sum(ss);
+  if (lane == 0) s_red[warp] = ss;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < kWarps; ++w) total += s_red[w];
+  const float inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
+  for (int i = tid; i < hidden; i += blockDim.x) xs[i] = __float2bfloat16(x[i] * inv_rms * norm_scale[i]);
+  __syncthreads();
+
+  const int tiles = (vocab + kTileRows - 1) / kTileRows, chunks = (hidden + kChunkCols - 1) / kChunkCols;
+  const int warps = gridDim.x * kWarps;
+  for (int tile = blockIdx.x * kWarps + warp; tile < tiles; tile += warps) {
+    const int rg = min(tile * kTileRows + g, vocab - 1), rg8 = min(tile * kTileRows + g + 8, vocab - 1);
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    rows_dot(W, hidden, rg, rg8, 0, chunks, [xs](int col) { return *reinterpret_cast<const uint4*>(xs + col); }, d);
+    if (lane % 4 == 0) {
+      const int r = tile * kTileRows + g;
+      if (r < vocab) logits[r] = d[0];
+      if (r + 8 < vocab) logits[r + 8] = d[2];
+    }
+  }
+}
+
+void check_gemv(const void* W, int rows, int cols, const char* who) {
+  if (rows < 1 || cols < 8 || cols % 8 != 0)
+    throw std::invalid_argument(std::string(who) + ": need rows >= 1 and cols a positive multiple of 8 (got " +
+                                std::to_string(rows) + " x " + std::to_string(cols) + ")");
+  if (reinterpret_cast<uintptr_t>(W) % 16 != 0)
+    throw std::invalid_argument(std::string(who) + ": the weight matrix must be 16-byte aligned");
+}
+
+}  // namespace
+
+void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16* in, int rows, int cols,
+                                    float* residual, cudaStream_t stream) {
+  check_gemv(W, rows, cols, "launch_bf16_gemv_bias_residual");
+  if (reinterpret_cast<uintptr_t>(in) % 16 != 0)
+    throw std::invalid_argument("launch_bf16_gemv_bias_residual: the input vector must be 16-byte aligned");
+  bf16_gemv_bias_residual_kernel<<<ceil_div(rows, kTileRows), kWarps * 32, 0, stream>>>(W, bias, in, rows, cols,
+                                                                                        residual);
+  CUDA_CHECK_LAUNCH();
+}
+
+void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,
+                        float* logits, cudaStream_t stream) {
+  check_gemv(W, vocab, hidden, "launch_unembedding");
+  const size_t smem = static_cast<size_t>(ceil_div(hidden, kChunkCols)) * kChunkCols * sizeof(bf16);
+  if (smem > 48 * 1024)
+    throw std::invalid_argument("launch_unembedding: hidden " + std::to_string(hidden) + " is too large (max 24576)");
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, unembedding_kernel, kWarps * 32, smem));
+  const int tiles = ceil_div(vocab, kTileRows);
+  const int grid = std::max(1, std::min(ceil_div(tiles, kWarps), current_device_sms() * std::max(per_sm, 1)));
+  unembedding_kernel<<<grid, kWarps * 32, smem, stream>>>(W, norm_scale, x, vocab, hidden, eps, logits);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gpt_oss

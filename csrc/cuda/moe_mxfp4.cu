@@ -1,0 +1,548 @@
+// MXFP4 mixture of experts for batch-1 decode: router, mlp1 + SwiGLU, mlp2 + weighted sum + residual.
+//
+// Floors (bytes / 3.0 TB/s; gpt-oss hidden = intermediate = 2880, k = 4; 1530 B a row: 1440 codes + 90 scales):
+//   router  E × 2880 bf16 = 184 KB (20b, E = 32) / 737 KB (120b, E = 128)  → 0.06 / 0.25 µs (latency-bound)
+//   mlp1    4 experts × 5760 rows × 1530 B = 35.3 MB                        → 11.8 µs
+//   mlp2    4 experts × 2880 rows × 1530 B = 17.6 MB                        → 5.9 µs
+//
+// Steps of one layer's MoE (three launches, no host sync; expert ids live in device memory):
+//   1. router (one cluster of 8 CTAs): xn = bf16(rmsnorm(x) · scale); each CTA: E/8 gate rows · xn + bias;
+//      CTA 0 gathers the E logits through distributed shared memory: top-k (ties → lower id), softmax over k.
+//   2. mlp1: grid (row tile, expert slot j); each CTA streams one 16-row tile of expert ids[j] over all of K,
+//      its 4 warps splitting K; epilogue: bias, clamped interleaved SwiGLU → act[j] bf16.
+//   3. mlp2: grid (row tile); each CTA streams one 16-row tile of all k experts, its 16 warps splitting
+//      (expert, K chunk) pairs; Σ_j w_j (W2 act_j + b2) is reduced in shared memory in a fixed order and added
+//      to the fp32 residual by the owning CTA: no atomics, no partials in global memory, deterministic.
+//
+// Repacked layout (upload_mxfp4_experts, a device kernel): rows in tiles of 16, K in chunks of 64 values (two
+// MXFP4 blocks). Tile row ρ < 8 is row 2ρ of the tile's 16, ρ ≥ 8 is row 2(ρ-8)+1, so a lane holds a glu row
+// and its linear partner. Per (expert, tile, chunk): 32 lanes × 16 B of codes then 32 lanes × 4 B of scales,
+// one full-line load each. Lane (g, t) = (lane / 4, lane % 4) gets words {row g blk 0, row g+8 blk 0, row g
+// blk 1, row g+8 blk 1}, each the 8 values 8t..8t+7 of its block, and the 4 matching E8M0 scales.
+// Dequantisation: nibbles are placed so that AND / shift / AND give fp16 pairs equal to value · 2^-14 exactly
+// (E2M1 subnormals land on fp16 subnormals, which the tensor cores keep) — 11 integer ops per 8 values; an
+// m16n8k16 f16 mma per 8 values a lane; the block scale 2^(e-127) is applied to the fp32 mma result.
+// Inputs are staged to shared memory as fp16 scaled by 2^-p (p chosen from max |x| so that nothing overflows
+// fp16), and 2^(14+p) is applied in the epilogue: bf16 inputs reach the tensor cores exactly whenever
+// 2^(p-14) ≤ |x| (values below that are 2^-24 relative to the largest one).
+//
+// Warning: E8M0 scale 0 (2^-127) is treated as 0 and 255 (NaN) as +inf. An expert id outside [0, experts)
+// makes the launch write NaN, never read out of bounds.
+#include "cuda/moe_mxfp4.h"
+
+#include <cooperative_groups.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cuda/weight_stream.cuh"
+
+namespace gpt_oss {
+
+namespace cg = cooperative_groups;
+
+namespace {
+
+constexpr int kTileRows = 16;
+constexpr int kChunkValues = 64;
+constexpr int kMaxK = 8;
+constexpr int kMlp1Warps = 4;
+constexpr int kMlp2Warps = 16;
+constexpr int kBatch = 4;  // chunks a warp keeps in flight while it computes the previous batch
+
+constexpr int kRouterCluster = 8;
+constexpr int kRouterThreads = 512;
+constexpr int kRouterMaxExperts = 256;
+constexpr int kRouterRowsPerCta = kRouterMaxExperts / kRouterCluster;
+
+__host__ __device__ inline int tile_row_offset(int rho) { return rho < 8 ? 2 * rho : 2 * (rho - 8) + 1; }
+
+// ---- repack ------------------------------------------------------------------------------------------------
+
+// Bit positions of the low value's magnitude (3 bits) and sign for nibble pair p; the high value sits 16 above.
+__device__ constexpr int kMagBit[4] = {9, 0, 3, 12};
+__device__ constexpr int kSignBit[4] = {15, 6, 7, 8};
+
+// natural: 8 consecutive values, value i in nibble i (the checkpoint's byte order).
+__device__ uint32_t place_nibbles(uint32_t natural) {
+  uint32_t out = 0;
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const uint32_t lo = (natural >> (8 * p)) & 0xFu, hi = (natural >> (8 * p + 4)) & 0xFu;
+    out |= ((lo & 7u) << kMagBit[p]) | ((lo >> 3) << kSignBit[p]) | ((hi & 7u) << (kMagBit[p] + 16)) |
+           ((hi >> 3) << (kSignBit[p] + 16));
+  }
+  return out;
+}
+
+__global__ void repack_mxfp4_kernel(const uint8_t* __restrict__ blocks, const uint8_t* __restrict__ scales,
+                                    int experts, int rows, int col_blocks, int tiles, int chunks,
+                                    uint4* __restrict__ codes_out, uint32_t* __restrict__ scales_out) {
+  const int64_t total = static_cast<int64_t>(experts) * tiles * chunks * 32;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int lane = static_cast<int>(i % 32);
+    const int64_t tc = i / 32;
+    const int c = static_cast<int>(tc % chunks);
+    const int tile = static_cast<int>((tc / chunks) % tiles);
+    const int64_t e = tc / (static_cast<int64_t>(chunks) * tiles);
+    const int g = lane / 4, t = lane % 4;
+    uint32_t words[4];
+    uint32_t scale_word = 0;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const int row = tile * kTileRows + tile_row_offset((w & 1) ? g + 8 : g);
+      const int blk = 2 * c + (w >> 1);
+      uint32_t natural = 0, scale = 0;
+      if (row < rows && blk < col_blocks) {
+        const int64_t rb = (e * rows + row) * col_blocks + blk;
+        natural = *reinterpret_cast<const uint32_t*>(blocks + rb * 16 + 4 * t);
+        scale = scales[rb];
+      }
+      words[w] = place_nibbles(natural);
+      scale_word |= scale << (8 * w);
+    }
+    codes_out[i] = make_uint4(words[0], words[1], words[2], words[3]);
+    scales_out[i] = scale_word;
+  }
+}
+
+// ---- streaming MMA core -------------------------------------------------------------------------------------
+
+// 8 placed values → 4 fp16 pairs (value · 2^-14): pairs (v0,v1), (v2,v3), (v4,v5), (v6,v7).
+__device__ __forceinline__ void fp4x8_to_f16(uint32_t q, uint32_t& p0, uint32_t& p1, uint32_t& p2, uint32_t& p3) {
+  p0 = q & 0x8E008E00u;
+  p1 = (q << 9) & 0x8E008E00u;
+  p2 = ((q << 6) & 0x0E000E00u) | ((q << 8) & 0x80008000u);
+  p3 = ((q >> 3) & 0x0E000E00u) | ((q << 7) & 0x80008000u);
+}
+
+// One 64-value chunk of a 16-row tile: adds (scaled) dots of rows g and g + 8 into acc.
+__device__ __forceinline__ void chunk_dot(uint4 code, uint32_t sc, const __half* xs, int t, float& acc_g,
+                                          float& acc_g8) {
+  const uint4 x0 = *reinterpret_cast<const uint4*>(xs + 8 * t);
+  const uint4 x1 = *reinterpret_cast<const uint4*>(xs + 32 + 8 * t);
+  uint32_t a[4], b[4];
+  float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+  fp4x8_to_f16(code.x, a[0], a[1], a[2], a[3]);  // row g, block 0
+  fp4x8_to_f16(code.y, b[0], b[1], b[2], b[3]);  // row g + 8, block 0
+  mma_f16(d0, a[0], b[0], a[1], b[1], x0.x, x0.y);
+  mma_f16(d0, a[2], b[2], a[3], b[3], x0.z, x0.w);
+  fp4x8_to_f16(code.z, a[0], a[1], a[2], a[3]);  // row g, block 1
+  fp4x8_to_f16(code.w, b[0], b[1], b[2], b[3]);  // row g + 8, block 1
+  mma_f16(d1, a[0], b[0], a[1], b[1], x1.x, x1.y);
+  mma_f16(d1, a[2], b[2], a[3], b[3], x1.z, x1.w);
+  // E8M0 bytes {row g blk 0, row g+8 blk 0, row g blk 1, row g+8 blk 1} → 2^(e-127) as fp32.
+  const float s_g0 = __uint_as_float((sc & 0xFFu) << 23), s_g80 = __uint_as_float((sc & 0xFF00u) << 15);
+  const float s_g1 = __uint_as_float((sc & 0xFF0000u) << 7), s_g81 = __uint_as_float((sc >> 1) & 0x7F800000u);
+  acc_g = fmaf(d0[0], s_g0, fmaf(d1[0], s_g1, acc_g));
+  acc_g8 = fmaf(d0[2], s_g80, fmaf(d1[2], s_g81, acc_g8));
+}
+
+struct StreamArgs {
+  const uint4* codes;
+  const uint32_t* scales;
+  int tiles, chunks;
+};
+
+// A warp's share of a tile: the contiguous items [begin, end), item = j · chunks + c (expert slot j, chunk c).
+// Full batches issue all their loads before any arithmetic (no predicates, so the scheduler keeps them
+// together); the tail goes one item at a time. s_expert / s_factor / xs are in shared memory; s_factor[j]
+// multiplies slot j's contribution (mlp2's routing weight; 1 for mlp1).
+__device__ __forceinline__ void stream_tile(const StreamArgs& a, const int* s_expert, const float* s_factor,
+                                            const __half* xs, int xs_stride, int tile, int begin, int end,
+                                            float& acc_g, float& acc_g8) {
+  const int lane = threadIdx.x % 32, t = lane % 4;
+  int j = begin / a.chunks, c = begin - j * a.chunks;  // the item `begin`, advanced incrementally below
+  auto offset = [&](int jj, int cc) {
+    return ((static_cast<int64_t>(s_expert[jj]) * a.tiles + tile) * a.chunks + cc) * 32 + lane;
+  };
+  int item = begin;
+  for (; item + kBatch <= end; item += kBatch) {
+    uint4 code[kBatch];
+    uint32_t scale[kBatch];
+    int js[kBatch], cs[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      js[u] = j, cs[u] = c;
+      const int64_t off = offset(j, c);
+      code[u] = ld_stream(a.codes + off);
+      scale[u] = ld_stream_u32(a.scales + off);
+      if (++c == a.chunks) c = 0, ++j;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      float g = 0.f, g8 = 0.f;
+      chunk_dot(code[u], scale[u], xs + js[u] * xs_stride + cs[u] * kChunkValues, t, g, g8);
+      acc_g = fmaf(g, s_factor[js[u]], acc_g);
+      acc_g8 = fmaf(g8, s_factor[js[u]], acc_g8);
+    }
+  }
+  for (; item < end; ++item) {
+    const int64_t off = offset(j, c);
+    float g = 0.f, g8 = 0.f;
+    chunk_dot(ld_stream(a.codes + off), ld_stream_u32(a.scales + off), xs + j * xs_stride + c * kChunkValues, t, g,
+              g8);
+    acc_g = fmaf(g, s_factor[j], acc_g);
+    acc_g8 = fmaf(g8, s_factor[j], acc_g8);
+    if (++c == a.chunks) c = 0, ++j;
+  }
+}
+
+// The contiguous item range of warp `warp` out of `warps` over n_items.
+__device__ __forceinline__ void warp_range(int n_items, int warps, int warp, int& begin, int& end) {
+  const int per = (n_items + warps - 1) / warps;
+  begin = min(n_items, warp * per);
+  end = min(n_items, begin + per);
+}
+
+// Stages nj bf16 vectors of `cols` values into shared fp16 (row stride xs_stride, zero padded), each scaled
+// by 2^-p_j so its largest magnitude stays below 2^15; s_up[j] = 2^(14 + p_j) undoes both biases.
+__device__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int xs_stride, __half* xs,
+                             float* s_up, float* s_red) {
+  const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid / 32, lane = tid % 32, nwarps = nthreads / 32;
+  const int groups = cols / 8;  // 8 bf16 per 16-byte load
+  for (int j = 0; j < nj; ++j) {
+    float m = 0.f;
+    for (int i = tid; i < groups; i += nthreads) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(j) * cols) + i);
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        m = fmaxf(m, fmaxf(fabsf(__uint_as_float(w[q] << 16)), fabsf(__uint_as_float(w[q] & 0xFFFF0000u))));
+    }
+    m = warp_max(m);
+    if (lane == 0) s_red[j * nwarps + warp] = m;
+  }
+  __syncthreads();
+  if (tid < nj) {
+    float m = 0.f;
+    for (int w = 0; w < nwarps; ++w) m = fmaxf(m, s_red[tid * nwarps + w]);
+    // NaN or inf inputs give p = 114: they stay NaN / inf and the result says so.
+    const int e = (m == m) ? static_cast<int>((__float_as_uint(m) >> 23) & 0xFF) - 127 : 128;
+    const int p = max(0, e - 14);
+    s_red[kMaxK * 32 + tid] = __uint_as_float(static_cast<uint32_t>(127 - p) << 23);
+    s_up[tid] = __uint_as_float(static_cast<uint32_t>(min(127 + 14 + p, 255)) << 23);
+  }
+  __syncthreads();
+  for (int j = 0; j < nj; ++j) {
+    const float down = s_red[kMaxK * 32 + j];
+    for (int i = tid; i < xs_stride / 8; i += nthreads) {
+      uint4 out = make_uint4(0, 0, 0, 0);
+      if (i < groups) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(j) * cols) + i);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        uint32_t h[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const __half2 hv = __floats2half2_rn(__uint_as_float(w[q] << 16) * down,
+                                               __uint_as_float(w[q] & 0xFFFF0000u) * down);
+          h[q] = *reinterpret_cast<const uint32_t*>(&hv);
+        }
+        out = make_uint4(h[0], h[1], h[2], h[3]);
+      }
+      reinterpret_cast<uint4*>(xs + j * xs_stride)[i] = out;
+    }
+  }
+  __syncthreads();
+}
+
+// ---- mlp1 + SwiGLU ------------------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kMlp1Warps * 32, 6)
+    moe_mlp1_swiglu_kernel(const bf16* __restrict__ x_normed, const int32_t* __restrict__ ids, StreamArgs a,
+                           const bf16* __restrict__ bias, int experts, int rows, int cols, float alpha, float limit,
+                           bf16* __restrict__ act) {
+  extern __shared__ uint4 dyn_smem[];
+  __half* xs = reinterpret_cast<__half*>(dyn_smem);
+  __shared__ int s_expert[1];
+  __shared__ float s_factor[1], s_up[1], s_red[kMaxK * 32 + kMaxK];
+  __shared__ float s_sum[kMlp1Warps][kTileRows];
+  const int tile = blockIdx.x, j = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int id = __ldg(ids + j);
+  const bool bad_id = id < 0 || id >= experts;
+  if (threadIdx.x == 0) s_expert[0] = bad_id ? 0 : id, s_factor[0] = 1.f;
+  __syncthreads();
+  const int xs_stride = a.chunks * kChunkValues;
+  stage_inputs(x_normed, 1, cols, xs_stride, xs, s_up, s_red);
+  int begin = 0, end = 0;
+  warp_range(a.chunks, kMlp1Warps, warp, begin, end);
+  float acc_g = 0.f, acc_g8 = 0.f;
+  stream_tile(a, s_expert, s_factor, xs, xs_stride, tile, begin, end, acc_g, acc_g8);
+  if (lane % 4 == 0) s_sum[warp][lane / 4] = acc_g, s_sum[warp][lane / 4 + 8] = acc_g8;
+  __syncthreads();
+  const int pair = threadIdx.x;  // activation 8 · tile + pair: glu row 2i, linear row 2i + 1
+  const int inter = rows / 2, i = tile * 8 + pair;
+  if (pair < 8 && i < inter) {
+    float glu = 0.f, lin = 0.f;
+    for (int w = 0; w < kMlp1Warps; ++w) glu += s_sum[w][pair], lin += s_sum[w][pair + 8];
+    const bf16* b = bias + static_cast<int64_t>(s_expert[0]) * rows;
+    glu = glu * s_up[0] + __bfloat162float(b[2 * i]);
+    lin = lin * s_up[0] + __bfloat162float(b[2 * i + 1]);
+    glu = glu > limit ? limit : glu;  // comparisons, not fminf: a NaN stays NaN
+    lin = lin > limit ? limit : (lin < -limit ? -limit : lin);
+    float out = glu / (1.f + __expf(-alpha * glu)) * (lin + 1.f);
+    if (bad_id) out = __int_as_float(0x7fc00000);
+    act[static_cast<int64_t>(j) * inter + i] = __float2bfloat16(out);
+  }
+}
+
+// ---- mlp2 + weighted sum + residual -------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kMlp2Warps * 32, 1)
+    moe_mlp2_residual_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ ids,
+                             const float* __restrict__ weights, int k, StreamArgs a, const bf16* __restrict__ bias,
+                             int experts, int rows, int cols, float* __restrict__ residual) {
+  extern __shared__ uint4 dyn_smem[];
+  __half* xs = reinterpret_cast<__half*>(dyn_smem);
+  __shared__ int s_expert[kMaxK];
+  __shared__ float s_factor[kMaxK], s_up[kMaxK], s_red[kMaxK * 32 + kMaxK];
+  __shared__ float s_sum[kMlp2Warps][kTileRows];
+  __shared__ int s_bad;
+  const int tile = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) s_bad = 0;
+  __syncthreads();
+  if (threadIdx.x < k) {
+    const int id = __ldg(ids + threadIdx.x);
+    const bool bad = id < 0 || id >= experts;
+    s_expert[threadIdx.x] = bad ? 0 : id;
+    if (bad) s_bad = 1;
+  }
+  __syncthreads();
+  const int xs_stride = a.chunks * kChunkValues;
+  stage_inputs(act, k, cols, xs_stride, xs, s_up, s_red);
+  if (threadIdx.x < k) s_factor[threadIdx.x] = __ldg(weights + threadIdx.x) * s_up[threadIdx.x];
+  __syncthreads();
+  int begin = 0, end = 0;
+  warp_range(k * a.chunks, kMlp2Warps, warp, begin, end);
+  float acc_g = 0.f, acc_g8 = 0.f;
+  stream_tile(a, s_expert, s_factor, xs, xs_stride, tile, begin, end, acc_g, acc_g8);
+  if (lane % 4 == 0) s_sum[warp][lane / 4] = acc_g, s_sum[warp][lane / 4 + 8] = acc_g8;
+  __syncthreads();
+  const int rho = threadIdx.x, row = tile * kTileRows + tile_row_offset(rho);
+  if (rho < kTileRows && row < rows) {
+    float sum = 0.f;
+    for (int w = 0; w < kMlp2Warps; ++w) sum += s_sum[w][rho];
+    for (int j = 0; j < k; ++j)
+      sum = fmaf(__ldg(weights + j), __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
+    residual[row] += s_bad ? __int_as_float(0x7fc00000) : sum;
+  }
+}
+
+// ---- router -------------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
+  return v > bv || (v == bv && i < bi);
+}
+
+__global__ void __launch_bounds__(kRouterThreads)
+    moe_router_kernel(const float* __restrict__ x, const float* __restrict__ norm_scale,
+                      const bf16* __restrict__ gate_w, const bf16* __restrict__ gate_b, int experts, int hidden, int k,
+                      float eps, bf16* __restrict__ x_normed, int32_t* __restrict__ ids, float* __restrict__ weights) {
+  extern __shared__ uint4 dyn_smem[];
+  bf16* xn = reinterpret_cast<bf16*>(dyn_smem);
+  __shared__ float s_logits[kRouterRowsPerCta];
+  __shared__ float s_red[kRouterThreads / 32];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, nwarps = kRouterThreads / 32;
+  const int per_cta = (experts + kRouterCluster - 1) / kRouterCluster;
+  const int first_row = rank * per_cta, n_rows = max(0, min(per_cta, experts - first_row));
+
+  // Gate rows start streaming before the norm is known.
+  const int groups = hidden / 8, per_lane = (groups + 31) / 32;
+  float ss = 0.f;
+  for (int i = tid; i < hidden; i += kRouterThreads) ss = fmaf(x[i], x[i], ss);
+  ss = warp_sum(ss);
+  if (lane == 0) s_red[warp] = ss;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < nwarps; ++w) total += s_red[w];
+  const float inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
+  for (int i = tid; i < hidden; i += kRouterThreads) {
+    const bf16 v = __float2bfloat16(x[i] * inv_rms * norm_scale[i]);
+    xn[i] = v;
+    if (rank == 0) x_normed[i] = v;
+  }
+  __syncthreads();
+
+  for (int r = warp; r < n_rows; r += nwarps) {
+    const int row = first_row + r;
+    const bf16* w_row = gate_w + static_cast<int64_t>(row) * hidden;
+    float dot = 0.f;
+    for (int q = 0; q < per_lane; ++q) {
+      const int gidx = lane + 32 * q;
+      if (gidx < groups) {
+        const uint4 wv = ld_stream(w_row + 8 * gidx);
+        const uint4 xv = reinterpret_cast<const uint4*>(xn)[gidx];
+        const uint32_t ww[4] = {wv.x, wv.y, wv.z, wv.w}, xw[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          dot = fmaf(__uint_as_float(ww[h] << 16), __uint_as_float(xw[h] << 16), dot);
+          dot = fmaf(__uint_as_float(ww[h] & 0xFFFF0000u), __uint_as_float(xw[h] & 0xFFFF0000u), dot);
+        }
+      }
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) s_logits[r] = dot + __bfloat162float(gate_b[row]);
+  }
+  cluster.sync();
+
+  if (rank == 0 && warp == 0) {
+    constexpr int kPerLane = kRouterMaxExperts / 32;
+    float v[kPerLane];
+    uint32_t taken = 0;
+#pragma unroll
+    for (int q = 0; q < kPerLane; ++q) {
+      const int e = lane + 32 * q;
+      v[q] = -INFINITY;
+      if (e < experts) {
+        const float* remote = cluster.map_shared_rank(&s_logits[e % per_cta], e / per_cta);
+        v[q] = *remote;
+      } else {
+        taken |= 1u << q;
+      }
+    }
+    float top_v[kMaxK];
+    int top_i[kMaxK];
+#pragma unroll
+    for (int s = 0; s < kMaxK; ++s) {
+      if (s >= k) break;
+      float bv = -INFINITY;
+      int bi = 0x7fffffff;
+#pragma unroll
+      for (int q = 0; q < kPerLane; ++q)
+        if (!((taken >> q) & 1u) && ranks_before(v[q], lane + 32 * q, bv, bi)) bv = v[q], bi = lane + 32 * q;
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ranks_before(ov, oi, bv, bi)) bv = ov, bi = oi;
+      }
+      if (bi % 32 == lane) taken |= 1u << (bi / 32);
+      top_v[s] = bv;
+      top_i[s] = bi;
+    }
+    if (lane == 0) {
+      float sum = 0.f, e[kMaxK];
+#pragma unroll
+      for (int s = 0; s < kMaxK; ++s)
+        if (s < k) e[s] = __expf(top_v[s] - top_v[0]), sum += e[s];
+#pragma unroll
+      for (int s = 0; s < kMaxK; ++s)
+        if (s < k) ids[s] = top_i[s], weights[s] = e[s] / sum;
+    }
+  }
+  cluster.sync();  // CTA 0 has read every CTA's logits; they may exit
+}
+
+int row_tiles(const Mxfp4Experts& m) { return ceil_div(m.rows, kTileRows); }
+
+void check_moe_shapes(const Mxfp4Experts& m, int k, const char* who) {
+  if (k < 1 || k > kMaxK || k > m.experts)
+    throw std::invalid_argument(std::string(who) + ": k = " + std::to_string(k) + " must be in [1, min(" +
+                                std::to_string(kMaxK) + ", experts = " + std::to_string(m.experts) + ")]");
+  if (m.rows == 0) throw std::invalid_argument(std::string(who) + ": the experts were not uploaded");
+}
+
+size_t stage_bytes(const Mxfp4Experts& m, int nj) {
+  return static_cast<size_t>(nj) * ceil_div(m.cols, kChunkValues) * kChunkValues * sizeof(__half);
+}
+
+template <typename Kernel>
+void allow_dynamic_smem(Kernel kernel, size_t bytes, const char* who) {
+  int dev = 0, limit = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (bytes + 4096 > static_cast<size_t>(limit))
+    throw std::invalid_argument(std::string(who) + ": the inputs need " + std::to_string(bytes) +
+                                " bytes of shared memory, more than this device has");
+  if (bytes > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+StreamArgs stream_args(const Mxfp4Experts& m) {
+  return StreamArgs{m.weights.get<uint4>(), m.scales.get<uint32_t>(), row_tiles(m), ceil_div(m.cols, kChunkValues)};
+}
+
+}  // namespace
+
+Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, const uint16_t* bias, int experts,
+                                  int rows, int cols) {
+  if (experts < 1 || rows < 1 || cols < 32 || cols % 32 != 0)
+    throw std::invalid_argument("upload_mxfp4_experts: need experts >= 1, rows >= 1 and cols a positive multiple "
+                                "of 32 (got " + std::to_string(experts) + ", " + std::to_string(rows) + ", " +
+                                std::to_string(cols) + ")");
+  Mxfp4Experts m;
+  m.experts = experts, m.rows = rows, m.cols = cols;
+  const int tiles = row_tiles(m), chunks = ceil_div(cols, kChunkValues), col_blocks = cols / 32;
+  const size_t lanes_per_expert = static_cast<size_t>(tiles) * chunks * 32;
+  m.weights = DeviceBuffer(lanes_per_expert * experts * sizeof(uint4));
+  m.scales = DeviceBuffer(lanes_per_expert * experts * sizeof(uint32_t));
+  m.bias = DeviceBuffer::from_host(bias, static_cast<size_t>(experts) * rows * sizeof(uint16_t));
+
+  // Raw experts go up in batches of at most ~256 MB and are repacked on the device.
+  const size_t raw_blocks = static_cast<size_t>(rows) * col_blocks * 16, raw_scales = static_cast<size_t>(rows) * col_blocks;
+  const int batch = static_cast<int>(std::max<size_t>(1, (256u << 20) / (raw_blocks + raw_scales)));
+  DeviceBuffer d_blocks(raw_blocks * std::min(batch, experts)), d_scales(raw_scales * std::min(batch, experts));
+  for (int e0 = 0; e0 < experts; e0 += batch) {
+    const int n = std::min(batch, experts - e0);
+    CUDA_CHECK(cudaMemcpy(d_blocks.get(), blocks + raw_blocks * e0, raw_blocks * n, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(d_scales.get(), scales + raw_scales * e0, raw_scales * n, cudaMemcpyHostToDevice));
+    const int64_t total = static_cast<int64_t>(lanes_per_expert) * n;
+    const int threads = 256, grid = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 65536));
+    repack_mxfp4_kernel<<<grid, threads>>>(d_blocks.get<uint8_t>(), d_scales.get<uint8_t>(), n, rows, col_blocks,
+                                           tiles, chunks, m.weights.get<uint4>() + lanes_per_expert * e0,
+                                           m.scales.get<uint32_t>() + lanes_per_expert * e0);
+    CUDA_CHECK_LAUNCH();
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return m;
+}
+
+void launch_moe_router(const float* x, const float* norm_scale, const bf16* gate_w, const bf16* gate_b, int experts,
+                       int hidden, int k, float eps, bf16* x_normed, int32_t* ids, float* weights, cudaStream_t stream) {
+  if (experts < 1 || experts > kRouterMaxExperts || k < 1 || k > kMaxK || k > experts)
+    throw std::invalid_argument("launch_moe_router: need 1 <= experts <= " + std::to_string(kRouterMaxExperts) +
+                                " and 1 <= k <= min(" + std::to_string(kMaxK) + ", experts)");
+  if (hidden < 8 || hidden % 8 != 0)
+    throw std::invalid_argument("launch_moe_router: hidden must be a positive multiple of 8");
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(kRouterCluster);
+  cfg.blockDim = dim3(kRouterThreads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(hidden) * sizeof(bf16);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kRouterCluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_router_kernel, x, norm_scale, gate_w, gate_b, experts, hidden, k, eps,
+                                x_normed, ids, weights));
+}
+
+void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids, int k, const Mxfp4Experts& mlp1,
+                                        float alpha, float limit, bf16* act, cudaStream_t stream) {
+  check_moe_shapes(mlp1, k, "launch_bf16_mxfp4w_moe_mlp1_swiglu");
+  if (mlp1.rows % 2 != 0)
+    throw std::invalid_argument("launch_bf16_mxfp4w_moe_mlp1_swiglu: mlp1 rows must be even (glu/linear pairs)");
+  const size_t smem = stage_bytes(mlp1, 1);
+  allow_dynamic_smem(moe_mlp1_swiglu_kernel, smem, "mlp1");
+  moe_mlp1_swiglu_kernel<<<dim3(row_tiles(mlp1), k), kMlp1Warps * 32, smem, stream>>>(
+      x_normed, ids, stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.experts, mlp1.rows, mlp1.cols, alpha, limit, act);
+  CUDA_CHECK_LAUNCH();
+}
+
+void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
+                                          const Mxfp4Experts& mlp2, float* residual, cudaStream_t stream) {
+  check_moe_shapes(mlp2, k, "launch_bf16_mxfp4w_moe_mlp2_residual");
+  const size_t smem = stage_bytes(mlp2, k);
+  allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
+  moe_mlp2_residual_kernel<<<row_tiles(mlp2), kMlp2Warps * 32, smem, stream>>>(
+      act, ids, weights, k, stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace gpt_oss

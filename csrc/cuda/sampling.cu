@@ -1,0 +1,331 @@
+// Device sampler: greedy argmax or temperature + top-k + top-p sampling, the law of csrc/cpu/sampling.cpp.
+//
+// Floor: one read of the logits, vocab × 4 B = 0.8 MB for 201088 (0.27 µs at 3.0 TB/s); in practice bounded
+// by the few cluster barriers below (a few µs).
+//
+// One cluster of 8 CTAs × 1024 threads; each CTA keeps a slice of the logits in shared memory, so the logits
+// are read from global memory once and every later pass runs on-chip.
+//   0. max / argmax (lowest index on ties) and a NaN / +inf check, merged through distributed shared memory.
+//      Greedy stops here. Logits holding NaN or +inf, or all -inf, give token -1 (the host reports it).
+//   1. mass m_i = floor(2^45 · exp((l_i - max) / T)) as a 64-bit integer: integer sums are exact and
+//      independent of order, so every CTA derives identical decisions and reruns are bit-identical.
+//   2. Tokens are ranked by a 64-bit key (order-preserving logit bits, then the complemented index), so the
+//      descending order is the CPU's (descending logit = descending probability, ties → lower index) and
+//      every key is distinct. "The first token in that order whose running count / mass reaches a target" is
+//      found by radix descent, 8 key bits a level: each CTA histograms its candidates (count and mass per
+//      digit), every CTA merges the 8 histograms and picks the same digit. Three such selects:
+//        top-k    (count ≥ top_k)                   → S_k = mass of the top k (skipped when top_k is off)
+//        nucleus  (mass ≥ ceil(top_p · S_k))        → S_p (skipped when top_p = 1)
+//        draw     (mass > floor(u · S_p)), u = uniform_draw(seed, draw) → the token.
+// Differences from the CPU's double arithmetic are ~1e-7 relative (fp32 exp) and 2^-45 absolute, so the two
+// agree except when u falls that close to a boundary.
+//
+// Warning: vocab ≤ 8 × (shared memory per CTA − 8 KB) / 4 (≈ 450k on H100).
+#include "cuda/sampling.h"
+
+#include <cooperative_groups.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "core/rng.h"
+#include "cuda/weight_stream.cuh"
+
+namespace gpt_oss {
+
+namespace cg = cooperative_groups;
+
+namespace {
+
+constexpr int kCluster = 8;
+constexpr int kThreads = 1024;
+constexpr int kBuckets = 256;
+constexpr double kMassScale = 35184372088832.0;  // 2^45
+
+struct Histogram {
+  unsigned int count[kBuckets];
+  unsigned long long mass[kBuckets];
+};
+
+struct SampleArgs {
+  const float* logits;
+  int vocab, slice, top_k, levels, pad;
+  int index_bits;
+  float inv_t, top_p;
+  bool greedy;
+  uint64_t seed, draw;
+  int32_t* token;
+};
+
+struct Selected {
+  unsigned long long key, count, mass;  // the element's key; running count and mass through it (inclusive)
+};
+
+__device__ __forceinline__ uint32_t orderable(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ bool logit_before(float v, int i, float bv, int bi) {
+  return v > bv || (v == bv && i < bi);
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_inclusive_scan(T v, int lane) {
+  for (int o = 1; o < 32; o <<= 1) {
+    const T other = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += other;
+  }
+  return v;
+}
+
+class ClusterSampler {
+ public:
+  __device__ ClusterSampler(const SampleArgs& a, const float* vals, Histogram* hist, float max_logit)
+      : a_(a), vals_(vals), hist_(hist), max_logit_(max_logit), cluster_(cg::this_cluster()) {
+    base_ = static_cast<int>(cluster_.block_rank()) * a.slice;
+    n_ = max(0, min(a.slice, a.vocab - base_));
+    // Contiguous runs per thread: consecutive tokens often share a digit (most share the top key bits), so a
+    // thread adds its run to the histogram only when the digit changes: few shared-memory atomics.
+    per_ = (n_ + kThreads - 1) / kThreads;
+  }
+
+  __device__ unsigned long long key(int i) const {
+    const unsigned long long index_part = ((1ull << a_.index_bits) - 1) - static_cast<unsigned long long>(base_ + i);
+    return ((static_cast<unsigned long long>(orderable(vals_[i])) << a_.index_bits) | index_part) << a_.pad;
+  }
+
+  __device__ unsigned long long mass(int i) const {
+    const float w = __expf((vals_[i] - max_logit_) * a_.inv_t);
+    return static_cast<unsigned long long>(static_cast<double>(w) * kMassScale);
+  }
+
+  __device__ int token_of(unsigned long long key) const {
+    const unsigned long long mask = (1ull << a_.index_bits) - 1;
+    return static_cast<int>(mask - ((key >> a_.pad) & mask));
+  }
+
+  // This CTA's share of Σ mass.
+  __device__ unsigned long long local_mass() const {
+    unsigned long long m = 0;
+    for (int i = threadIdx.x; i < n_; i += kThreads) m += mass(i);
+    return m;
+  }
+
+  // The first token (descending key) whose running count (by_count) or mass reaches target (1 ≤ target ≤ total).
+  // Every CTA runs this with the same arguments and reaches the same answer.
+  __device__ Selected select(bool by_count, unsigned long long target) {
+    __shared__ unsigned long long s_prefix, s_base_count, s_base_mass, s_incl_count, s_incl_mass;
+    __shared__ unsigned long long s_warp_count[kBuckets / 32], s_warp_mass[kBuckets / 32];
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    if (tid == 0) s_prefix = 0, s_base_count = 0, s_base_mass = 0;
+    for (int level = 0; level < a_.levels; ++level) {
+      const int shift = 8 * (a_.levels - 1 - level);
+      Histogram& h = hist_[parity_];
+      parity_ ^= 1;
+      if (tid < kBuckets) h.count[tid] = 0, h.mass[tid] = 0;
+      __syncthreads();
+      const unsigned long long prefix = s_prefix, base_count = s_base_count, base_mass = s_base_mass;
+      const int begin = tid * per_, end = min(n_, begin + per_);
+      int run_digit = -1;
+      unsigned int run_count = 0;
+      unsigned long long run_mass = 0;
+      for (int i = begin; i < end; ++i) {
+        const unsigned long long k = key(i);
+        if (level > 0 && ((k ^ prefix) >> (shift + 8)) != 0) continue;
+        const int digit = static_cast<int>((k >> shift) & 0xFF);
+        if (digit != run_digit) {
+          if (run_count) atomicAdd(&h.count[run_digit], run_count), atomicAdd(&h.mass[run_digit], run_mass);
+          run_digit = digit, run_count = 0, run_mass = 0;
+        }
+        ++run_count;
+        run_mass += mass(i);
+      }
+      if (run_count) atomicAdd(&h.count[run_digit], run_count), atomicAdd(&h.mass[run_digit], run_mass);
+      cluster_.sync();
+
+      // Thread b owns digit 255 - b (descending order): merge the 8 CTAs' histograms, then scan.
+      unsigned long long count = 0, m = 0, incl_count = 0, incl_mass = 0;
+      if (tid < kBuckets) {
+        const int digit = kBuckets - 1 - tid;
+        for (int r = 0; r < kCluster; ++r) {
+          const Histogram* remote = cluster_.map_shared_rank(&h, r);
+          count += remote->count[digit];
+          m += remote->mass[digit];
+        }
+        incl_count = warp_inclusive_scan(count, lane);
+        incl_mass = warp_inclusive_scan(m, lane);
+        if (lane == 31) s_warp_count[warp] = incl_count, s_warp_mass[warp] = incl_mass;
+      }
+      __syncthreads();
+      if (tid < kBuckets) {
+        for (int w = 0; w < warp; ++w) incl_count += s_warp_count[w], incl_mass += s_warp_mass[w];
+        const unsigned long long incl = by_count ? base_count + incl_count : base_mass + incl_mass;
+        const unsigned long long excl = incl - (by_count ? count : m);
+        if (excl < target && target <= incl) {
+          s_prefix = prefix | (static_cast<unsigned long long>(kBuckets - 1 - tid) << shift);
+          s_base_count = base_count + incl_count - count;
+          s_base_mass = base_mass + incl_mass - m;
+          s_incl_count = base_count + incl_count;
+          s_incl_mass = base_mass + incl_mass;
+        }
+      }
+      __syncthreads();
+    }
+    return Selected{s_prefix, s_incl_count, s_incl_mass};
+  }
+
+ private:
+  SampleArgs a_;
+  const float* vals_;
+  Histogram* hist_;
+  float max_logit_;
+  cg::cluster_group cluster_;
+  int base_ = 0, n_ = 0, per_ = 0, parity_ = 0;
+};
+
+__global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
+  extern __shared__ uint4 dyn_smem[];
+  Histogram* hist = reinterpret_cast<Histogram*>(dyn_smem);  // two, used alternately level by level
+  float* vals = reinterpret_cast<float*>(hist + 2);
+  __shared__ float s_warp_max[kThreads / 32];
+  __shared__ int s_warp_arg[kThreads / 32], s_warp_bad[kThreads / 32];
+  __shared__ float s_cta_max, s_max;
+  __shared__ int s_cta_arg, s_cta_bad, s_arg, s_bad;
+  __shared__ unsigned long long s_warp_mass[kThreads / 32], s_cta_mass, s_total;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank()), tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int base = rank * a.slice, n = max(0, min(a.slice, a.vocab - base));
+
+  // 0. Load the slice; max / argmax (lowest index on ties); NaN / +inf check.
+  float best = -INFINITY;
+  int best_i = 0x7fffffff, bad = 0;
+  for (int i = tid; i < n; i += kThreads) {
+    const float v = a.logits[base + i];
+    vals[i] = v;
+    bad |= (v != v) || (v == INFINITY);
+    if (logit_before(v, base + i, best, best_i)) best = v, best_i = base + i;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+    if (logit_before(ov, oi, best, best_i)) best = ov, best_i = oi;
+  }
+  bad = __any_sync(0xffffffffu, bad);
+  if (lane == 0) s_warp_max[warp] = best, s_warp_arg[warp] = best_i, s_warp_bad[warp] = bad;
+  __syncthreads();
+  if (tid == 0) {
+    for (int w = 1; w < kThreads / 32; ++w) {
+      if (logit_before(s_warp_max[w], s_warp_arg[w], best, best_i)) best = s_warp_max[w], best_i = s_warp_arg[w];
+      bad |= s_warp_bad[w];
+    }
+    s_cta_max = best, s_cta_arg = best_i, s_cta_bad = bad;
+  }
+  cluster.sync();
+  if (tid == 0) {
+    float m = -INFINITY;
+    int mi = 0x7fffffff, mb = 0;
+    for (int r = 0; r < kCluster; ++r) {
+      const float v = *cluster.map_shared_rank(&s_cta_max, r);
+      const int i = *cluster.map_shared_rank(&s_cta_arg, r);
+      mb |= *cluster.map_shared_rank(&s_cta_bad, r);
+      if (logit_before(v, i, m, mi)) m = v, mi = i;
+    }
+    s_max = m, s_arg = mi, s_bad = mb;
+  }
+  __syncthreads();
+  const bool unusable = s_bad || (!a.greedy && s_max == -INFINITY);
+  if (unusable || a.greedy) {
+    if (rank == 0 && tid == 0) *a.token = unusable ? -1 : s_arg;
+    cluster.sync();  // no CTA leaves while another may still read its shared memory
+    return;
+  }
+
+  // 1. Total mass.
+  ClusterSampler sampler(a, vals, hist, s_max);
+  unsigned long long m = sampler.local_mass();
+  for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(0xffffffffu, m, o);
+  if (lane == 0) s_warp_mass[warp] = m;
+  __syncthreads();
+  if (tid == 0) {
+    unsigned long long t = 0;
+    for (int w = 0; w < kThreads / 32; ++w) t += s_warp_mass[w];
+    s_cta_mass = t;
+  }
+  cluster.sync();
+  if (tid == 0) {
+    unsigned long long t = 0;
+    for (int r = 0; r < kCluster; ++r) t += *cluster.map_shared_rank(&s_cta_mass, r);
+    s_total = t;
+  }
+  __syncthreads();
+
+  // 2. top-k, nucleus, draw.
+  unsigned long long kept = s_total;
+  if (a.top_k > 0 && a.top_k < a.vocab) kept = sampler.select(/*by_count=*/true, a.top_k).mass;
+  if (a.top_p < 1.0f) {
+    const double want = ceil(static_cast<double>(a.top_p) * static_cast<double>(kept));
+    const unsigned long long target = static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(kept)));
+    kept = sampler.select(/*by_count=*/false, target).mass;
+  }
+  const unsigned long long u53 = splitmix64(splitmix64(a.seed) ^ (a.draw * 0xD1B54A32D192ED03ull)) >> 11;
+  const unsigned long long below = __umul64hi(u53 << 11, kept);  // floor(u · kept), u = u53 / 2^53 (core/rng.h)
+  const Selected pick = sampler.select(/*by_count=*/false, below + 1);
+  if (rank == 0 && tid == 0) *a.token = sampler.token_of(pick.key);
+  cluster.sync();
+}
+
+int bits_for(int vocab) {
+  int b = 1;
+  while ((1ll << b) < vocab) ++b;
+  return b;
+}
+
+}  // namespace
+
+size_t sample_workspace_bytes(int /*vocab*/) { return 0; }  // everything lives in the cluster's shared memory
+
+void launch_sample(const float* logits, int vocab, const SamplingParams& params, uint64_t draw, void* /*workspace*/,
+                   int32_t* token, cudaStream_t stream) {
+  if (vocab < 1) throw std::invalid_argument("launch_sample: the vocabulary is empty");
+  if (!(params.temperature >= 0.0f) || !(params.top_p > 0.0f && params.top_p <= 1.0f) || params.top_k < 0)
+    throw std::invalid_argument("launch_sample: need temperature >= 0, top_p in (0, 1] and top_k >= 0");
+  SampleArgs a{};
+  a.logits = logits;
+  a.vocab = vocab;
+  a.slice = ceil_div(vocab, kCluster);
+  a.top_k = params.top_k;
+  a.top_p = params.top_p;
+  a.greedy = params.temperature == 0.0f;
+  a.inv_t = a.greedy ? 1.0f : 1.0f / params.temperature;
+  a.index_bits = bits_for(vocab);
+  const int key_bits = 32 + a.index_bits;
+  a.levels = (key_bits + 7) / 8;
+  a.pad = 8 * a.levels - key_bits;
+  a.seed = params.seed;
+  a.draw = draw;
+  a.token = token;
+  const size_t smem = 2 * sizeof(Histogram) + static_cast<size_t>(a.slice) * sizeof(float);
+  int dev = 0, limit = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (smem + 1024 > static_cast<size_t>(limit))
+    throw std::invalid_argument("launch_sample: vocabulary " + std::to_string(vocab) + " is too large for the device sampler");
+  CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(kCluster);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = kCluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, sample_kernel, a));
+}
+
+}  // namespace gpt_oss
