@@ -507,6 +507,20 @@ def test_non_streaming_client_that_leaves_frees_its_sequence():
         assert client.responses.create(model=MODEL, input="hi").status == "completed"
 
 
+def test_streaming_client_that_leaves_stops_generation_early():
+    slow = "<|channel|>final<|message|>" + "word " * 400 + "<|return|>"  # 8 s at 20 ms a token
+    with scripted_server(slow, THINK_THEN_ANSWER, delay=0.02, max_sequences=1) as (engine, server, client):
+        with httpx.stream("POST", server.base_url + "/responses", timeout=30,
+                          json={"model": MODEL, "input": "hi", "stream": True}) as r:
+            deltas = 0
+            for line in r.iter_lines():
+                deltas += line.startswith("event: response.output_text.delta")
+                if deltas == 3:
+                    break
+        assert wait_until(lambda: engine.open_sequences == 0, timeout=2), "the stream went on without its client"
+        assert client.responses.create(model=MODEL, input="hi").status == "completed"
+
+
 def test_delete_and_store_bound():
     with scripted_server(THINK_THEN_ANSWER) as (_, server, client):
         response = client.responses.create(model=MODEL, input="hi")
@@ -573,7 +587,8 @@ def _text(item) -> str:
 
 def test_real_model_client_disconnect_frees_the_sequence(tiny_server, tiny_engine):
     server, client = tiny_server
-    body = {"model": "tiny", "input": "Tell me a long story.", "max_output_tokens": 400, "stream": True}
+    body = {"model": "tiny", "input": "Tell me a long story.", "max_output_tokens": 400, "stream": True,
+            "temperature": 0}  # greedy: the same long reply every run
     with httpx.stream("POST", server.base_url + "/responses", json=body, timeout=60) as r:
         lines = r.iter_lines()
         for line in lines:

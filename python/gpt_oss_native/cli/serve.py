@@ -74,8 +74,8 @@ def _tool_factories(args: argparse.Namespace) -> dict:
         from ..tools import PythonTool
 
         try:
-            PythonTool()
-            factories["python"] = PythonTool
+            python = PythonTool()  # checks the sandbox once; stateless, so every request shares it
+            factories["python"] = lambda: python
         except (RuntimeError, OSError) as e:
             print(f"code_interpreter disabled: {e}", file=sys.stderr)
     if not args.no_browser:

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import harmony
 from .builtin_tools import ToolFactory
 from .chat_completions import ChatCompletionsEndpoint
 from .errors import ApiError, error_body
@@ -46,6 +47,7 @@ def create_app(
     API's ``web_search`` / ``code_interpreter`` tools (one instance per request); absent ones are refused.
     ``max_concurrent``: generations running at once (default: the engine's ``max_sequences``); more wait.
     """
+    harmony.get_encoding()  # loads the vocabulary now: a problem shows at startup, not in the first request
     app = FastAPI(title="gpt-oss-native")
     created = int(time.time())
     names = {model_name, *model_aliases}
