@@ -263,6 +263,23 @@ def test_tool_choice_forces_a_function_call(tool_choice, forced, script):
     assert response.usage.output_tokens == len(harmony.get_encoding().encode(script, allowed_special="all"))
 
 
+def test_reasoning_round_trips_through_encrypted_content_as_codex_sends_it():
+    with scripted_server(CALL_WEATHER, "<|channel|>final<|message|>Sunny.<|return|>") as (engine, _, client):
+        first = client.responses.create(model=MODEL, input="Weather?", tools=[WEATHER_TOOL], store=False,
+                                        include=["reasoning.encrypted_content"])
+        reasoning, call = first.output
+        assert reasoning.encrypted_content and "Need the weather." not in reasoning.encrypted_content
+        # Codex sends reasoning back without its text: only the summary and the encrypted content.
+        returned = {"type": "reasoning", "summary": [], "encrypted_content": reasoning.encrypted_content}
+        client.responses.create(model=MODEL, tools=[WEATHER_TOOL], store=False, input=[
+            {"role": "user", "content": "Weather?"}, returned, call.model_dump(exclude_none=True),
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model=MODEL, input=[
+                {"type": "reasoning", "summary": [], "encrypted_content": "gpt-oss-native.reasoning.v1:%%%"}])
+    assert "<|channel|>analysis<|message|>Need the weather.<|end|>" in engine.prompts[1]
+
+
 def test_previous_response_id_continues_the_conversation():
     with scripted_server(THINK_THEN_ANSWER, CALL_WEATHER, "<|channel|>final<|message|>Sunny.<|return|>") as (
         engine, _server, client,

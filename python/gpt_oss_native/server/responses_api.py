@@ -10,6 +10,7 @@ sequence the OpenAI API emits, every event with its ``sequence_number``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
 import logging
@@ -216,7 +217,7 @@ class ResponsesEndpoint:
                     messages.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel(channel))
             elif isinstance(item, ReasoningItem):
                 parts = item.content or item.summary
-                text = "".join(p.text for p in parts)
+                text = "".join(p.text for p in parts) or _reasoning_from_opaque(item.encrypted_content)
                 if text:
                     messages.append(Message.from_role_and_content(Role.ASSISTANT, text).with_channel("analysis"))
             elif isinstance(item, FunctionCallItem):
@@ -454,6 +455,8 @@ class ResponsesEndpoint:
         if segment.is_reasoning:
             part = {"type": "reasoning_text", "text": text}
             item["content"] = [part]
+            if "reasoning.encrypted_content" in (p.body.include or []):
+                item["encrypted_content"] = _reasoning_to_opaque(text)
             return [
                 {"kind": "response.reasoning_text.done", **where, "content_index": 0, "text": text},
                 {"kind": "response.content_part.done", **where, "content_index": 0, "part": part},
@@ -580,6 +583,24 @@ class ResponsesEndpoint:
         else:
             yield {"kind": "response.web_search_call.completed", **where}
         yield {"kind": "response.output_item.done", "output_index": index, "item": dict(item)}
+
+
+# ``encrypted_content`` carries the chain of thought through clients that send reasoning items back without
+# their text (Codex, with store=false); gpt-oss needs it through a tool-calling turn. It is encoded, not secret.
+_OPAQUE_PREFIX = "gpt-oss-native.reasoning.v1:"
+
+
+def _reasoning_to_opaque(text: str) -> str:
+    return _OPAQUE_PREFIX + base64.b64encode(text.encode()).decode()
+
+
+def _reasoning_from_opaque(blob: str | None) -> str:
+    if not blob or not blob.startswith(_OPAQUE_PREFIX):
+        return ""  # another server's encryption: nothing we can read
+    try:
+        return base64.b64decode(blob.removeprefix(_OPAQUE_PREFIX), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("A reasoning item's encrypted_content is corrupt.", param="input") from None
 
 
 def _browser_action(recipient: str, arguments: str) -> dict[str, Any]:

@@ -135,6 +135,7 @@ class ResponsesRequest(_Lenient):
     text: dict[str, Any] | None = None
     user: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
+    include: list[str] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
