@@ -250,6 +250,7 @@ def test_models_endpoints():
         assert client.models.retrieve("gpt-oss-20b").owned_by == "gpt-oss-native"
         with pytest.raises(openai.NotFoundError):
             client.models.retrieve("gpt-4o")
+        assert httpx.get(f"http://127.0.0.1:{server.port}/health").json() == {"status": "ok"}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -466,6 +466,7 @@ def test_web_search_runs_server_side_with_citations():
         ({"model": MODEL, "input": "hi", "tools": [{"type": "file_search"}]}, 400, "tools[0]"),
         ({"model": MODEL, "input": "hi", "tools": [{"type": "code_interpreter"}]}, 400, "tools[0].type"),
         ({"model": MODEL, "input": "hi", "tool_choice": "required"}, 400, "tool_choice"),
+        ({"model": MODEL, "input": "hi", "background": True}, 400, "background"),
         ({"model": MODEL, "input": "hi", "tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "name": "x"}},
          400, "tool_choice"),
         ({"model": MODEL, "input": [{"type": "function_call_output", "call_id": "nope", "output": "x"}]}, 400,

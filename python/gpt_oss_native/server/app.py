@@ -101,6 +101,10 @@ def create_app(
         log.exception("internal error")
         return JSONResponse(error_body(f"Internal server error: {exc}", type="server_error"), status_code=500)
 
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [_model_card(model_name, created)]}

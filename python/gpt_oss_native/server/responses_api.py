@@ -112,6 +112,9 @@ class ResponsesEndpoint:
 
     def prepare(self, body: ResponsesRequest) -> _Prepared:
         model = self._model_name(body.model)
+        if body.background:
+            raise ApiError("Background responses are not supported: stream the response instead.",
+                           param="background", code="unsupported_parameter")
         if body.text and (body.text.get("format") or {}).get("type", "text") != "text":
             raise ApiError("Only text output is supported (text.format.type 'text').", param="text.format")
         functions, builtins = self._tools(body)

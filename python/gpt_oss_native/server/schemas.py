@@ -136,6 +136,7 @@ class ResponsesRequest(_Lenient):
     user: str | None = None
     truncation: Literal["auto", "disabled"] | None = None
     include: list[str] | None = None
+    background: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------------
