@@ -71,7 +71,7 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
   }
 }
 
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, 2)
     bf16_gemv_bias_residual_kernel(const bf16* __restrict__ W, const bf16* __restrict__ bias,
                                    const bf16* __restrict__ in, int rows, int cols, float* __restrict__ residual) {
   __shared__ float s_sum[kWarps][kTileRows];

@@ -22,9 +22,9 @@
 // Dequantisation: nibbles are placed so that AND / shift / AND give fp16 pairs equal to value · 2^-14 exactly
 // (E2M1 subnormals land on fp16 subnormals, which the tensor cores keep) — 11 integer ops per 8 values; an
 // m16n8k16 f16 mma per 8 values a lane; the block scale 2^(e-127) is applied to the fp32 mma result.
-// Inputs are staged to shared memory as fp16 scaled by 2^-p (p chosen from max |x| so that nothing overflows
-// fp16), and 2^(14+p) is applied in the epilogue: bf16 inputs reach the tensor cores exactly whenever
-// 2^(p-14) ≤ |x| (values below that are 2^-24 relative to the largest one).
+// Inputs are staged to shared memory as fp16 scaled by 2^-p (p from max |x|, so the largest lands in
+// [2^14, 2^15)), and 2^(14+p) is applied in the epilogue: every bf16 input within 2^-28 of the largest one
+// reaches the tensor cores exactly, whatever the vector's magnitude.
 //
 // Warning: E8M0 scale 0 (2^-127) is treated as 0 and 255 (NaN) as +inf. An expert id outside [0, experts)
 // makes the launch write NaN, never read out of bounds.
@@ -198,7 +198,7 @@ __device__ __forceinline__ void warp_range(int n_items, int warps, int warp, int
 }
 
 // Stages nj bf16 vectors of `cols` values into shared fp16 (row stride xs_stride, zero padded), each scaled
-// by 2^-p_j so its largest magnitude stays below 2^15; s_up[j] = 2^(14 + p_j) undoes both biases.
+// by 2^-p_j so its largest magnitude lands in [2^14, 2^15); s_up[j] = 2^(14 + p_j) undoes both biases.
 __device__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int xs_stride, __half* xs,
                              float* s_up, float* s_red) {
   const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid / 32, lane = tid % 32, nwarps = nthreads / 32;
@@ -219,11 +219,12 @@ __device__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int x
   if (tid < nj) {
     float m = 0.f;
     for (int w = 0; w < nwarps; ++w) m = fmaxf(m, s_red[tid * nwarps + w]);
-    // NaN or inf inputs give p = 114: they stay NaN / inf and the result says so.
-    const int e = (m == m) ? static_cast<int>((__float_as_uint(m) >> 23) & 0xFF) - 127 : 128;
-    const int p = max(0, e - 14);
+    // NaN or inf inputs give p = 113: they stay NaN / inf and the result says so. Tiny vectors are scaled up
+    // (p < 0) so they do not become fp16 subnormals.
+    const int e = (m == m) ? static_cast<int>((__float_as_uint(m) >> 23) & 0xFF) - 127 : 127;
+    const int p = min(113, max(-100, e - 14));
     s_red[kMaxK * 32 + tid] = __uint_as_float(static_cast<uint32_t>(127 - p) << 23);
-    s_up[tid] = __uint_as_float(static_cast<uint32_t>(min(127 + 14 + p, 255)) << 23);
+    s_up[tid] = __uint_as_float(static_cast<uint32_t>(127 + 14 + p) << 23);
   }
   __syncthreads();
   for (int j = 0; j < nj; ++j) {
@@ -350,7 +351,6 @@ __global__ void __launch_bounds__(kRouterThreads)
   const int per_cta = (experts + kRouterCluster - 1) / kRouterCluster;
   const int first_row = rank * per_cta, n_rows = max(0, min(per_cta, experts - first_row));
 
-  // Gate rows start streaming before the norm is known.
   const int groups = hidden / 8, per_lane = (groups + 31) / 32;
   float ss = 0.f;
   for (int i = tid; i < hidden; i += kRouterThreads) ss = fmaf(x[i], x[i], ss);

@@ -119,6 +119,7 @@ class ClusterSampler {
     __shared__ unsigned long long s_prefix, s_base_count, s_base_mass, s_incl_count, s_incl_mass;
     __shared__ unsigned long long s_warp_count[kBuckets / 32], s_warp_mass[kBuckets / 32];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    __syncthreads();  // every thread has read the previous select's result
     if (tid == 0) s_prefix = 0, s_base_count = 0, s_base_mass = 0;
     for (int level = 0; level < a_.levels; ++level) {
       const int shift = 8 * (a_.levels - 1 - level);

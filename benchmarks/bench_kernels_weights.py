@@ -1,0 +1,120 @@
+"""Weight-streaming kernels at the real gpt-oss shapes (batch-1 decode): time per launch, achieved GB/s and the
+share of the device-to-device copy bandwidth measured in the same run.
+
+Each launch is timed inside a CUDA graph of several launches (the decode path runs them that way), taking the
+median over replays. MoE launches rotate through every expert and the out-projection through 8 copies of its
+matrix, so no weight is served from L2. Prints one table; the last line is JSON.
+
+    python benchmarks/bench_kernels_weights.py [--reps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from gpt_oss_native import _C
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernels"))
+from weights_reference import from_bf16, rmsnorm_bf16
+
+HIDDEN, INTER, VOCAB, K, Q_DIM = 2880, 2880, 201088, 4, 4096
+MODELS = {"20b": 32, "120b": 128}
+FLOOR_TBPS = 3.0  # the H100 copy rate the floors in the kernel files assume
+
+
+def random_bf16_bits(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Finite bf16 patterns of magnitude [2^-7, 2^-6), random sign and mantissa: fast to make at 1 GB."""
+    bits = np.frombuffer(rng.bytes(2 * n), dtype=np.uint16)
+    return (bits & 0x807F) | 0x3C00
+
+
+def mxfp4_experts(rng: np.random.Generator, experts: int, rows: int, cols: int):
+    blocks = np.frombuffer(rng.bytes(experts * rows * cols // 2), dtype=np.uint8).reshape(experts, rows, cols // 32, 16)
+    scales = rng.integers(119, 128, size=(experts, rows, cols // 32), dtype=np.uint8)
+    bias = random_bf16_bits(rng, experts * rows).reshape(experts, rows)
+    return blocks, scales, bias
+
+
+def row(name: str, shape: str, nbytes: float, us: float, copy_gbps: float) -> dict:
+    gbps = nbytes / us / 1e3
+    return {
+        "kernel": name,
+        "shape": shape,
+        "bytes": int(nbytes),
+        "floor_us": nbytes / (FLOOR_TBPS * 1e6),
+        "us": us,
+        "gbps": gbps,
+        "pct_copy": 100.0 * gbps / copy_gbps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+    kernels = _C.cuda_kernels
+    device = _C.cuda_devices()[0]
+    rng = np.random.default_rng(0)
+
+    copy_bytes = 1 << 30
+    copy_us = kernels.time_copy(copy_bytes, args.reps)
+    copy_gbps = 2 * copy_bytes / copy_us / 1e3
+    rows = []
+
+    x = (rng.standard_normal(HIDDEN) * 3).astype(np.float32)
+    norm_scale = rng.uniform(0.5, 2.0, HIDDEN).astype(np.float32)
+    for model, experts in MODELS.items():
+        gate_w = random_bf16_bits(rng, experts * HIDDEN).reshape(experts, HIDDEN)
+        gate_b = random_bf16_bits(rng, experts)
+        b1, s1, bias1 = mxfp4_experts(rng, experts, 2 * INTER, HIDDEN)
+        b2, s2, bias2 = mxfp4_experts(rng, experts, HIDDEN, INTER)
+        t = kernels.time_moe(x, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, K, args.reps)
+        row_bytes1, row_bytes2 = HIDDEN // 2 + HIDDEN // 32, INTER // 2 + INTER // 32
+        rows.append(row("moe_router", f"{model} E={experts}", experts * HIDDEN * 2 + experts * 2, t["router_us"],
+                        copy_gbps))
+        rows.append(row("moe_mlp1_swiglu", f"{model} k=4 5760x2880",
+                        K * 2 * INTER * (row_bytes1 + 2), t["mlp1_us"], copy_gbps))
+        rows.append(row("moe_mlp2_residual", f"{model} k=4 2880x2880",
+                        K * HIDDEN * (row_bytes2 + 2), t["mlp2_us"], copy_gbps))
+        del b1, s1, bias1, b2, s2, bias2
+
+    w_o = random_bf16_bits(rng, HIDDEN * Q_DIM).reshape(HIDDEN, Q_DIM)
+    rows.append(row("bf16_gemv_bias_residual", "2880x4096", HIDDEN * Q_DIM * 2,
+                    kernels.time_bf16_gemv_bias_residual(w_o, 8, args.reps), copy_gbps))
+
+    w_u = random_bf16_bits(rng, VOCAB * HIDDEN).reshape(VOCAB, HIDDEN)
+    rows.append(row("unembedding", "201088x2880", VOCAB * HIDDEN * 2 + VOCAB * 4,
+                    kernels.time_unembedding(w_u, norm_scale, x, args.reps), copy_gbps))
+    # Spot check at the real shape: 64 rows against float64.
+    logits = kernels.unembedding(w_u, norm_scale, x, 1e-5)
+    pick = rng.choice(VOCAB, 64, replace=False)
+    xn = from_bf16(rmsnorm_bf16(x, norm_scale, 1e-5))
+    ref = from_bf16(w_u[pick]) @ xn
+    unembedding_rel_err = float(np.max(np.abs(logits[pick] - ref)) / np.max(np.abs(ref)))
+
+    sample_logits = (rng.standard_normal(VOCAB) * 3).astype(np.float32)
+    for label, (temperature, top_p, top_k) in {
+        "greedy": (0.0, 1.0, 0),
+        "T=1": (1.0, 1.0, 0),
+        "T=1 top_p=0.9": (1.0, 0.9, 0),
+        "T=1 top_k=40": (1.0, 1.0, 40),
+    }.items():
+        us = kernels.time_sample(sample_logits, temperature, top_p, top_k, args.reps)
+        rows.append(row("sample", label, VOCAB * 4, us, copy_gbps))
+
+    print(f"device: {device['name']}  copy: {copy_gbps:.0f} GB/s (read + write, 1 GiB)")
+    print(f"{'kernel':<26}{'shape':<24}{'MB':>9}{'floor µs':>10}{'µs':>10}{'GB/s':>8}{'% copy':>8}")
+    for r in rows:
+        print(f"{r['kernel']:<26}{r['shape']:<24}{r['bytes'] / 1e6:>9.2f}{r['floor_us']:>10.2f}{r['us']:>10.2f}"
+              f"{r['gbps']:>8.0f}{r['pct_copy']:>8.1f}")
+    print(f"unembedding spot check (64 rows, real shape): max error / max |logit| = {unembedding_rel_err:.2e}")
+    print(json.dumps({"device": device["name"], "copy_gbps": copy_gbps, "rows": rows,
+                      "unembedding_rel_err": unembedding_rel_err}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The MXFP4 MoE launchers (csrc/cuda/moe_mxfp4.cu) against float64 NumPy: router (RMSNorm + gate GEMV + top-k +
+softmax), mlp1 + clamped interleaved SwiGLU, mlp2 + bias + routing weights + sum over experts + fp32 residual.
+References are computed from the same bf16-rounded inputs; outputs are poisoned (NaN) before every launch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gpt_oss_native import _C
+from weights_reference import (
+    dequant_mxfp4,
+    from_bf16,
+    random_bf16,
+    random_mxfp4,
+    rmsnorm_bf16,
+    swiglu,
+    to_bf16,
+)
+
+if not _C.cuda_devices():
+    pytest.skip("needs an NVIDIA GPU and a CUDA build of _C", allow_module_level=True)
+
+pytestmark = pytest.mark.cuda
+K = _C.cuda_kernels
+ALPHA, LIMIT, EPS = 1.702, 7.0, 1e-5
+
+# (experts, intermediate, hidden): the 20b shape, 128 experts, and sizes that are not multiples of the tiles
+# (16 rows, 64 columns).
+SHAPES = [(32, 2880, 2880), (128, 96, 64), (8, 36, 96), (4, 40, 32)]
+
+
+def expert_set(rng: np.random.Generator, experts: int, k: int = 4) -> np.ndarray:
+    return rng.choice(experts, size=k, replace=False).astype(np.int32)
+
+
+@pytest.mark.parametrize(("experts", "inter", "hidden"), SHAPES)
+def test_mlp1_swiglu(experts: int, inter: int, hidden: int) -> None:
+    rng = np.random.default_rng(experts * 1000 + inter + hidden)
+    blocks, scales = random_mxfp4(rng, experts, 2 * inter, hidden)
+    bias = random_bf16(rng, (experts, 2 * inter), scale=4.0)  # pushes many pre-activations past ±7
+    x = random_bf16(rng, hidden)
+    ids = expert_set(rng, experts)
+    act = K.bf16_mxfp4w_moe_mlp1_swiglu(x, ids, blocks, scales, bias, ALPHA, LIMIT)
+    assert act.shape == (4, inter) and act.dtype == np.uint16
+
+    w = dequant_mxfp4(blocks[ids], scales[ids])  # [k, 2I, H]
+    xf, bf = from_bf16(x), from_bf16(bias[ids])
+    pre = np.einsum("krh,h->kr", w, xf) + bf
+    ref = swiglu(pre, ALPHA, LIMIT)
+    got = from_bf16(act)
+    assert np.isfinite(got).all(), "unwritten (NaN-poisoned) or non-finite outputs"
+    assert (pre[:, ::2] > LIMIT).any() and (np.abs(pre[:, 1::2]) > LIMIT).any(), "the clamp was not exercised"
+    # bf16 output rounding, plus fp32 accumulation error propagated through the SwiGLU (slope ≤ 8 + 1).
+    bound = np.einsum("krh,h->kr", np.abs(w), np.abs(xf)) + np.abs(bf)
+    tol = 2.0**-8 * np.abs(ref) + 9 * 2e-6 * np.maximum(bound[:, ::2], bound[:, 1::2]) + 1e-30
+    assert np.all(np.abs(got - ref) <= tol), f"max excess {np.max(np.abs(got - ref) - tol):.3g}"
+
+
+@pytest.mark.parametrize(("experts", "inter", "hidden"), SHAPES)
+def test_mlp2_residual(experts: int, inter: int, hidden: int) -> None:
+    rng = np.random.default_rng(experts * 7 + inter * 3 + hidden)
+    blocks, scales = random_mxfp4(rng, experts, hidden, inter)
+    bias = random_bf16(rng, (experts, hidden))
+    act = random_bf16(rng, (4, inter), scale=3.0)
+    ids = expert_set(rng, experts)
+    logits = rng.standard_normal(4)
+    weights = (np.exp(logits) / np.exp(logits).sum()).astype(np.float32)
+    residual = rng.standard_normal(hidden).astype(np.float32)
+    out = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, residual)
+
+    w = dequant_mxfp4(blocks[ids], scales[ids])  # [k, H, I]
+    af, bf, wf = from_bf16(act), from_bf16(bias[ids]), weights.astype(np.float64)
+    ref = residual + np.einsum("k,kh->h", wf, np.einsum("khi,ki->kh", w, af) + bf)
+    bound = np.abs(residual) + np.einsum("k,kh->h", wf, np.einsum("khi,ki->kh", np.abs(w), np.abs(af)) + np.abs(bf))
+    assert np.isfinite(out).all()
+    assert np.all(np.abs(out - ref) <= 2e-6 * bound), f"max rel {np.max(np.abs(out - ref) / bound):.3g}"
+
+
+@pytest.mark.parametrize("magnitude", [2.0**-30, 2.0**20])
+def test_inputs_far_outside_fp16_range(magnitude: float) -> None:
+    """Inputs are staged as fp16 scaled by a power of two: tiny and huge bf16 vectors keep their precision."""
+    rng = np.random.default_rng(int(np.log2(magnitude)) + 77)
+    experts, hidden, inter = 8, 64, 96
+    blocks, scales = random_mxfp4(rng, experts, hidden, inter)
+    bias = to_bf16(np.zeros((experts, hidden), np.float32))
+    act = random_bf16(rng, (4, inter), scale=magnitude)
+    ids = expert_set(rng, experts)
+    weights = np.full(4, 0.25, np.float32)
+    residual = np.zeros(hidden, np.float32)
+    out = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, residual)
+    w = dequant_mxfp4(blocks[ids], scales[ids])
+    af = from_bf16(act)
+    ref = 0.25 * np.einsum("khi,ki->h", w, af)
+    bound = 0.25 * np.einsum("khi,ki->h", np.abs(w), np.abs(af))
+    assert np.all(np.abs(out - ref) <= 2e-6 * bound)
+
+
+def test_extreme_block_scales() -> None:
+    """Scales far from 2^0 (2^-60 … 2^+40) dequantise exactly: the scale is applied in fp32 after the mma."""
+    rng = np.random.default_rng(5)
+    experts, hidden, inter = 4, 32, 64
+    blocks, scales = random_mxfp4(rng, experts, hidden, inter, scale_range=(67, 167))
+    bias = to_bf16(np.zeros((experts, hidden), np.float32))
+    act = random_bf16(rng, (4, inter))
+    ids = np.arange(4, dtype=np.int32)
+    weights = np.full(4, 0.25, np.float32)
+    out = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, np.zeros(hidden, np.float32))
+    w = dequant_mxfp4(blocks, scales)
+    af = from_bf16(act)
+    ref = 0.25 * np.einsum("khi,ki->h", w, af)
+    bound = 0.25 * np.einsum("khi,ki->h", np.abs(w), np.abs(af))
+    assert np.all(np.abs(out - ref) <= 2e-6 * bound)
+
+
+def test_mlp1_then_mlp2_deterministic() -> None:
+    """Same inputs, same bits: no atomics, a fixed reduction order."""
+    rng = np.random.default_rng(11)
+    blocks, scales = random_mxfp4(rng, 32, 2880, 2880)
+    bias = random_bf16(rng, (32, 2880))
+    act = random_bf16(rng, (4, 2880))
+    ids = expert_set(rng, 32)
+    weights = np.full(4, 0.25, np.float32)
+    residual = rng.standard_normal(2880).astype(np.float32)
+    first = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, residual)
+    second = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, residual)
+    assert np.array_equal(first.view(np.uint32), second.view(np.uint32))
+
+
+def router_reference(gate_w, gate_b, xn_bits, k):
+    """float64 logits from the kernel's own x_normed (its bf16 rounding is checked separately)."""
+    logits = from_bf16(gate_w) @ from_bf16(xn_bits) + from_bf16(gate_b)
+    order = np.lexsort((np.arange(logits.size), -logits))
+    return logits, order[:k]
+
+
+@pytest.mark.parametrize(("experts", "hidden"), [(32, 2880), (128, 2880), (128, 64), (32, 96), (4, 8)])
+def test_router(experts: int, hidden: int) -> None:
+    rng = np.random.default_rng(experts + hidden)
+    x = (rng.standard_normal(hidden) * 3).astype(np.float32)
+    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
+    gate_w = random_bf16(rng, (experts, hidden), scale=0.05)
+    gate_b = random_bf16(rng, experts, scale=0.5)
+    k = 4
+    xn, ids, weights = K.moe_router(x, norm_scale, gate_w, gate_b, k, EPS)
+
+    ref_xn = rmsnorm_bf16(x, norm_scale, EPS)
+    ulps = np.abs(xn.astype(np.int32) - ref_xn.astype(np.int32))
+    assert ulps.max() <= 1 and (ulps > 0).mean() < 0.01, "x_normed differs from bf16(rmsnorm) beyond rounding"
+
+    logits, ref_ids = router_reference(gate_w, gate_b, xn, k)
+    sorted_logits = np.sort(logits)[::-1]
+    margins = -np.diff(sorted_logits)[:k]  # gaps around the first k ranks
+    tol = 1e-5 * (np.abs(from_bf16(gate_w)) @ np.abs(from_bf16(xn)) + 1).max()
+    if margins.min() > tol:
+        assert ids.tolist() == ref_ids.tolist()
+    else:
+        assert set(ids.tolist()) <= set(np.argsort(-logits)[: k + 1].tolist())
+    ref_w = np.exp(logits[ids] - logits[ids].max())
+    ref_w /= ref_w.sum()
+    assert np.allclose(weights, ref_w, rtol=1e-5, atol=1e-6)
+    assert abs(float(weights.sum()) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("experts", [32, 128])
+def test_router_ties_prefer_lower_ids(experts: int) -> None:
+    rng = np.random.default_rng(3)
+    hidden = 2880
+    x = rng.standard_normal(hidden).astype(np.float32)
+    norm_scale = np.ones(hidden, np.float32)
+    gate_w = random_bf16(rng, (experts, hidden), scale=0.01)
+    gate_b = to_bf16(np.zeros(experts, np.float32))
+    tied = [experts - 1, 5, 17]  # identical rows → bit-identical logits, well above the rest
+    for e in tied:
+        gate_w[e] = gate_w[tied[0]]
+    gate_b[tied] = to_bf16(np.full(len(tied), 8.0, np.float32))
+    xn, ids, weights = K.moe_router(x, norm_scale, gate_w, gate_b, 4, EPS)
+    assert ids[:3].tolist() == sorted(tied)
+    assert weights[0] == weights[1] == weights[2]
+    _, ref_ids = router_reference(gate_w, gate_b, xn, 4)
+    assert ids[3] == ref_ids[3]
+
+
+def test_bad_arguments_raise() -> None:
+    rng = np.random.default_rng(1)
+    blocks, scales = random_mxfp4(rng, 4, 64, 64)
+    bias = random_bf16(rng, (4, 64))
+    x = random_bf16(rng, 64)
+    with pytest.raises(ValueError, match="expert ids"):
+        K.bf16_mxfp4w_moe_mlp1_swiglu(x, np.array([0, 1, 2, 9], np.int32), blocks, scales, bias, ALPHA, LIMIT)
+    with pytest.raises(ValueError, match="k = 5"):
+        K.bf16_mxfp4w_moe_mlp1_swiglu(x, np.array([0, 1, 2, 3, 0], np.int32), blocks, scales, bias, ALPHA, LIMIT)
+    with pytest.raises(ValueError, match="experts"):
+        K.moe_router(np.ones(64, np.float32), np.ones(64, np.float32), random_bf16(rng, (4, 64)),
+                     random_bf16(rng, 4), 5, EPS)

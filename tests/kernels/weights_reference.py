@@ -1,0 +1,87 @@
+"""Float64 NumPy references shared by the weight-streaming kernel tests and benchmarks/bench_kernels_weights.py:
+bf16 rounding, MXFP4 dequantisation, the gpt-oss SwiGLU, RMSNorm, and the sampler's random draw (core/rng.h)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# E2M1 values of the 16 codes (core/model.h kFp4Values).
+FP4_VALUES = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float64)
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """float → bf16 bit patterns (uint16), round to nearest even."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return bits.astype(np.uint16)
+
+
+def from_bf16(bits: np.ndarray) -> np.ndarray:
+    return (np.ascontiguousarray(bits).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def random_bf16(rng: np.random.Generator, shape, scale: float = 1.0) -> np.ndarray:
+    return to_bf16(rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+
+
+def random_mxfp4(rng: np.random.Generator, experts: int, rows: int, cols: int, scale_range=(119, 127)):
+    """Random checkpoint-layout experts: blocks [E, rows, cols/32, 16] u8, scales [E, rows, cols/32] u8."""
+    blocks = rng.integers(0, 256, size=(experts, rows, cols // 32, 16), dtype=np.uint8)
+    scales = rng.integers(scale_range[0], scale_range[1] + 1, size=(experts, rows, cols // 32), dtype=np.uint8)
+    return blocks, scales
+
+
+def dequant_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """[..., rows, cols/32, 16] codes + [..., rows, cols/32] E8M0 → float64 [..., rows, cols] (value 2k in the
+    low nibble of byte k, 2k + 1 in the high nibble)."""
+    lo = FP4_VALUES[blocks & 0x0F]
+    hi = FP4_VALUES[blocks >> 4]
+    values = np.stack([lo, hi], axis=-1).reshape(*blocks.shape[:-1], 32)
+    values = values * np.exp2(scales.astype(np.float64) - 127.0)[..., None]
+    return values.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32)
+
+
+def swiglu(pre: np.ndarray, alpha: float = 1.702, limit: float = 7.0) -> np.ndarray:
+    """gpt_oss.torch.model.swiglu: interleaved glu (even) / linear (odd), clamped, (linear + 1)."""
+    glu = np.minimum(pre[..., ::2], limit)
+    lin = np.clip(pre[..., 1::2], -limit, limit)
+    return glu / (1.0 + np.exp(-alpha * glu)) * (lin + 1.0)
+
+
+def rmsnorm_bf16(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
+    """bf16(x · rsqrt(mean(x²) + eps) · scale) as bit patterns (gpt_oss RMSNorm with a bf16 output)."""
+    x = x.astype(np.float64)
+    t = x / np.sqrt(np.mean(x * x) + eps)
+    return to_bf16((t * scale.astype(np.float64)).astype(np.float32))
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def uniform_draw(seed: int, draw: int) -> float:
+    """core/rng.h uniform_draw: 53 random bits in [0, 1)."""
+    bits = _splitmix64(_splitmix64(seed) ^ ((draw * 0xD1B54A32D192ED03) & _MASK64))
+    return (bits >> 11) / 9007199254740992.0
+
+
+def sampling_law(logits: np.ndarray, temperature: float, top_p: float, top_k: int):
+    """The kept tokens in descending order and their cumulative renormalised mass (csrc/cpu/sampling.cpp)."""
+    logits = logits.astype(np.float64)
+    order = np.lexsort((np.arange(logits.size), -logits))  # descending logit, ties → lower index
+    if 0 < top_k < logits.size:
+        order = order[:top_k]
+    z = logits[order] / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    cum = np.cumsum(p)
+    if top_p < 1.0:
+        kept = int(np.searchsorted(cum, top_p, side="left")) + 1
+        order, cum = order[:kept], cum[:kept]
+    return order, cum / cum[-1]
