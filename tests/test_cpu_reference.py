@@ -44,6 +44,8 @@ CASES = {
         24,
         4,
     ),
+    # Harmony's full vocabulary (the unembedding spans many thread chunks).
+    "full-vocab": ({"vocab_size": 201088}, 20, 6),
     # Every expert routed, a long window, a short YaRN original context (the ramp matters at short range).
     "all-experts-short-yarn": (
         {"num_experts": 2, "experts_per_token": 2, "initial_context_length": 512, "sliding_window": 32},

@@ -135,3 +135,15 @@ def test_bad_tokens_raise(checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="at least one token"):
         model.forward(seq, np.array([], dtype=np.int32))
     assert model.sequence_length(seq) == 0
+
+
+def test_thread_count_does_not_change_the_numbers(checkpoint: Path, tokens: np.ndarray) -> None:
+    """Each output row is summed by one thread in a fixed order, so logits are bitwise reproducible."""
+    results = []
+    for threads in (1, 2, 3):
+        _, model = load_model(checkpoint, num_threads=threads)
+        seq = model.new_sequence()
+        prefill = model.forward(seq, tokens[:30], all_logits=True)
+        results.append(np.concatenate([prefill, model.forward(seq, tokens[30:], all_logits=True)]))
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
