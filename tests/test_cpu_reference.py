@@ -95,4 +95,5 @@ def test_last_logits_only_is_the_last_row(tmp_path: Path) -> None:
     every = model.forward(model.new_sequence(), tokens, all_logits=True)
     last = model.forward(model.new_sequence(), tokens)
     assert last.shape == (config.vocab_size,)
-    np.testing.assert_array_equal(last, every[-1])
+    # One row runs the single-token kernels, 20 rows the tiled ones: only the summation order differs.
+    assert relative_errors(last, every[-1]) <= 1e-6
