@@ -49,12 +49,15 @@ constexpr int kChunkValues = 64;
 constexpr int kMaxK = 8;
 constexpr int kMlp1Warps = 4;
 constexpr int kMlp2Warps = 16;
-constexpr int kBatch = 4;  // chunks a warp keeps in flight while it computes the previous batch
+// Chunks a warp loads before computing (640 B each): mlp1 has 4 warps × ~11 CTAs an SM, mlp2 16 warps × 1-2.
+constexpr int kMlp1Batch = 4;
+constexpr int kMlp2Batch = 6;
 
 constexpr int kRouterCluster = 8;
 constexpr int kRouterThreads = 512;
 constexpr int kRouterMaxExperts = 256;
 constexpr int kRouterRowsPerCta = kRouterMaxExperts / kRouterCluster;
+constexpr int kRouterLoads = 12;
 
 __host__ __device__ inline int tile_row_offset(int rho) { return rho < 8 ? 2 * rho : 2 * (rho - 8) + 1; }
 
@@ -147,22 +150,24 @@ struct StreamArgs {
 };
 
 // A warp's share of a tile: the contiguous items [begin, end), item = j · chunks + c (expert slot j, chunk c).
-// Full batches issue all their loads before any arithmetic (no predicates, so the scheduler keeps them
-// together); the tail goes one item at a time. s_expert / s_factor / xs are in shared memory; s_factor[j]
-// multiplies slot j's contribution (mlp2's routing weight; 1 for mlp1).
+// Full batches of kBatch issue all their loads before any arithmetic (no predicates, so the scheduler keeps
+// them together); the tail goes one item at a time. The first batch is issued before `stage` runs (the
+// CTA-wide input staging, which every thread must call once), so weights stream while the inputs are staged.
+// s_expert / s_factor / xs are in shared memory; s_factor[j] scales slot j's contribution (mlp2's routing
+// weight; 1 for mlp1).
+template <int kBatch, typename Stage>
 __device__ __forceinline__ void stream_tile(const StreamArgs& a, const int* s_expert, const float* s_factor,
                                             const __half* xs, int xs_stride, int tile, int begin, int end,
-                                            float& acc_g, float& acc_g8) {
+                                            Stage stage, float& acc_g, float& acc_g8) {
   const int lane = threadIdx.x % 32, t = lane % 4;
-  int j = begin / a.chunks, c = begin - j * a.chunks;  // the item `begin`, advanced incrementally below
+  int j = begin / a.chunks, c = begin - j * a.chunks;  // the next item to load, advanced incrementally
   auto offset = [&](int jj, int cc) {
     return ((static_cast<int64_t>(s_expert[jj]) * a.tiles + tile) * a.chunks + cc) * 32 + lane;
   };
-  int item = begin;
-  for (; item + kBatch <= end; item += kBatch) {
-    uint4 code[kBatch];
-    uint32_t scale[kBatch];
-    int js[kBatch], cs[kBatch];
+  uint4 code[kBatch];
+  uint32_t scale[kBatch];
+  int js[kBatch], cs[kBatch];
+  auto load_batch = [&] {
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       js[u] = j, cs[u] = c;
@@ -171,6 +176,12 @@ __device__ __forceinline__ void stream_tile(const StreamArgs& a, const int* s_ex
       scale[u] = ld_stream_u32(a.scales + off);
       if (++c == a.chunks) c = 0, ++j;
     }
+  };
+  int item = begin;
+  if (item + kBatch <= end) load_batch();
+  stage();
+  for (; item + kBatch <= end; item += kBatch) {
+    if (item != begin) load_batch();
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       float g = 0.f, g8 = 0.f;
@@ -266,11 +277,12 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 6)
   if (threadIdx.x == 0) s_expert[0] = bad_id ? 0 : id, s_factor[0] = 1.f;
   __syncthreads();
   const int xs_stride = a.chunks * kChunkValues;
-  stage_inputs(x_normed, 1, cols, xs_stride, xs, s_up, s_red);
   int begin = 0, end = 0;
   warp_range(a.chunks, kMlp1Warps, warp, begin, end);
   float acc_g = 0.f, acc_g8 = 0.f;
-  stream_tile(a, s_expert, s_factor, xs, xs_stride, tile, begin, end, acc_g, acc_g8);
+  stream_tile<kMlp1Batch>(
+      a, s_expert, s_factor, xs, xs_stride, tile, begin, end,
+      [&] { stage_inputs(x_normed, 1, cols, xs_stride, xs, s_up, s_red); }, acc_g, acc_g8);
   if (lane % 4 == 0) s_sum[warp][lane / 4] = acc_g, s_sum[warp][lane / 4 + 8] = acc_g8;
   __syncthreads();
   const int pair = threadIdx.x;  // activation 8 · tile + pair: glu row 2i, linear row 2i + 1
@@ -312,13 +324,17 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 1)
   }
   __syncthreads();
   const int xs_stride = a.chunks * kChunkValues;
-  stage_inputs(act, k, cols, xs_stride, xs, s_up, s_red);
-  if (threadIdx.x < k) s_factor[threadIdx.x] = __ldg(weights + threadIdx.x) * s_up[threadIdx.x];
-  __syncthreads();
   int begin = 0, end = 0;
   warp_range(k * a.chunks, kMlp2Warps, warp, begin, end);
   float acc_g = 0.f, acc_g8 = 0.f;
-  stream_tile(a, s_expert, s_factor, xs, xs_stride, tile, begin, end, acc_g, acc_g8);
+  stream_tile<kMlp2Batch>(
+      a, s_expert, s_factor, xs, xs_stride, tile, begin, end,
+      [&] {
+        stage_inputs(act, k, cols, xs_stride, xs, s_up, s_red);
+        if (threadIdx.x < k) s_factor[threadIdx.x] = __ldg(weights + threadIdx.x) * s_up[threadIdx.x];
+        __syncthreads();
+      },
+      acc_g, acc_g8);
   if (lane % 4 == 0) s_sum[warp][lane / 4] = acc_g, s_sum[warp][lane / 4 + 8] = acc_g8;
   __syncthreads();
   const int rho = threadIdx.x, row = tile * kTileRows + tile_row_offset(rho);
@@ -351,7 +367,18 @@ __global__ void __launch_bounds__(kRouterThreads)
   const int per_cta = (experts + kRouterCluster - 1) / kRouterCluster;
   const int first_row = rank * per_cta, n_rows = max(0, min(per_cta, experts - first_row));
 
-  const int groups = hidden / 8, per_lane = (groups + 31) / 32;
+  const int groups = hidden / 8;
+  // The first gate row of each warp streams in while the norm is computed (hidden ≤ 32 · 8 · kRouterLoads in
+  // one go; longer rows finish with plain loads).
+  uint4 wv[kRouterLoads];
+  auto load_row = [&](int r) {
+    const bf16* w_row = gate_w + static_cast<int64_t>(first_row + r) * hidden;
+#pragma unroll
+    for (int q = 0; q < kRouterLoads; ++q)
+      if (lane + 32 * q < groups) wv[q] = ld_stream(w_row + 8 * (lane + 32 * q));
+  };
+  if (warp < n_rows) load_row(warp);
+
   float ss = 0.f;
   for (int i = tid; i < hidden; i += kRouterThreads) ss = fmaf(x[i], x[i], ss);
   ss = warp_sum(ss);
@@ -367,25 +394,26 @@ __global__ void __launch_bounds__(kRouterThreads)
   }
   __syncthreads();
 
-  for (int r = warp; r < n_rows; r += nwarps) {
-    const int row = first_row + r;
-    const bf16* w_row = gate_w + static_cast<int64_t>(row) * hidden;
-    float dot = 0.f;
-    for (int q = 0; q < per_lane; ++q) {
-      const int gidx = lane + 32 * q;
-      if (gidx < groups) {
-        const uint4 wv = ld_stream(w_row + 8 * gidx);
-        const uint4 xv = reinterpret_cast<const uint4*>(xn)[gidx];
-        const uint32_t ww[4] = {wv.x, wv.y, wv.z, wv.w}, xw[4] = {xv.x, xv.y, xv.z, xv.w};
+  auto dot8 = [&](uint4 wq, int gidx, float dot) {
+    const uint4 xv = reinterpret_cast<const uint4*>(xn)[gidx];
+    const uint32_t ww[4] = {wq.x, wq.y, wq.z, wq.w}, xw[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          dot = fmaf(__uint_as_float(ww[h] << 16), __uint_as_float(xw[h] << 16), dot);
-          dot = fmaf(__uint_as_float(ww[h] & 0xFFFF0000u), __uint_as_float(xw[h] & 0xFFFF0000u), dot);
-        }
-      }
+    for (int h = 0; h < 4; ++h) {
+      dot = fmaf(__uint_as_float(ww[h] << 16), __uint_as_float(xw[h] << 16), dot);
+      dot = fmaf(__uint_as_float(ww[h] & 0xFFFF0000u), __uint_as_float(xw[h] & 0xFFFF0000u), dot);
     }
+    return dot;
+  };
+  for (int r = warp; r < n_rows; r += nwarps) {
+    if (r != warp) load_row(r);
+    float dot = 0.f;
+#pragma unroll
+    for (int q = 0; q < kRouterLoads; ++q)
+      if (lane + 32 * q < groups) dot = dot8(wv[q], lane + 32 * q, dot);
+    const bf16* w_row = gate_w + static_cast<int64_t>(first_row + r) * hidden;
+    for (int gidx = lane + 32 * kRouterLoads; gidx < groups; gidx += 32) dot = dot8(ld_stream(w_row + 8 * gidx), gidx, dot);
     dot = warp_sum(dot);
-    if (lane == 0) s_logits[r] = dot + __bfloat162float(gate_b[row]);
+    if (lane == 0) s_logits[r] = dot + __bfloat162float(gate_b[first_row + r]);
   }
   cluster.sync();
 

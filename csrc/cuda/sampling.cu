@@ -3,24 +3,25 @@
 // Floor: one read of the logits, vocab × 4 B = 0.8 MB for 201088 (0.27 µs at 3.0 TB/s); in practice bounded
 // by the few cluster barriers below (a few µs).
 //
-// One cluster of 8 CTAs × 1024 threads; each CTA keeps a slice of the logits in shared memory, so the logits
+// One cluster of 8 CTAs × 512 threads; each CTA keeps a slice of the logits in shared memory, so the logits
 // are read from global memory once and every later pass runs on-chip.
 //   0. max / argmax (lowest index on ties) and a NaN / +inf check, merged through distributed shared memory.
 //      Greedy stops here. Logits holding NaN or +inf, or all -inf, give token -1 (the host reports it).
-//   1. mass m_i = floor(2^45 · exp((l_i - max) / T)) as a 64-bit integer: integer sums are exact and
+//   1. mass m_i = floor(2^40 · exp((l_i - max) / T)) as a 64-bit integer: integer sums are exact and
 //      independent of order, so every CTA derives identical decisions and reruns are bit-identical.
 //   2. Tokens are ranked by a 64-bit key (order-preserving logit bits, then the complemented index), so the
 //      descending order is the CPU's (descending logit = descending probability, ties → lower index) and
 //      every key is distinct. "The first token in that order whose running count / mass reaches a target" is
 //      found by radix descent, 8 key bits a level: each CTA histograms its candidates (count and mass per
-//      digit), every CTA merges the 8 histograms and picks the same digit. Three such selects:
+//      digit; per-warp private histograms with 32-bit limbs, then one per CTA), every CTA merges the 8 CTA
+//      histograms and picks the same digit. Three such selects:
 //        top-k    (count ≥ top_k)                   → S_k = mass of the top k (skipped when top_k is off)
 //        nucleus  (mass ≥ ceil(top_p · S_k))        → S_p (skipped when top_p = 1)
 //        draw     (mass > floor(u · S_p)), u = uniform_draw(seed, draw) → the token.
-// Differences from the CPU's double arithmetic are ~1e-7 relative (fp32 exp) and 2^-45 absolute, so the two
+// Differences from the CPU's double arithmetic are ~1e-7 relative (fp32 exp) and 2^-40 absolute, so the two
 // agree except when u falls that close to a boundary.
 //
-// Warning: vocab ≤ 8 × (shared memory per CTA − 8 KB) / 4 (≈ 450k on H100).
+// Warning: vocab ≤ 8 × (shared memory per CTA − 56 KB) / 4 (≈ 350k on H100).
 #include "cuda/sampling.h"
 
 #include <cooperative_groups.h>
@@ -39,13 +40,23 @@ namespace cg = cooperative_groups;
 namespace {
 
 constexpr int kCluster = 8;
-constexpr int kThreads = 1024;
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
 constexpr int kBuckets = 256;
-constexpr double kMassScale = 35184372088832.0;  // 2^45
+constexpr float kMassScale = 1099511627776.0f;  // 2^40
+constexpr int kLimbBits = 20;                    // mass = lo + hi · 2^20, each limb summed in a u32
 
+// One CTA's histogram of a level, read by the whole cluster.
 struct Histogram {
   unsigned int count[kBuckets];
   unsigned long long mass[kBuckets];
+};
+
+// One warp's private histogram: native 32-bit shared atomics (a 64-bit shared atomic add is a CAS loop),
+// contention only inside the warp. A limb sum stays below 2^32 while a warp sees at most 4096 tokens, i.e. a
+// slice of at most 65536 (the launcher's shared-memory check is stricter).
+struct WarpHistogram {
+  unsigned int count[kBuckets], lo[kBuckets], hi[kBuckets];
 };
 
 struct SampleArgs {
@@ -82,13 +93,11 @@ __device__ __forceinline__ T warp_inclusive_scan(T v, int lane) {
 
 class ClusterSampler {
  public:
-  __device__ ClusterSampler(const SampleArgs& a, const float* vals, Histogram* hist, float max_logit)
-      : a_(a), vals_(vals), hist_(hist), max_logit_(max_logit), cluster_(cg::this_cluster()) {
+  __device__ ClusterSampler(const SampleArgs& a, const float* vals, Histogram* hist, WarpHistogram* warp_hist,
+                            float max_logit)
+      : a_(a), vals_(vals), hist_(hist), warp_hist_(warp_hist), max_logit_(max_logit), cluster_(cg::this_cluster()) {
     base_ = static_cast<int>(cluster_.block_rank()) * a.slice;
     n_ = max(0, min(a.slice, a.vocab - base_));
-    // Contiguous runs per thread: consecutive tokens often share a digit (most share the top key bits), so a
-    // thread adds its run to the histogram only when the digit changes: few shared-memory atomics.
-    per_ = (n_ + kThreads - 1) / kThreads;
   }
 
   __device__ unsigned long long key(int i) const {
@@ -98,7 +107,7 @@ class ClusterSampler {
 
   __device__ unsigned long long mass(int i) const {
     const float w = __expf((vals_[i] - max_logit_) * a_.inv_t);
-    return static_cast<unsigned long long>(static_cast<double>(w) * kMassScale);
+    return __float2ull_rz(w * kMassScale);  // exact scaling by a power of two, then truncation
   }
 
   __device__ int token_of(unsigned long long key) const {
@@ -125,25 +134,28 @@ class ClusterSampler {
       const int shift = 8 * (a_.levels - 1 - level);
       Histogram& h = hist_[parity_];
       parity_ ^= 1;
-      if (tid < kBuckets) h.count[tid] = 0, h.mass[tid] = 0;
-      __syncthreads();
+      WarpHistogram& wh = warp_hist_[warp];
+      for (int b = lane; b < kBuckets; b += 32) wh.count[b] = 0, wh.lo[b] = 0, wh.hi[b] = 0;
+      __syncthreads();  // also publishes s_prefix / s_base_* (written by one thread)
       const unsigned long long prefix = s_prefix, base_count = s_base_count, base_mass = s_base_mass;
-      const int begin = tid * per_, end = min(n_, begin + per_);
-      int run_digit = -1;
-      unsigned int run_count = 0;
-      unsigned long long run_mass = 0;
-      for (int i = begin; i < end; ++i) {
+      for (int i = tid; i < n_; i += kThreads) {
         const unsigned long long k = key(i);
         if (level > 0 && ((k ^ prefix) >> (shift + 8)) != 0) continue;
         const int digit = static_cast<int>((k >> shift) & 0xFF);
-        if (digit != run_digit) {
-          if (run_count) atomicAdd(&h.count[run_digit], run_count), atomicAdd(&h.mass[run_digit], run_mass);
-          run_digit = digit, run_count = 0, run_mass = 0;
-        }
-        ++run_count;
-        run_mass += mass(i);
+        const unsigned long long m = mass(i);
+        atomicAdd(&wh.count[digit], 1u);
+        atomicAdd(&wh.lo[digit], static_cast<unsigned int>(m & ((1u << kLimbBits) - 1)));
+        atomicAdd(&wh.hi[digit], static_cast<unsigned int>(m >> kLimbBits));
       }
-      if (run_count) atomicAdd(&h.count[run_digit], run_count), atomicAdd(&h.mass[run_digit], run_mass);
+      __syncthreads();
+      if (tid < kBuckets) {
+        unsigned int count = 0;
+        unsigned long long lo = 0, hi = 0;
+        for (int w = 0; w < kWarps; ++w)
+          count += warp_hist_[w].count[tid], lo += warp_hist_[w].lo[tid], hi += warp_hist_[w].hi[tid];
+        h.count[tid] = count;
+        h.mass[tid] = lo + (hi << kLimbBits);
+      }
       cluster_.sync();
 
       // Thread b owns digit 255 - b (descending order): merge the 8 CTAs' histograms, then scan.
@@ -181,15 +193,17 @@ class ClusterSampler {
   SampleArgs a_;
   const float* vals_;
   Histogram* hist_;
+  WarpHistogram* warp_hist_;
   float max_logit_;
   cg::cluster_group cluster_;
-  int base_ = 0, n_ = 0, per_ = 0, parity_ = 0;
+  int base_ = 0, n_ = 0, parity_ = 0;
 };
 
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
   extern __shared__ uint4 dyn_smem[];
   Histogram* hist = reinterpret_cast<Histogram*>(dyn_smem);  // two, used alternately level by level
-  float* vals = reinterpret_cast<float*>(hist + 2);
+  WarpHistogram* warp_hist = reinterpret_cast<WarpHistogram*>(hist + 2);
+  float* vals = reinterpret_cast<float*>(warp_hist + kWarps);
   __shared__ float s_warp_max[kThreads / 32];
   __shared__ int s_warp_arg[kThreads / 32], s_warp_bad[kThreads / 32];
   __shared__ float s_cta_max, s_max;
@@ -244,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
   }
 
   // 1. Total mass.
-  ClusterSampler sampler(a, vals, hist, s_max);
+  ClusterSampler sampler(a, vals, hist, warp_hist, s_max);
   unsigned long long m = sampler.local_mass();
   for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(0xffffffffu, m, o);
   if (lane == 0) s_warp_mass[warp] = m;
@@ -307,7 +321,7 @@ void launch_sample(const float* logits, int vocab, const SamplingParams& params,
   a.seed = params.seed;
   a.draw = draw;
   a.token = token;
-  const size_t smem = 2 * sizeof(Histogram) + static_cast<size_t>(a.slice) * sizeof(float);
+  const size_t smem = 2 * sizeof(Histogram) + kWarps * sizeof(WarpHistogram) + static_cast<size_t>(a.slice) * sizeof(float);
   int dev = 0, limit = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
