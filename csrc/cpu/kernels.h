@@ -36,10 +36,11 @@ void linear_mxfp4(ThreadPool& pool, const float* x, int n, const Mxfp4Matrix& W,
 
 // ---- rope.cpp ----------------------------------------------------------------------------------------------
 // YaRN-scaled rotary embedding (gpt_oss/torch/model.py RotaryEmbedding): head_dim/2 inverse frequencies and the
-// attention "concentration" that scales both cos and sin.
+// attention "concentration" that scales both cos and sin. The one definition of RoPE for every backend (the
+// CUDA backend's tables can be filled from rope_cos_sin); double so long positions keep their phase.
 struct YarnRope {
-  std::vector<float> inv_freq;  // [head_dim / 2]
-  float concentration = 1.0f;
+  std::vector<double> inv_freq;  // [head_dim / 2]
+  double concentration = 1.0;
 };
 YarnRope yarn_rope(const ModelConfig& config);
 // cos[i] = cos(position · inv_freq[i]) · concentration, sin likewise; both [head_dim / 2].

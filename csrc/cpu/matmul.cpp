@@ -2,10 +2,12 @@
 //   linear_bf16 : W bf16 [rows, cols] row-major.
 //   linear_mxfp4: W MXFP4 [rows, cols]: per row, cols/32 blocks of 16 bytes (value 2k in the low nibble of
 //                 byte k, 2k+1 in the high nibble) and one E8M0 scale byte per block.
-// Floor: decode reads every weight byte once (memory bound); prefill reuses each weight tile across the tokens.
-// Work splits over output rows (threads), then tiles of kRowTile rows × kTokenTile tokens whose accumulators
-// stay in registers; weights are widened to fp32 in registers (bf16: a 16-bit shift; FP4: a 16-entry table
-// lookup by permute), never copied. The AVX-512 path and the portable path compute the same sums.
+// Floor: decode reads every weight byte once. bf16 rows run at the memory bandwidth; MXFP4 rows are bound by the
+// decode work (~4.5 cycles per 32-value block on Zen 4, ~13 GB/s of packed weights per core). Prefill reuses
+// each weight tile across tokens. Work splits over output rows (threads); single-token rows stream one at a
+// time into four accumulators, multi-token work runs kRowTile × kTokenTile register tiles. Weights widen to
+// fp32 in registers (bf16: a shift or a mask; FP4: a 16-entry table lookup by permute), never copied.
+// The AVX-512 path and the portable path (any compiler, auto-vectorised) compute the same sums.
 #include <algorithm>
 #include <array>
 #include <cstring>

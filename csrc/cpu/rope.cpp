@@ -6,7 +6,7 @@
 //     concentration = 0.1 · ln(s) + 1
 //   else inv_freq_i = 1 / freq_i, concentration = 1.
 // cos/sin of position · inv_freq carry the concentration; a head's two halves form the rotated pairs.
-// Frequencies and angles are computed in double and rounded once, so long positions keep their phase.
+// Frequencies and angles are computed in double; only cos and sin are rounded to fp32.
 #include <cmath>
 
 #include "cpu/kernels.h"
@@ -23,7 +23,7 @@ YarnRope yarn_rope(const ModelConfig& c) {
     const double two_pi = 2.0 * M_PI;
     low = half * std::log(c.initial_context_length / (c.rope_ntk_beta * two_pi)) / std::log(theta);
     high = half * std::log(c.initial_context_length / (c.rope_ntk_alpha * two_pi)) / std::log(theta);
-    rope.concentration = static_cast<float>(0.1 * std::log(scaling) + 1.0);
+    rope.concentration = 0.1 * std::log(scaling) + 1.0;
   }
   for (int i = 0; i < half; ++i) {
     const double freq = std::pow(theta, 2.0 * i / c.head_dim);
@@ -32,7 +32,7 @@ YarnRope yarn_rope(const ModelConfig& c) {
       const double ramp = std::fmin(std::fmax((i - low) / (high - low), 0.0), 1.0);
       inv_freq = ramp / (scaling * freq) + (1.0 - ramp) / freq;
     }
-    rope.inv_freq[i] = static_cast<float>(inv_freq);
+    rope.inv_freq[i] = inv_freq;
   }
   return rope;
 }
