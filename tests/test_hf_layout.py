@@ -191,6 +191,21 @@ def test_hf_config_missing_key() -> None:
         ModelConfig.from_json(config)
 
 
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_any_bad_value_gives_a_config_error(layout: str) -> None:
+    """Every key set to every kind of wrong value: a ConfigError or a valid config, never another exception."""
+    base = HUB_20B_CONFIG if layout == "hf" else HUB_20B_ORIGINAL_CONFIG
+    bad_values = [None, -1, 0, 1, 2.5, 1e30, "x", True, [], [1], {}, {"a": 1}]
+    for key in base:
+        for value in bad_values:
+            try:
+                ModelConfig.from_json(base | {key: value})
+            except ConfigError:
+                pass
+        with pytest.raises(ConfigError):
+            ModelConfig.from_json({k: v for k, v in base.items() if k != key} | {key + "_typo": base[key]})
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
@@ -202,7 +217,9 @@ def test_hf_config_missing_key() -> None:
         ({"sliding_window": -1}, "sliding_window must be >= 0"),
         ({"rope_scaling_factor": 0.5}, "rope_scaling_factor must be >= 1"),
         ({"initial_context_length": 64}, "YaRN ramp"),
-        ({"num_layers": 2.5}, "num_layers must be an integer"),
+        ({"num_layers": 2.5}, "num_layers must be a 32-bit integer"),
+        ({"vocab_size": 2**31}, "vocab_size must be a 32-bit integer"),
+        ({"num_layers": 1025}, "num_layers must be in"),
         ({"num_experts": "32"}, "num_experts must be a number"),
     ],
 )

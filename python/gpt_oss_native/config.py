@@ -66,15 +66,15 @@ class ModelConfig:
             kind = int if f.type == "int" else float
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{f.name} must be a number, got {value!r}")
-            if kind is int and not float(value).is_integer():
-                raise ConfigError(f"{f.name} must be an integer, got {value!r}")
+            if kind is int and not (float(value).is_integer() and abs(value) < 2**31):
+                raise ConfigError(f"{f.name} must be a 32-bit integer, got {value!r}")
             object.__setattr__(self, f.name, kind(value))
 
         def require(ok: bool, what: str) -> None:
             if not ok:
                 raise ConfigError(f"invalid model config: {what}")
 
-        require(self.num_layers > 0, f"num_layers must be > 0, got {self.num_layers}")
+        require(0 < self.num_layers <= 1024, f"num_layers must be in [1, 1024], got {self.num_layers}")
         require(self.num_experts > 0, f"num_experts must be > 0, got {self.num_experts}")
         require(
             0 < self.experts_per_token <= self.num_experts,
@@ -137,7 +137,20 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
         if is_hf_config(data):
-            return cls(**_fields_from_hf(data))
+            fields, layer_types = _fields_from_hf(data)
+            config = cls(**fields)
+            if layer_types is not None and config.sliding_window:
+                layer_types = layer_types if isinstance(layer_types, list) else [layer_types]
+                expected = [
+                    "sliding_attention" if config.layer_is_sliding(i) else "full_attention"
+                    for i in range(config.num_layers)
+                ]
+                if layer_types != expected:
+                    raise ConfigError(
+                        "layer_types must alternate sliding_attention (even layers) and full_attention (odd "
+                        f"layers) as in gpt-oss, got {layer_types}"
+                    )
+            return config
         return cls(**_fields_from_official(data))
 
     @classmethod
@@ -316,7 +329,8 @@ _HF_IGNORED_KEYS = {
 }
 
 
-def _fields_from_hf(data: dict[str, Any]) -> dict[str, Any]:
+def _fields_from_hf(data: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """ModelConfig's fields, and layer_types to check against the validated config."""
     data = dict(data)
     if data.get("model_type", "gpt_oss") != "gpt_oss":
         raise ConfigError(f"model_type is {data['model_type']!r}, expected 'gpt_oss'")
@@ -349,32 +363,33 @@ def _fields_from_hf(data: dict[str, Any]) -> dict[str, Any]:
         "swiglu_alpha": take("swiglu_alpha", _DEFAULTS["swiglu_alpha"]),
         "norm_eps": take("rms_norm_eps", _DEFAULTS["norm_eps"]),
     }
-    fields["head_dim"] = take("head_dim", None) or fields["hidden_size"] // fields["num_attention_heads"]
+    fields["head_dim"] = take("head_dim", None)
+    if fields["head_dim"] is None:  # transformers' default
+        try:
+            fields["head_dim"] = fields["hidden_size"] // fields["num_attention_heads"]
+        except (TypeError, ZeroDivisionError):
+            raise ConfigError(
+                "head_dim is missing and hidden_size / num_attention_heads gives none"
+            ) from None
     fields["sliding_window"] = take("sliding_window", None) or 0
 
     layer_types = take("layer_types", None)
-    if layer_types is not None and fields["sliding_window"]:
-        expected = [
-            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(fields["num_layers"])
-        ]
-        if layer_types != expected:
-            raise ConfigError(
-                "layer_types must alternate sliding_attention (even layers) and full_attention (odd layers) "
-                f"as in gpt-oss, got {layer_types}"
-            )
     if take("tie_word_embeddings", False):
         raise ConfigError("tie_word_embeddings is true, but gpt-oss has a separate unembedding (lm_head)")
     if not take("attention_bias", True):
         raise ConfigError("attention_bias is false, but gpt-oss attention projections have biases")
     quantization = take("quantization_config", None)
-    if quantization is not None and quantization.get("quant_method") != "mxfp4":
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization
+    if quantization is not None and method != "mxfp4":
         raise ConfigError(
-            f"quantization_config.quant_method is {quantization.get('quant_method')!r}; this engine runs the "
-            "MXFP4 experts as openai/gpt-oss-* publish them"
+            f"quantization_config.quant_method is {method!r}; this engine runs the MXFP4 experts as "
+            "openai/gpt-oss-* publish them"
         )
 
     rope = take("rope_scaling", None) or take("rope_parameters", None) or {}
     data.pop("rope_parameters", None)
+    if not isinstance(rope, dict):
+        raise ConfigError(f"rope_scaling must be an object, got {rope!r}")
     rope = dict(rope)
     rope_theta = take("rope_theta", rope.pop("rope_theta", _DEFAULTS["rope_theta"]))
     rope_type = rope.pop("rope_type", rope.pop("type", "yarn"))
@@ -403,7 +418,7 @@ def _fields_from_hf(data: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(data) - _HF_IGNORED_KEYS)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in a Hugging Face gpt_oss config")
-    return fields
+    return fields, layer_types
 
 
 GPT_OSS_20B = ModelConfig(
