@@ -60,14 +60,15 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
   }
   for (; c < c_end; ++c) {
     const int col = c * kChunkCols + 8 * t;
+    uint4 wa = make_uint4(0, 0, 0, 0), wb = wa, xv = wa;
     if (col < cols) {  // cols % 8 == 0: a lane's 8 columns are all inside or all outside
-      const uint4 wa = ld_stream(row_g + c * kChunkCols), wb = ld_stream(row_g8 + c * kChunkCols), xv = x_at(col);
-      mma_bf16(d, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
-      mma_bf16(d, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
-    } else {
-      mma_bf16(d, 0u, 0u, 0u, 0u, 0u, 0u);  // the other lanes of the warp still take part in the mma
-      mma_bf16(d, 0u, 0u, 0u, 0u, 0u, 0u);
+      wa = ld_stream(row_g + c * kChunkCols);
+      wb = ld_stream(row_g8 + c * kChunkCols);
+      xv = x_at(col);
     }
+    // Outside the branch: every lane of the warp must reach the same mma.sync instruction.
+    mma_bf16(d, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);
+    mma_bf16(d, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);
   }
 }
 

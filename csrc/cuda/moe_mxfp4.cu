@@ -47,10 +47,11 @@ namespace {
 constexpr int kTileRows = 16;
 constexpr int kChunkValues = 64;
 constexpr int kMaxK = 8;
-constexpr int kMlp1Warps = 4;
-constexpr int kMlp2Warps = 16;
-// Chunks a warp loads before computing (640 B each): mlp1 has 4 warps × ~11 CTAs an SM, mlp2 16 warps × 1-2.
-constexpr int kMlp1Batch = 4;
+constexpr int kMlp1Warps = 2;
+constexpr int kMlp2Warps = 8;
+// Chunks a warp loads before computing (640 B each). Sized so that every CTA is resident at once on a
+// 132-SM H100 (mlp1: 1440 CTAs of 2 warps at ≤ 85 registers; mlp2: 180 CTAs of 8 warps, 2 an SM).
+constexpr int kMlp1Batch = 6;
 constexpr int kMlp2Batch = 6;
 
 constexpr int kRouterCluster = 8;
@@ -149,55 +150,43 @@ struct StreamArgs {
   int tiles, chunks;
 };
 
-// A warp's share of a tile: the contiguous items [begin, end), item = j · chunks + c (expert slot j, chunk c).
-// Full batches of kBatch issue all their loads before any arithmetic (no predicates, so the scheduler keeps
-// them together); the tail goes one item at a time. The first batch is issued before `stage` runs (the
-// CTA-wide input staging, which every thread must call once), so weights stream while the inputs are staged.
-// s_expert / s_factor / xs are in shared memory; s_factor[j] scales slot j's contribution (mlp2's routing
-// weight; 1 for mlp1).
+// A warp's share of a tile: the contiguous items [begin, end), item = j · chunks + c (expert slot j, chunk c),
+// in batches of kBatch whose loads are all issued before any arithmetic. A short last batch repeats the last
+// item's address with factor 0 instead of predicating loads, so the scheduler keeps every batch's loads
+// together and every lane runs the same mma sequence. The first batch is issued before `stage` (the CTA-wide
+// input staging, which every thread calls once), so weights stream while the inputs are staged.
+// s_expert / s_factor / xs are in shared memory; s_factor[j] scales slot j (mlp2's routing weight; 1 for mlp1).
 template <int kBatch, typename Stage>
 __device__ __forceinline__ void stream_tile(const StreamArgs& a, const int* s_expert, const float* s_factor,
                                             const __half* xs, int xs_stride, int tile, int begin, int end,
                                             Stage stage, float& acc_g, float& acc_g8) {
   const int lane = threadIdx.x % 32, t = lane % 4;
   int j = begin / a.chunks, c = begin - j * a.chunks;  // the next item to load, advanced incrementally
-  auto offset = [&](int jj, int cc) {
-    return ((static_cast<int64_t>(s_expert[jj]) * a.tiles + tile) * a.chunks + cc) * 32 + lane;
-  };
   uint4 code[kBatch];
   uint32_t scale[kBatch];
   int js[kBatch], cs[kBatch];
-  auto load_batch = [&] {
+  auto load_batch = [&](int item) {
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       js[u] = j, cs[u] = c;
-      const int64_t off = offset(j, c);
+      const int64_t off = ((static_cast<int64_t>(s_expert[j]) * a.tiles + tile) * a.chunks + c) * 32 + lane;
       code[u] = ld_stream(a.codes + off);
       scale[u] = ld_stream_u32(a.scales + off);
-      if (++c == a.chunks) c = 0, ++j;
+      if (item + u + 1 < end && ++c == a.chunks) c = 0, ++j;
     }
   };
-  int item = begin;
-  if (item + kBatch <= end) load_batch();
+  if (begin < end) load_batch(begin);
   stage();
-  for (; item + kBatch <= end; item += kBatch) {
-    if (item != begin) load_batch();
+  for (int item = begin; item < end; item += kBatch) {
+    if (item != begin) load_batch(item);
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       float g = 0.f, g8 = 0.f;
       chunk_dot(code[u], scale[u], xs + js[u] * xs_stride + cs[u] * kChunkValues, t, g, g8);
-      acc_g = fmaf(g, s_factor[js[u]], acc_g);
-      acc_g8 = fmaf(g8, s_factor[js[u]], acc_g8);
+      const float f = item + u < end ? s_factor[js[u]] : 0.f;
+      acc_g = fmaf(g, f, acc_g);
+      acc_g8 = fmaf(g8, f, acc_g8);
     }
-  }
-  for (; item < end; ++item) {
-    const int64_t off = offset(j, c);
-    float g = 0.f, g8 = 0.f;
-    chunk_dot(ld_stream(a.codes + off), ld_stream_u32(a.scales + off), xs + j * xs_stride + c * kChunkValues, t, g,
-              g8);
-    acc_g = fmaf(g, s_factor[j], acc_g);
-    acc_g8 = fmaf(g8, s_factor[j], acc_g8);
-    if (++c == a.chunks) c = 0, ++j;
   }
 }
 
@@ -262,7 +251,7 @@ __device__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int x
 
 // ---- mlp1 + SwiGLU ------------------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kMlp1Warps * 32, 6)
+__global__ void __launch_bounds__(kMlp1Warps * 32, 12)
     moe_mlp1_swiglu_kernel(const bf16* __restrict__ x_normed, const int32_t* __restrict__ ids, StreamArgs a,
                            const bf16* __restrict__ bias, int experts, int rows, int cols, float alpha, float limit,
                            bf16* __restrict__ act) {
@@ -303,7 +292,7 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 6)
 
 // ---- mlp2 + weighted sum + residual -------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kMlp2Warps * 32, 1)
+__global__ void __launch_bounds__(kMlp2Warps * 32, 2)
     moe_mlp2_residual_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ ids,
                              const float* __restrict__ weights, int k, StreamArgs a, const bf16* __restrict__ bias,
                              int experts, int rows, int cols, float* __restrict__ residual) {
