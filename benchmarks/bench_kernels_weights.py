@@ -62,6 +62,7 @@ def torch_copy_gbps(nbytes: int, reps: int) -> float | None:
 
 def row(name: str, shape: str, nbytes: float, us: float, copy_gbps: float) -> dict:
     gbps = nbytes / us / 1e3
+    print(f"  measured {name} {shape}: {us:.2f} µs, {gbps:.0f} GB/s", flush=True)
     return {
         "kernel": name,
         "shape": shape,
