@@ -30,7 +30,9 @@ if ! $PY -m pip install --no-build-isolation --no-deps . -q 2>&1 | tee "$OUT/bui
 fi
 
 stage "pytest -m cuda"
-timeout 240 $PY -m pytest -m cuda -q -rfE --durations=12 -p no:cacheprovider tests 2>&1 | tail -n 120 | tee "$OUT/pytest.log"
+# Other modules may import packages the device image lacks (openai, pexpect): collect past them.
+timeout 240 $PY -m pytest -m cuda -q -rfE --durations=12 -p no:cacheprovider --continue-on-collection-errors tests \
+  2>&1 | tail -n 150 | tee "$OUT/pytest.log"
 
 stage benchmark
 if [ "$MODE" = full ]; then

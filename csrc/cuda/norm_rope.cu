@@ -5,8 +5,9 @@
 //   4. q → fp32 scratch; k, v → bf16 KV cache at slot *pos % capacity
 //
 // Work split: a warp owns one rotation pair, i.e. rows (i, i + head_dim/2) of one head, so RoPE happens in the
-// warp's epilogue with no exchange; a CTA of 8 warps owns 8 pairs. Each lane streams 16-byte chunks of both rows
-// (kLoadBatch chunks per row in flight), the first batch issued before the norm so HBM latency hides it; the
+// warp's epilogue with no exchange; a CTA of 8 warps owns 8 pairs, 3 CTAs per SM (all 320 resident at once for
+// gpt-oss). Each lane streams 16-byte chunks of both rows in double-buffered batches of kLoadBatch chunks per
+// row, the first batch issued before the norm so HBM latency hides it; the
 // launch is a programmatic dependent one, so that first batch is already in flight while the previous kernel
 // (the MoE of the layer before) drains.
 //
@@ -25,7 +26,7 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kLoadBatch = 6;  // 16-byte chunks per row per lane in flight: 2 rows × 6 × 16 B per lane
+constexpr int kLoadBatch = 3;  // 16-byte chunks per row per lane per batch; two batches in flight (v1: one of 6)
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -41,7 +42,7 @@ __device__ __forceinline__ float dot8(const uint4& w, const float* xn) {
   return w0.x * a.x + w0.y * a.y + w1.x * a.z + w1.y * a.w + w2.x * b.x + w2.y * b.y + w3.x * b.z + w3.y * b.w;
 }
 
-__global__ void __launch_bounds__(kThreads) norm_qkv_rope_kernel(const NormRopeParams p) {
+__global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRopeParams p) {
   extern __shared__ float4 smem4[];
   float* xn = reinterpret_cast<float*>(smem4);  // [hidden]
   __shared__ float partial_sums[kWarps];
@@ -57,8 +58,9 @@ __global__ void __launch_bounds__(kThreads) norm_qkv_rope_kernel(const NormRopeP
   const uint4* w0 = reinterpret_cast<const uint4*>(p.w + row0 * p.hidden);
   const uint4* w1 = reinterpret_cast<const uint4*>(p.w + row1 * p.hidden);
 
-  uint4 a[kLoadBatch], b[kLoadBatch];
-  auto load_batch = [&](int base) {
+  // Double-buffered registers: batch n + 1 is in flight while batch n is multiplied.
+  uint4 a0[kLoadBatch], b0[kLoadBatch], a1[kLoadBatch], b1[kLoadBatch];
+  auto load_batch = [&](uint4 (&a)[kLoadBatch], uint4 (&b)[kLoadBatch], int base) {
 #pragma unroll
     for (int u = 0; u < kLoadBatch; ++u) {
       const int c = base + u * 32 + lane;
@@ -68,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) norm_qkv_rope_kernel(const NormRopeP
       }
     }
   };
-  load_batch(0);  // weights depend on no earlier kernel: stream them while the previous kernel drains
+  load_batch(a0, b0, 0);  // weights depend on no earlier kernel: stream them while the previous kernel drains
   pdl_launch_dependents();
   pdl_wait();
 
@@ -95,8 +97,7 @@ __global__ void __launch_bounds__(kThreads) norm_qkv_rope_kernel(const NormRopeP
   if (!active) return;
 
   float acc0 = 0.0f, acc1 = 0.0f;
-  for (int base = 0; base < chunks; base += 32 * kLoadBatch) {
-    if (base > 0) load_batch(base);
+  auto multiply = [&](const uint4 (&a)[kLoadBatch], const uint4 (&b)[kLoadBatch], int base) {
 #pragma unroll
     for (int u = 0; u < kLoadBatch; ++u) {
       const int c = base + u * 32 + lane;
@@ -105,6 +106,13 @@ __global__ void __launch_bounds__(kThreads) norm_qkv_rope_kernel(const NormRopeP
         acc1 += dot8(b[u], xn + 8 * c);
       }
     }
+  };
+  constexpr int kStep = 32 * kLoadBatch;
+  for (int base = 0; base < chunks; base += 2 * kStep) {
+    load_batch(a1, b1, base + kStep);
+    multiply(a0, b0, base);
+    load_batch(a0, b0, base + 2 * kStep);
+    multiply(a1, b1, base + kStep);
   }
   acc0 = warp_sum(acc0);
   acc1 = warp_sum(acc1);
