@@ -387,6 +387,34 @@ def test_garbled_header(tmp_path: Path, header: bytes | dict, expected: str) -> 
     assert str(file) in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["dtype", "shape", "data_offsets"])
+def test_any_bad_header_value_gives_a_checkpoint_error(tmp_path: Path, field: str) -> None:
+    file = tmp_path / "bad.safetensors"
+    bad_values = [
+        None,
+        -1,
+        2**70,
+        1.5,
+        "x",
+        "BF16",
+        True,
+        [],
+        [None],
+        [2**70],
+        [1.5, 2],
+        [-1, 8],
+        {"a": 1},
+        [[0]],
+    ]
+    for value in bad_values:
+        entry = GOOD["t"] | {field: value}
+        write_raw(file, {"t": entry}, data=b"\0" * 8)
+        try:
+            SafetensorsFile(file)
+        except CheckpointError as e:
+            assert "tensor 't' in" in str(e)
+
+
 def test_huge_header_length(tmp_path: Path) -> None:
     file = tmp_path / "bad.safetensors"
     file.write_bytes(struct.pack("<Q", 2**63) + b"{}")
