@@ -147,3 +147,13 @@ def test_thread_count_does_not_change_the_numbers(checkpoint: Path, tokens: np.n
         results.append(np.concatenate([prefill, model.forward(seq, tokens[30:], all_logits=True)]))
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
+
+
+def test_window_larger_than_max_context(tmp_path: Path) -> None:
+    """A sliding ring is capped at max_context; with no wrap-around it must still see every earlier key."""
+    path = write_tiny_checkpoint(tmp_path, small_config(sliding_window=64), seed=12)
+    tokens = np.random.default_rng(12).integers(0, 256, 24).astype(np.int32)
+    _, full_model = load_model(path)
+    full = full_model.forward(full_model.new_sequence(), tokens, all_logits=True)
+    _, model = load_model(path, max_context=24)
+    assert_close(run_in_chunks(model, model.new_sequence(), tokens, [5] + [1] * 19), full)
