@@ -4,6 +4,8 @@
 // Floors (bytes / 3.0 TB/s):
 //   out-projection  2880 × 4096 bf16 = 23.6 MB                   → 7.9 µs
 //   unembedding     201088 × 2880 bf16 = 1.158 GB (+ 0.8 MB out) → 386 µs
+// Measured (H100 SXM, 2026-11-25; torch copy 2.91 TB/s): out-projection 10.9 µs (2.16 TB/s, rotating 8 copies),
+// unembedding 417 µs (2.78 TB/s, 96 % of the copy rate).
 //
 // Work split: a warp owns a tile of 16 rows. Per 32-column chunk, lane (g, t) = (lane / 4, lane % 4) loads
 // 16 B of row g and 16 B of row g + 8 (columns 32c + 8t .. + 7) and the matching 16 B of the input: exactly

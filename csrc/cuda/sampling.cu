@@ -1,7 +1,9 @@
 // Device sampler: greedy argmax or temperature + top-k + top-p sampling, the law of csrc/cpu/sampling.cpp.
 //
 // Floor: one read of the logits, vocab × 4 B = 0.8 MB for 201088 (0.27 µs at 3.0 TB/s); in practice bounded
-// by the few cluster barriers below (a few µs).
+// by the cluster barriers and histogram passes below. Measured (H100, vocab 201088, 2026-11-25): greedy 7.1 µs,
+// T = 1 68.6 µs, with top_p 0.9 128 µs, with top_k 40 125 µs (each select ≈ 60 µs: the first radix level's
+// shared-memory atomics over all tokens dominate).
 //
 // One cluster of 8 CTAs × 512 threads; each CTA keeps a slice of the logits in shared memory, so the logits
 // are read from global memory once and every later pass runs on-chip.
