@@ -1,7 +1,13 @@
-"""The CUDA backend end to end: logits against the CPU backend (the fp32 anchor, itself within 1e-4 of the
-official reference) and against gpt_oss.torch.model directly, on random checkpoints written and loaded through
-the package's own writer and loader. DESIGN.md's CUDA tolerance: relative L2 ≤ 2e-2 per position, and the
-greedy token agrees wherever the reference's top-2 margin exceeds twice the measured logit error."""
+"""The CUDA backend end to end against the official reference, gpt_oss.torch.model.Transformer in float32, on
+random checkpoints written and loaded through the package's own writer and loader.
+
+DESIGN.md's CUDA tolerance: relative L2 ≤ 2e-2 per position, and the greedy token agrees wherever the
+reference's top-2 margin exceeds twice the measured logit error. Random weights make near-ties common, also in
+the MoE router: where the reference's 4th and 5th router logits are closer than ROUTER_TIE at some layer, bf16
+activations may pick the other expert and that position's logits move by ~0.2 (measured on the device:
+every such failure sat on the position of smallest router margin). Such a position is excused, and only it:
+any other position must meet the tolerance, and at most MAX_EXCUSED of the positions may be excused.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +23,16 @@ from gpt_oss_native.random_checkpoint import write_random_checkpoint
 if not _C.cuda_devices():
     pytest.skip("needs an NVIDIA GPU and a CUDA build of _C", allow_module_level=True)
 
+torch = pytest.importorskip("torch")
+reference_model = pytest.importorskip("gpt_oss.torch.model")
+
 pytestmark = pytest.mark.cuda
 
 TOLERANCE = 2e-2
+# Router logits are ~N(0, 1); bf16 rounding of the normed input moves them by ~1e-3 (rms), so a top-4/top-5 gap
+# under 0.01 (~6 sigma) may flip.
+ROUTER_TIE = 1e-2
+MAX_EXCUSED = 0.1
 
 # Widths are multiples of 64 but not of 128, like gpt-oss's 2880; vocabularies are odd.
 CASES = {
@@ -44,69 +57,110 @@ CASES = {
 }
 
 
+def _mlp_forward_recording_router_gaps(self: reference_model.MLPBlock, x: torch.Tensor) -> torch.Tensor:
+    """gpt_oss.torch.model.MLPBlock.forward, token by token (the original gathers [tokens, 4, rows, cols]
+    expert weights at once: 40 GB for 150 tokens at full width), recording each token's router gap."""
+    t = self.norm(x)
+    g = self.gate(t)
+    experts = torch.topk(g, k=self.experts_per_token, dim=-1, sorted=True)
+    expert_weights = torch.nn.functional.softmax(experts.values, dim=1)
+    if g.shape[-1] > self.experts_per_token:
+        top = torch.topk(g, k=self.experts_per_token + 1, dim=-1, sorted=True).values
+        self.router_gaps = (top[:, -2] - top[:, -1]).numpy()
+    else:
+        self.router_gaps = np.full(x.shape[0], np.inf)
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        ids = experts.indices[i]
+        h = torch.einsum("eck,k->ec", self.mlp1_weight[ids], t[i]) + self.mlp1_bias[ids]
+        h = reference_model.swiglu(h, limit=self.swiglu_limit)
+        h = torch.einsum("eck,ek->ec", self.mlp2_weight[ids], h) + self.mlp2_bias[ids]
+        out[i] = x[i] + torch.einsum("ec,e->c", h, expert_weights[i])
+    return out
+
+
+class Reference:
+    """The official model of a checkpoint in float32: logits and, per position, the smallest router gap."""
+
+    def __init__(self, path: Path) -> None:
+        self.model = reference_model.Transformer.from_checkpoint(str(path), device=torch.device("cpu")).float()
+
+    def __call__(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        original = reference_model.MLPBlock.forward
+        reference_model.MLPBlock.forward = _mlp_forward_recording_router_gaps
+        try:
+            with torch.inference_mode():
+                logits = self.model(torch.from_numpy(tokens.astype(np.int64))).numpy()
+        finally:
+            reference_model.MLPBlock.forward = original
+        gaps = np.min([block.mlp.router_gaps for block in self.model.block], axis=0)
+        return logits, gaps
+
+
 @pytest.fixture(scope="module", params=CASES.keys())
-def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Reference]:
     config = ModelConfig(**CASES[request.param])
-    return write_random_checkpoint(tmp_path_factory.mktemp(request.param), config, seed=len(request.param))
+    path = write_random_checkpoint(tmp_path_factory.mktemp(request.param), config, seed=len(request.param))
+    return path, Reference(path)
 
 
-def models(path: Path, **options: int) -> tuple[ModelConfig, _C.Model, _C.Model]:
+def cuda_model(path: Path, **options: int) -> tuple[ModelConfig, _C.Model]:
     config, weights = load_checkpoint(path, progress=False)
-    cpu = _C.Model(config.to_native(), weights, backend="cpu", **options)
-    cuda = _C.Model(config.to_native(), weights, backend="cuda", **options)
-    return config, cpu, cuda
+    return config, _C.Model(config.to_native(), weights, backend="cuda", **options)
 
 
-def check_close(ours: np.ndarray, reference: np.ndarray, where: str) -> float:
-    """Asserts DESIGN.md's CUDA tolerance for each row; returns the largest relative error."""
-    ours, reference = np.atleast_2d(ours), np.atleast_2d(reference)
-    assert np.isfinite(ours).all(), f"{where}: non-finite logits"
-    worst = 0.0
-    for i, (row, ref) in enumerate(zip(ours, reference, strict=True)):
-        error = float(np.linalg.norm(row - ref) / np.linalg.norm(ref))
-        assert error <= TOLERANCE, f"{where}, position {i}: relative L2 error {error:.2e}"
-        top2 = np.sort(ref)[-2:]
-        if top2[1] - top2[0] > 2 * float(np.abs(row - ref).max()):
-            assert row.argmax() == ref.argmax(), f"{where}, position {i}: greedy token differs beyond the error"
-        worst = max(worst, error)
-    return worst
+def check_close(ours: np.ndarray, reference: np.ndarray, router_gaps: np.ndarray) -> float:
+    """Asserts the tolerance row by row (excusing only router near-ties, see the module doc); returns the
+    largest relative error over the rows that were held to it."""
+    assert np.isfinite(ours).all(), "non-finite logits"
+    errors = np.linalg.norm(ours - reference, axis=-1) / np.linalg.norm(reference, axis=-1)
+    excused = (errors > TOLERANCE) & (router_gaps < ROUTER_TIE)
+    for i in np.flatnonzero((errors > TOLERANCE) & ~excused):
+        pytest.fail(f"position {i}: relative L2 error {errors[i]:.2e} (router gap {router_gaps[i]:.1e})")
+    assert excused.sum() <= max(1, MAX_EXCUSED * len(errors)), f"{excused.sum()} positions off, all near router ties"
+    for i in np.flatnonzero(~excused):
+        top2 = np.sort(reference[i])[-2:]
+        if top2[1] - top2[0] > 2 * float(np.abs(ours[i] - reference[i]).max()):
+            assert ours[i].argmax() == reference[i].argmax(), f"position {i}: greedy token differs beyond the error"
+    print(f"max relative L2 error {errors[~excused].max():.2e}; excused near router ties: "
+          f"{[(int(i), float(f'{errors[i]:.2e}')) for i in np.flatnonzero(excused)]}")
+    return float(errors[~excused].max())
 
 
-def test_prefill_logits_match_cpu(checkpoint: Path) -> None:
-    config, cpu, cuda = models(checkpoint, max_context=512)
+def test_prefill_logits_match_reference(case: tuple[Path, Reference]) -> None:
+    path, reference = case
+    config, cuda = cuda_model(path, max_context=512)
     tokens = np.random.default_rng(1).integers(0, config.vocab_size, 150).astype(np.int32)  # past the window
     ours = cuda.forward(cuda.new_sequence(), tokens, all_logits=True)
-    reference = cpu.forward(cpu.new_sequence(), tokens, all_logits=True)
-    print(f"max relative L2 error {check_close(ours, reference, 'prefill'):.2e}")
+    check_close(ours, *reference(tokens))
 
 
-def test_long_generation_matches_cpu_token_by_token(checkpoint: Path) -> None:
-    """300 decode steps (graph replays) past the window, teacher-forced with the CPU's greedy tokens; a second
-    CUDA sequence (its own cache slot and graph) fed the same tokens through forward_sample(temperature=0)
-    picks the argmax of the first's logits wherever that argmax is clear of fp32 summation-order noise."""
-    config, cpu, cuda = models(checkpoint, max_context=512)
-    prompt = np.random.default_rng(2).integers(0, config.vocab_size, 7).astype(np.int32)
-    cpu_seq, cuda_seq, sampled_seq = cpu.new_sequence(), cuda.new_sequence(), cuda.new_sequence()
-    reference = cpu.forward(cpu_seq, prompt)
-    ours = cuda.forward(cuda_seq, prompt)
-    picked = cuda.forward_sample(sampled_seq, prompt, temperature=0.0)
-    worst = 0.0
+def test_long_generation_matches_reference_position_by_position(case: tuple[Path, Reference]) -> None:
+    """300 greedy decode steps (graph replays) past the window through forward_sample; a second sequence (its
+    own cache slot and graph) fed the same tokens through forward gives the logits, and the reference reruns
+    the whole sequence at once (no cache) to check every position."""
+    path, reference = case
+    config, cuda = cuda_model(path, max_context=512)
+    tokens = list(np.random.default_rng(2).integers(0, config.vocab_size, 7))
+    sampled_seq, logits_seq = cuda.new_sequence(), cuda.new_sequence()
+    picked = cuda.forward_sample(sampled_seq, np.array(tokens, np.int32), temperature=0.0)
+    rows = [cuda.forward(logits_seq, np.array(tokens, np.int32))]
     for step in range(300):
-        worst = max(worst, check_close(ours, reference, f"step {step}"))
-        top2 = np.sort(ours)[-2:]
-        if top2[1] - top2[0] > 1e-3:
-            assert picked == int(np.argmax(ours)), f"step {step}: forward_sample disagrees with forward's argmax"
-        token = np.array([np.argmax(reference)], np.int32)
-        reference = cpu.forward(cpu_seq, token)
-        ours = cuda.forward(cuda_seq, token)
-        picked = cuda.forward_sample(sampled_seq, token, temperature=0.0)
-    assert cuda.sequence_length(cuda_seq) == cuda.sequence_length(sampled_seq) == 307
-    print(f"max relative L2 error over 300 steps {worst:.2e}")
+        top2 = np.sort(rows[-1])[-2:]
+        if top2[1] - top2[0] > 1e-3:  # clear of fp32 summation-order noise
+            assert picked == int(np.argmax(rows[-1])), f"step {step}: forward_sample disagrees with forward"
+        tokens.append(picked)
+        picked = cuda.forward_sample(sampled_seq, np.array([picked], np.int32), temperature=0.0)
+        rows.append(cuda.forward(logits_seq, np.array([tokens[-1]], np.int32)))
+    assert cuda.sequence_length(sampled_seq) == cuda.sequence_length(logits_seq) == 307
+    logits, gaps = reference(np.array(tokens, np.int32))
+    check_close(np.stack(rows), logits[6:], gaps[6:])
 
 
-def test_freed_slot_gives_a_fresh_sequence(checkpoint: Path) -> None:
+def test_freed_slot_gives_a_fresh_sequence(case: tuple[Path, Reference]) -> None:
     """A new sequence that reuses a freed slot (its cache and graph) sees nothing of the old one."""
-    config, _, cuda = models(checkpoint, max_context=256, max_sequences=1)
+    path, _ = case
+    config, cuda = cuda_model(path, max_context=256, max_sequences=1)
     rng = np.random.default_rng(3)
     first = rng.integers(0, config.vocab_size, 20).astype(np.int32)
     seq = cuda.new_sequence()
@@ -118,23 +172,6 @@ def test_freed_slot_gives_a_fresh_sequence(checkpoint: Path) -> None:
     replay = cuda.forward(again, first, all_logits=True)
     error = np.linalg.norm(replay - expected) / np.linalg.norm(expected)
     assert error < 1e-5, f"relative L2 {error:.2e}: the reused slot leaked state"  # stale keys would be O(1)
-
-
-def test_matches_the_official_reference(tmp_path: Path) -> None:
-    """Independent of our CPU backend: gpt_oss.torch.model.Transformer in float32 on the same files."""
-    torch = pytest.importorskip("torch")
-    from gpt_oss.torch.model import Transformer
-
-    config = ModelConfig(**CASES["128-experts-window-16"])
-    path = write_random_checkpoint(tmp_path, config, seed=11)
-    tokens = np.random.default_rng(4).integers(0, config.vocab_size, 40).astype(np.int32)
-    _, weights = load_checkpoint(path, progress=False)
-    cuda = _C.Model(config.to_native(), weights, backend="cuda", max_context=64)
-    ours = cuda.forward(cuda.new_sequence(), tokens, all_logits=True)
-    model = Transformer.from_checkpoint(str(path), device=torch.device("cpu")).float()
-    with torch.inference_mode():
-        reference = model(torch.from_numpy(tokens.astype(np.int64))).numpy()
-    print(f"max relative L2 error vs gpt_oss.torch {check_close(ours, reference, 'reference'):.2e}")
 
 
 def test_user_errors_are_clear_exceptions(tmp_path: Path) -> None:
