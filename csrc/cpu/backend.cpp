@@ -152,9 +152,10 @@ int CpuBackend::new_sequence() {
   for (size_t id = 0; id < sequences_.size(); ++id) {
     if (sequences_[id]) continue;
     auto s = std::make_unique<Sequence>();
-    const int entry = cfg_.num_key_value_heads * cfg_.head_dim;
+    // A ring spans the window plus one chunk: a chunk's keys go in before its first query reads the window.
     for (const LayerWeights& l : layers_)
-      s->layers.emplace_back(entry, l.window > 0 ? std::min(l.window, options_.max_context) : 0);
+      s->layers.emplace_back(cfg_.num_key_value_heads, cfg_.head_dim,
+                             l.window > 0 ? std::min(l.window + kPrefillChunk, options_.max_context) : 0);
     sequences_[id] = std::move(s);
     return static_cast<int>(id);
   }
@@ -252,10 +253,10 @@ void CpuBackend::attention_block(const LayerWeights& layer, LayerKvCache& cache,
     apply_rope(q + static_cast<int64_t>(t) * qkv_dim, q_heads, D, cos, sin);
     apply_rope(k + static_cast<int64_t>(t) * qkv_dim, kv_heads, D, cos, sin);
   }
-  const AttentionShape shape{q_heads, kv_heads, D, layer.window, 1.0f / std::sqrt(static_cast<float>(D))};
-  attention(pool_, shape, q, qkv_dim, k, v, qkv_dim, n, start, cache, layer.sinks, act_.attn.data());
   for (int t = 0; t < n; ++t)
     cache.append(start + t, k + static_cast<int64_t>(t) * qkv_dim, v + static_cast<int64_t>(t) * qkv_dim);
+  const AttentionShape shape{q_heads, kv_heads, D, layer.window, 1.0f / std::sqrt(static_cast<float>(D))};
+  attention(pool_, shape, q, qkv_dim, n, start, cache, layer.sinks, act_.attn.data());
 
   linear_bf16(pool_, act_.attn.data(), n, layer.out_weight, layer.out_bias, H, q_dim, act_.projected.data());
   for (size_t i = 0; i < act_.projected.size(); ++i) act_.x[i] += act_.projected[i];

@@ -18,7 +18,7 @@ void rmsnorm(const float* x, const float* scale, int n, int dim, float eps, floa
 
 // ---- matmul.cpp --------------------------------------------------------------------------------------------
 // y[t, r] = Σ_c W[r, c] · x[t, c] + bias[r]  for t < n, r < rows.
-// W bf16 [rows, cols] row-major; bias bf16 [rows] or null; x fp32 [n, cols]; y fp32 [n, rows].
+// W bf16 [rows, cols] row-major, cols even; bias bf16 [rows] or null; x fp32 [n, cols]; y fp32 [n, rows].
 // Each weight row is read once per call however large n is (prefill is a GEMM, decode a GEMV).
 void linear_bf16(ThreadPool& pool, const float* x, int n, const uint16_t* W, const uint16_t* bias, int rows,
                  int cols, float* y);
@@ -50,9 +50,8 @@ void rope_cos_sin(const YarnRope& rope, int64_t position, float* cos, float* sin
 void apply_rope(float* x, int heads, int head_dim, const float* cos, const float* sin);
 
 // ---- attention.cpp -----------------------------------------------------------------------------------------
-// Causal GQA attention with one learned sink logit per head, for n new tokens at positions start .. start+n-1.
-// Query head h reads kv head h / (q_heads / kv_heads). Keys of positions < start come from `cache`, the others
-// from the chunk's own rows k_new/v_new ([n, kv_heads*head_dim] with row stride kv_stride). A token at
+// Causal GQA attention with one learned sink logit per head, for n new tokens at positions start .. start+n-1
+// whose keys and values are already in `cache`. Query head h reads kv head h / (q_heads / kv_heads). A token at
 // position p sees keys in [p − window + 1, p] (window 0: [0, p]). Per head:
 //   w = softmax([q·k_j · sm_scale ..., sink]) without the sink's own column;  out = Σ_j w_j v_j.
 // q [n, q_heads*head_dim] with row stride q_stride; out [n, q_heads*head_dim] contiguous.
@@ -61,9 +60,8 @@ struct AttentionShape {
   int window = 0;  // 0 → full causal
   float sm_scale = 1.0f;
 };
-void attention(ThreadPool& pool, const AttentionShape& shape, const float* q, int64_t q_stride, const float* k_new,
-               const float* v_new, int64_t kv_stride, int n, int64_t start, const LayerKvCache& cache,
-               const float* sinks, float* out);
+void attention(ThreadPool& pool, const AttentionShape& shape, const float* q, int64_t q_stride, int n,
+               int64_t start, const LayerKvCache& cache, const float* sinks, float* out);
 
 // ---- moe.cpp -----------------------------------------------------------------------------------------------
 // The clamped SwiGLU of gpt-oss: glu clamped above at limit, linear to [-limit, limit], then

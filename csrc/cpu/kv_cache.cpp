@@ -5,18 +5,29 @@
 
 namespace gpt_oss {
 
-LayerKvCache::LayerKvCache(int entry_floats, int ring_tokens) : entry_floats_(entry_floats), ring_tokens_(ring_tokens) {}
+LayerKvCache::LayerKvCache(int kv_heads, int head_dim, int ring_tokens)
+    : kv_heads_(kv_heads), head_dim_(head_dim), ring_tokens_(ring_tokens) {}
 
 void LayerKvCache::append(int64_t position, const float* key, const float* value) {
   if (position != length_) throw std::logic_error("LayerKvCache::append: positions must be appended in order");
-  const int64_t page_tokens = ring_tokens_ > 0 ? ring_tokens_ : kPageTokens;
-  const size_t page = ring_tokens_ > 0 ? 0 : static_cast<size_t>(position / page_tokens);
-  if (page == pages_.size())
-    pages_.push_back(std::make_unique<float[]>(static_cast<size_t>(page_tokens) * 2 * entry_floats_));
-  float* entry = pages_[page].get() + (position % page_tokens) * 2 * entry_floats_;
-  std::copy(key, key + entry_floats_, entry);
-  std::copy(value, value + entry_floats_, entry + entry_floats_);
+  const int64_t tokens = page_tokens(), entry = static_cast<int64_t>(kv_heads_) * head_dim_;
+  const size_t page = ring_tokens_ > 0 ? 0 : static_cast<size_t>(position / tokens);
+  if (page == pages_.size()) pages_.push_back(std::make_unique<float[]>(key_floats() + tokens * entry));
+  const int64_t slot = position % tokens, key_row = tokens;
+  float* keys = pages_[page].get();
+  for (int64_t i = 0; i < entry; ++i) keys[i * key_row + slot] = key[i];
+  std::copy(value, value + entry, keys + key_floats() + slot * entry);
   ++length_;
+}
+
+LayerKvCache::Run LayerKvCache::run(int64_t position, int64_t max_length) const {
+  const int64_t tokens = page_tokens();
+  const size_t page = ring_tokens_ > 0 ? 0 : static_cast<size_t>(position / tokens);
+  const int64_t slot = position % tokens;
+  const float* base = pages_[page].get();
+  const int64_t length = std::min({max_length, tokens - slot, length_ - position});
+  return {base + slot, base + key_floats() + slot * kv_heads_ * head_dim_, tokens,
+          static_cast<int>(length)};
 }
 
 }  // namespace gpt_oss
