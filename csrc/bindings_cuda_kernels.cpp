@@ -108,7 +108,7 @@ nb::tuple norm_qkv_rope(HostArray<float> x, HostArray<float> norm_scale, HostArr
 // out bf16 (as uint16) [q_heads * 64] of launch_attention_decode, launched twice on the same counters (the
 // second launch checks that the in-launch combine re-arms them); returns (first, second).
 nb::tuple attention_decode(HostArray<float> q, HostArray<uint16_t> k_cache, HostArray<uint16_t> v_cache,
-                           HostArray<float> sinks, int pos, int max_splits, bool tensor_cores) {
+                           HostArray<float> sinks, int pos, int max_splits) {
   if (k_cache.ndim() != 3 || v_cache.size() != k_cache.size() || k_cache.shape(2) != kAttentionHeadDim)
     throw std::invalid_argument("k_cache / v_cache must both be [kv_heads, capacity, 64]");
   const int kv_heads = static_cast<int>(k_cache.shape(0)), capacity = static_cast<int>(k_cache.shape(1));
@@ -139,7 +139,6 @@ nb::tuple attention_decode(HostArray<float> q, HostArray<uint16_t> k_cache, Host
   p.kv_heads = kv_heads;
   p.max_splits = max_splits;
   p.sm_scale = 1.0f / 8.0f;
-  p.tensor_cores = tensor_cores;
   p.out = first.get<bf16>();
   launch_attention_decode(p, nullptr);
   p.out = second.get<bf16>();
@@ -429,7 +428,7 @@ void register_cuda_kernel_tests(nb::module_& m) {
           "q_heads"_a, "kv_heads"_a, "head_dim"_a, "pos"_a, "k_cache"_a, "v_cache"_a, "rope_theta"_a,
           "rope_scaling_factor"_a, "initial_context_length"_a, "rope_ntk_alpha"_a, "rope_ntk_beta"_a, "eps"_a);
     m.def("attention_decode", &forward_kernel_tests::attention_decode, "q"_a, "k_cache"_a, "v_cache"_a, "sinks"_a,
-          "pos"_a, "max_splits"_a = 0, "tensor_cores"_a = false);
+          "pos"_a, "max_splits"_a = 0);
   }
   {  // ---- weight-streaming kernels (cuda-weights) ----
     using namespace nb::literals;

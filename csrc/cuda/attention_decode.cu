@@ -1,19 +1,18 @@
-// Decode attention for one query token (flash-decoding with GQA packing and sinks). Two kernels share the
-// split-KV scheme and the combine:
-//   * Split s of KV head g is one CTA; it covers keys [start_s, end_s) of the valid slots [0, len),
-//     len = min(pos + 1, capacity), and reads K and V from HBM once for all G query heads of the group.
-//   * Each split writes (m, l, o unnormalised; log2 domain, q pre-scaled by sm_scale·log2 e) to the
-//     workspace; the last CTA of a KV head to finish (atomic counter) merges the splits and the sink:
-//     out = Σ_s o_s 2^(m_s−M) / (2^(sink−M) + Σ_s l_s 2^(m_s−M)), so the sink enters the denominator exactly
-//     once, and re-arms the counter for the next launch.
-//   fma (CUDA cores): a kStages-deep cp.async pipeline of 32-key tiles shared by the CTA; warp w owns heads w
-//     and w + 4, lane j scores key j, the online softmax is a warp reduction, lane j accumulates output dims
-//     2j, 2j + 1. Issue-bound at long contexts (~3000 instructions per 32-key tile per CTA).
-//   mma (tensor cores, mma.sync m16n8k16 bf16): each warp streams its own 16-key blocks (blocks w, w+4, ...
-//     of the split) through its own cp.async pipeline (no CTA barrier in the loop). S = Q·Kᵀ with the G ≤ 8
-//     heads as the M rows (q split into bf16 hi + lo, so scores keep ~fp32 precision); the score fragments
-//     are exactly the A fragments of P·V (FA2's register reuse), P rounded to bf16. The 4 warps' states are
-//     merged in shared memory before the split is written.
+// Decode attention for one query token (flash-decoding with GQA packing, tensor cores and sinks):
+//   1. Split s of KV head g is one CTA; it covers keys [start_s, end_s) of the valid slots [0, len),
+//      len = min(pos + 1, capacity), and reads K and V from HBM once for all G query heads of the group.
+//   2. Each of its 4 warps streams its own 16-key blocks (blocks w, w+4, ... of the split) through its own
+//      cp.async pipeline (no CTA barrier in the loop). The pipeline starts before pdl_wait(): every key but
+//      the newest was written by earlier steps, and the newest row is re-read after the wait.
+//   3. mma.sync m16n8k16 bf16: S = Q·Kᵀ with the G ≤ 8 heads as the M rows (q split into bf16 hi + lo, so
+//      scores keep ~fp32 precision); S's C fragments are exactly the A fragments of P·V (FA2's register
+//      reuse), P rounded to bf16; online softmax in the log2 domain (q pre-scaled by sm_scale·log2 e).
+//   4. The 4 warps' states merge in shared memory. One split: the CTA writes the output. Several: it writes
+//      (m, l, o unnormalised) to the workspace and the last CTA of the KV head to finish (atomic counter)
+//      merges the splits, then re-arms the counter for the next launch. Either way
+//      out = Σ_s o_s 2^(m_s−M) / (2^(sink−M) + Σ_s l_s 2^(m_s−M)): the sink enters the denominator once.
+// v1 used CUDA cores (warp = 2 heads, lane = key): issue-bound at long contexts (~3000 instructions per
+// 32-key tile per CTA; 20b at 8k: 353 tok/s vs 411 with this kernel, H100).
 // Order inside the window does not matter (RoPE is already in k), so a ring of `capacity` slots needs no
 // unrolling: slots [0, len) are exactly the keys the query may see, sliding or full.
 //
@@ -35,17 +34,13 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kRowPad = kD + 8;    // 144-byte smem rows: 8 rows × 16 B at a time hit 8 distinct 4-bank groups
 constexpr float kLog2e = 1.4426950408889634f;
-// Keys per split at least: fewer, longer splits below that cost more in the combine than they save
-// (measured: 32 one-tile splits at a 1k context took 13.4 µs against 7.9 µs for 4).
+// Keys per split at least: shorter splits cost more in the combine than they save (v1, ncu at a 1k context:
+// 32 splits of 32 keys took 13.4 µs, 4 splits 7.9 µs).
 constexpr int kMinKeysPerSplit = 128;
 
-// fma kernel
-constexpr int kFmaTile = 32;       // keys per pipeline stage: one key per lane
-constexpr int kFmaStages = 4;      // tiles in flight per CTA (4 × 8 KiB of K + V)
-// mma kernel
 constexpr int kMmaBlock = 16;      // keys per warp step: two n8 score blocks, one k16 step of P·V
 constexpr int kMmaStages = 3;      // blocks in flight per warp
-constexpr size_t kMmaSmemBytes = static_cast<size_t>(kWarps) * kMmaStages * 2 * kMmaBlock * kRowPad * sizeof(bf16);
+constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kMmaStages * 2 * kMmaBlock * kRowPad * sizeof(bf16);
 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -55,15 +50,6 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // The keys of this CTA's split. Every CTA derives the same split count from the device position, so a
 // graph replay serves any length; CTAs past the count exit at once.
@@ -131,136 +117,6 @@ __device__ void combine_when_last(const AttentionDecodeParams& p, int group, int
   if (threadIdx.x == 0) p.counters[kv_head] = 0;
 }
 
-// ---- fma kernel ----------------------------------------------------------------------------------------------
-
-struct HeadState {
-  float m = -INFINITY, l = 0.0f;
-  float2 o = {0.0f, 0.0f};
-};
-
-// One tile of the online softmax for one head: s is this lane's score (log2 domain), p returned for P·V.
-__device__ __forceinline__ float online_softmax_step(HeadState& st, float s) {
-  const float m_new = fmaxf(st.m, warp_max(s));
-  const float rescale = exp2f(st.m - m_new);
-  const float p = exp2f(s - m_new);
-  st.l = st.l * rescale + warp_sum(p);
-  st.o.x *= rescale;
-  st.o.y *= rescale;
-  st.m = m_new;
-  return p;
-}
-
-__global__ void __launch_bounds__(kThreads) attention_decode_fma_kernel(const AttentionDecodeParams p) {
-  __shared__ __align__(16) bf16 k_tiles[kFmaStages][kFmaTile][kRowPad];
-  __shared__ __align__(16) bf16 v_tiles[kFmaStages][kFmaTile][kD];
-  __shared__ __align__(16) float q_s[kAttentionMaxGroup][kD];
-
-  pdl_wait();  // q and the new key come from norm_qkv_rope, the position from the step's copy
-  const int group = p.q_heads / p.kv_heads;
-  const int kv_head = blockIdx.y, split = blockIdx.x;
-  const SplitRange range = split_range(p, kFmaTile);
-  if (split >= range.splits) return;
-  const int start = range.start, end = range.end;
-  const int tiles = (end - start + kFmaTile - 1) / kFmaTile;
-
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t head_base = static_cast<size_t>(kv_head) * p.cache.capacity * kD;
-  const bf16* k_head = p.cache.k + head_base;
-  const bf16* v_head = p.cache.v + head_base;
-
-  auto load_tile = [&](int tile, int stage) {
-#pragma unroll
-    for (int r = 0; r < kFmaTile * (kD / 8) / kThreads; ++r) {
-      const int idx = threadIdx.x + r * kThreads;
-      const int row = idx / (kD / 8), chunk = idx % (kD / 8);
-      const int key = start + tile * kFmaTile + row;
-      const bool valid = key < end;
-      const size_t at = static_cast<size_t>(valid ? key : 0) * kD + chunk * 8;
-      cp_async16(&k_tiles[stage][row][chunk * 8], k_head + at, valid);
-      cp_async16(&v_tiles[stage][row][chunk * 8], v_head + at, valid);
-    }
-  };
-#pragma unroll
-  for (int s = 0; s < kFmaStages - 1; ++s) {
-    if (s < tiles) load_tile(s, s);
-    cp_async_commit();
-  }
-
-  const float q_scale = p.sm_scale * kLog2e;
-  for (int idx = threadIdx.x; idx < group * kD; idx += kThreads)
-    q_s[idx / kD][idx % kD] = p.q[static_cast<size_t>(kv_head) * group * kD + idx] * q_scale;
-
-  const int h0 = warp, h1 = warp + kWarps;
-  const bool has0 = h0 < group, has1 = h1 < group;
-  HeadState st0, st1;
-
-  for (int t = 0; t < tiles; ++t) {
-    cp_async_wait<kFmaStages - 2>();
-    __syncthreads();  // tile t landed for every thread; stage (t-1) % kFmaStages is free again
-    if (t + kFmaStages - 1 < tiles) load_tile(t + kFmaStages - 1, (t + kFmaStages - 1) % kFmaStages);
-    cp_async_commit();
-    const int stage = t % kFmaStages;
-    if (!has0) continue;
-
-    // Scores of key `lane` for heads h0, h1.
-    const uint4* k_row = reinterpret_cast<const uint4*>(&k_tiles[stage][lane][0]);
-    float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-    for (int c = 0; c < kD / 8; ++c) {
-      const uint4 kk = k_row[c];
-      const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&kk);
-      const float4 qa0 = *reinterpret_cast<const float4*>(&q_s[h0][c * 8]);
-      const float4 qa1 = *reinterpret_cast<const float4*>(&q_s[h0][c * 8 + 4]);
-      const float2 k01 = __bfloat1622float2(k2[0]), k23 = __bfloat1622float2(k2[1]);
-      const float2 k45 = __bfloat1622float2(k2[2]), k67 = __bfloat1622float2(k2[3]);
-      s0 += k01.x * qa0.x + k01.y * qa0.y + k23.x * qa0.z + k23.y * qa0.w + k45.x * qa1.x + k45.y * qa1.y +
-            k67.x * qa1.z + k67.y * qa1.w;
-      if (has1) {
-        const float4 qb0 = *reinterpret_cast<const float4*>(&q_s[h1][c * 8]);
-        const float4 qb1 = *reinterpret_cast<const float4*>(&q_s[h1][c * 8 + 4]);
-        s1 += k01.x * qb0.x + k01.y * qb0.y + k23.x * qb0.z + k23.y * qb0.w + k45.x * qb1.x + k45.y * qb1.y +
-              k67.x * qb1.z + k67.y * qb1.w;
-      }
-    }
-    const bool valid = start + t * kFmaTile + lane < end;
-    const float p0 = online_softmax_step(st0, valid ? s0 : -INFINITY);
-    const float p1 = has1 ? online_softmax_step(st1, valid ? s1 : -INFINITY) : 0.0f;
-
-    // o += P · V: lane owns dims 2·lane, 2·lane + 1.
-#pragma unroll 8
-    for (int j = 0; j < kFmaTile; ++j) {
-      const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v_tiles[stage][j][2 * lane]));
-      const float pj0 = __shfl_sync(0xffffffffu, p0, j);
-      const float pj1 = __shfl_sync(0xffffffffu, p1, j);
-      st0.o.x += pj0 * v.x;
-      st0.o.y += pj0 * v.y;
-      st1.o.x += pj1 * v.x;
-      st1.o.y += pj1 * v.y;
-    }
-  }
-  cp_async_wait<0>();
-  if (range.splits == 1) {  // the whole context in this CTA: no workspace round trip
-    if (has0) write_output(p, kv_head * group + h0, lane, st0.m, st0.l, st0.o);
-    if (has1) write_output(p, kv_head * group + h1, lane, st1.m, st1.l, st1.o);
-    return;
-  }
-
-  float* ml = partial_ml(p, group);
-  auto store = [&](int h, const HeadState& st) {
-    const size_t at = partial_index(p, group, kv_head, split, h);
-    reinterpret_cast<float2*>(p.workspace + at * kD)[lane] = st.o;
-    if (lane == 0) {
-      ml[at * 2] = st.m;
-      ml[at * 2 + 1] = st.l;
-    }
-  };
-  if (has0) store(h0, st0);
-  if (has1) store(h1, st1);
-  combine_when_last(p, group, kv_head, range.splits);
-}
-
-// ---- mma kernel ----------------------------------------------------------------------------------------------
-
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -291,14 +147,16 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 
 // Fragment ownership (lane = 4·g + t): row g of A/C is query head g; C columns 2t, 2t+1 are keys (S) or dims
 // (O). Rows 8..15 of the m16 tiles stay zero and are never read back.
-__global__ void __launch_bounds__(kThreads) attention_decode_mma_kernel(const AttentionDecodeParams p) {
+__global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* smem = reinterpret_cast<bf16*>(smem_raw);
 
-  pdl_wait();  // q and the new key come from norm_qkv_rope, the position from the step's copy
+  // The position comes from the step's host copy, which completed before the graph's first kernel, so it
+  // and every key but the newest may be read before pdl_wait(); q and the newest K/V row may not.
   const int group = p.q_heads / p.kv_heads;
   const int kv_head = blockIdx.y, split = blockIdx.x;
   const SplitRange range = split_range(p, kWarps * kMmaBlock);
+  const int newest = *p.pos % p.cache.capacity;
   if (split >= range.splits) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -329,6 +187,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_mma_kernel(const At
     if (s < my_blocks) load_block(s, s);
     cp_async_commit();
   }
+  pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
 
   // Q as the A operand (rows = heads), pre-scaled to the log2 domain and split into bf16 hi + lo.
   uint32_t q_hi[kD / 16][2], q_lo[kD / 16][2];
@@ -358,6 +217,16 @@ __global__ void __launch_bounds__(kThreads) attention_decode_mma_kernel(const At
     __syncwarp();  // every lane's copies of block i landed; stage (i-1) % kMmaStages is free again
     if (i + kMmaStages - 1 < my_blocks) load_block(i + kMmaStages - 1, (i + kMmaStages - 1) % kMmaStages);
     cp_async_commit();
+    const int first = range.start + (warp + i * kWarps) * kMmaBlock;
+    if (newest >= first && newest < first + kMmaBlock) {  // this block may hold a stale copy of the newest row
+      if (lane < 16) {
+        const int chunk = lane % 8;
+        const bf16* src = (lane < 8 ? k_head : v_head) + static_cast<size_t>(newest) * kD + chunk * 8;
+        bf16* dst = (lane < 8 ? k_stage(i % kMmaStages) : v_stage(i % kMmaStages)) + (newest - first) * kRowPad;
+        *reinterpret_cast<uint4*>(dst + chunk * 8) = __ldcg(reinterpret_cast<const uint4*>(src));
+      }
+      __syncwarp();
+    }
     const bf16* ks_smem = k_stage(i % kMmaStages);
     const bf16* vs_smem = v_stage(i % kMmaStages);
 
@@ -377,7 +246,6 @@ __global__ void __launch_bounds__(kThreads) attention_decode_mma_kernel(const At
         }
       }
     }
-    const int first = range.start + (warp + i * kWarps) * kMmaBlock;
     float block_max = -INFINITY;
 #pragma unroll
     for (int nb = 0; nb < 2; ++nb) {
@@ -488,15 +356,10 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
                                 std::to_string(p.q_heads) + " / " + std::to_string(p.kv_heads));
   if (p.max_splits < 1 || p.cache.capacity < 1)
     throw std::invalid_argument("attention_decode: max_splits and capacity must be positive");
-  const dim3 grid(p.max_splits, p.kv_heads);
-  if (p.tensor_cores) {
-    // Idempotent; legal during graph capture (it is not a stream operation).
-    CUDA_CHECK(cudaFuncSetAttribute(attention_decode_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(kMmaSmemBytes)));
-    launch_pdl(attention_decode_mma_kernel, grid, dim3(kThreads), kMmaSmemBytes, stream, p);
-  } else {
-    launch_pdl(attention_decode_fma_kernel, grid, dim3(kThreads), 0, stream, p);
-  }
+  // Idempotent; legal during graph capture (it is not a stream operation).
+  CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(kSmemBytes)));
+  launch_pdl(attention_decode_kernel, dim3(p.max_splits, p.kv_heads), dim3(kThreads), kSmemBytes, stream, p);
 }
 
 }  // namespace gpt_oss

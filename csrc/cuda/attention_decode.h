@@ -24,7 +24,6 @@ struct AttentionDecodeParams {
   int q_heads = 0, kv_heads = 0;
   int max_splits = 1;            // grid.x; from attention_decode_max_splits()
   float sm_scale = 0.125f;
-  bool tensor_cores = false;     // mma.sync kernel instead of the CUDA-core one (same results within bf16 P)
 };
 
 // Splits per KV head for a cache of this capacity: enough CTAs for about two per SM on long contexts.

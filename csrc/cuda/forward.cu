@@ -427,7 +427,6 @@ class CudaBackend final : public Backend {
       ap.kv_heads = c.num_key_value_heads;
       ap.max_splits = L.attention_splits;
       ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-      ap.tensor_cores = true;
       launch_attention_decode(ap, s);
 
       launch_bf16_gemv_bias_residual(L.out_w.get<bf16>(), L.out_b.get<bf16>(), attn_.get<bf16>(),

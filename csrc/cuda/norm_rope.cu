@@ -5,11 +5,12 @@
 //   4. q → fp32 scratch; k, v → bf16 KV cache at slot *pos % capacity
 //
 // Work split: a warp owns one rotation pair, i.e. rows (i, i + head_dim/2) of one head, so RoPE happens in the
-// warp's epilogue with no exchange; a CTA of 8 warps owns 8 pairs, 3 CTAs per SM (all 320 resident at once for
-// gpt-oss). Each lane streams 16-byte chunks of both rows in double-buffered batches of kLoadBatch chunks per
-// row, the first batch issued before the norm so HBM latency hides it; the
-// launch is a programmatic dependent one, so that first batch is already in flight while the previous kernel
-// (the MoE of the layer before) drains.
+// warp's epilogue with no exchange. The grid is exactly the CTAs that fit at once (3 of 8 warps per SM) and
+// the pairs interleave over them, so every SM streams the same share (v2: 320 CTAs of 8 consecutive pairs
+// left some SMs 3 CTAs and others 2, a 24% tail). Each lane streams 16-byte chunks of both rows in
+// double-buffered batches of kLoadBatch chunks per row. The launch is a programmatic dependent one and the
+// first batch is issued before pdl_wait(), so it is in flight while the previous kernel (the MoE of the layer
+// before) drains and while this CTA computes the norm.
 //
 // Floor: the weight, (q_heads + 2 kv_heads) · head_dim · hidden · 2 bytes = 29.5 MB for gpt-oss
 // (5120 × 2880) → 9.8 µs at 3.0 TB/s. x, norm_scale (23 KB) are re-read by every CTA from L2.
@@ -17,6 +18,7 @@
 // Warning: hidden % 8 == 0 (16-byte rows), head_dim even, W/x/norm_scale 16-byte aligned (cudaMalloc is).
 #include "cuda/norm_rope.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -49,14 +51,19 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int half = p.head_dim / 2;
-  const int heads = p.q_heads + 2 * p.kv_heads;
-  const int pair = blockIdx.x * kWarps + warp;
-  const bool active = pair < heads * half;
-  const int head = pair / half, i = pair % half;
-  const size_t row0 = static_cast<size_t>(head) * p.head_dim + i, row1 = row0 + half;
+  const int pairs = (p.q_heads + 2 * p.kv_heads) * half;
   const int chunks = p.hidden / 8;
-  const uint4* w0 = reinterpret_cast<const uint4*>(p.w + row0 * p.hidden);
-  const uint4* w1 = reinterpret_cast<const uint4*>(p.w + row1 * p.hidden);
+  // Warp w of CTA c owns pairs c + w·gridDim.x + k·(gridDim.x·kWarps): interleaved over the CTAs, so every SM
+  // (a fixed number of resident CTAs) gets the same number of rows to within one per CTA.
+  const int pair_stride = gridDim.x * kWarps;
+  const int first_pair = blockIdx.x + gridDim.x * warp;
+  const uint4* w0 = nullptr;
+  const uint4* w1 = nullptr;
+  auto select_pair = [&](int pair) {
+    const size_t row0 = static_cast<size_t>(pair / half) * p.head_dim + pair % half;
+    w0 = reinterpret_cast<const uint4*>(p.w + row0 * p.hidden);
+    w1 = reinterpret_cast<const uint4*>(p.w + (row0 + half) * p.hidden);
+  };
 
   // Double-buffered registers: batch n + 1 is in flight while batch n is multiplied.
   uint4 a0[kLoadBatch], b0[kLoadBatch], a1[kLoadBatch], b1[kLoadBatch];
@@ -64,13 +71,16 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
 #pragma unroll
     for (int u = 0; u < kLoadBatch; ++u) {
       const int c = base + u * 32 + lane;
-      if (active && c < chunks) {
+      if (c < chunks) {
         a[u] = __ldcs(w0 + c);
         b[u] = __ldcs(w1 + c);
       }
     }
   };
-  load_batch(a0, b0, 0);  // weights depend on no earlier kernel: stream them while the previous kernel drains
+  if (first_pair < pairs) {
+    select_pair(first_pair);
+    load_batch(a0, b0, 0);  // weights depend on no earlier kernel: stream them while the previous one drains
+  }
   pdl_launch_dependents();
   pdl_wait();
 
@@ -94,51 +104,58 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
     smem4[j] = make_float4(v.x * rstd * s.x, v.y * rstd * s.y, v.z * rstd * s.z, v.w * rstd * s.w);
   }
   __syncthreads();
-  if (!active) return;
-
-  float acc0 = 0.0f, acc1 = 0.0f;
-  auto multiply = [&](const uint4 (&a)[kLoadBatch], const uint4 (&b)[kLoadBatch], int base) {
-#pragma unroll
-    for (int u = 0; u < kLoadBatch; ++u) {
-      const int c = base + u * 32 + lane;
-      if (c < chunks) {
-        acc0 += dot8(a[u], xn + 8 * c);
-        acc1 += dot8(b[u], xn + 8 * c);
-      }
-    }
-  };
-  constexpr int kStep = 32 * kLoadBatch;
-  for (int base = 0; base < chunks; base += 2 * kStep) {
-    load_batch(a1, b1, base + kStep);
-    multiply(a0, b0, base);
-    load_batch(a0, b0, base + 2 * kStep);
-    multiply(a1, b1, base + kStep);
-  }
-  acc0 = warp_sum(acc0);
-  acc1 = warp_sum(acc1);
-  if (lane != 0) return;
-
-  float v0 = acc0 + __bfloat162float(p.bias[row0]);
-  float v1 = acc1 + __bfloat162float(p.bias[row1]);
   const int pos = *p.pos;
-  if (head < p.q_heads + p.kv_heads) {
-    const float2 cs = p.rope[static_cast<size_t>(pos) * half + i];
-    const float r0 = v0 * cs.x - v1 * cs.y;
-    const float r1 = v1 * cs.x + v0 * cs.y;
-    v0 = r0;
-    v1 = r1;
+
+  for (int pair = first_pair; pair < pairs; pair += pair_stride) {
+    if (pair != first_pair) {
+      select_pair(pair);
+      load_batch(a0, b0, 0);
+    }
+    float acc0 = 0.0f, acc1 = 0.0f;
+    auto multiply = [&](const uint4 (&a)[kLoadBatch], const uint4 (&b)[kLoadBatch], int base) {
+#pragma unroll
+      for (int u = 0; u < kLoadBatch; ++u) {
+        const int c = base + u * 32 + lane;
+        if (c < chunks) {
+          acc0 += dot8(a[u], xn + 8 * c);
+          acc1 += dot8(b[u], xn + 8 * c);
+        }
+      }
+    };
+    constexpr int kStep = 32 * kLoadBatch;
+    for (int base = 0; base < chunks; base += 2 * kStep) {
+      load_batch(a1, b1, base + kStep);
+      multiply(a0, b0, base);
+      load_batch(a0, b0, base + 2 * kStep);
+      multiply(a1, b1, base + kStep);
+    }
+    acc0 = warp_sum(acc0);
+    acc1 = warp_sum(acc1);
+    if (lane != 0) continue;
+
+    const int head = pair / half, i = pair % half;
+    const size_t row0 = static_cast<size_t>(head) * p.head_dim + i, row1 = row0 + half;
+    float v0 = acc0 + __bfloat162float(p.bias[row0]);
+    float v1 = acc1 + __bfloat162float(p.bias[row1]);
+    if (head < p.q_heads + p.kv_heads) {
+      const float2 cs = p.rope[static_cast<size_t>(pos) * half + i];
+      const float r0 = v0 * cs.x - v1 * cs.y;
+      const float r1 = v1 * cs.x + v0 * cs.y;
+      v0 = r0;
+      v1 = r1;
+    }
+    if (head < p.q_heads) {
+      p.q[row0] = v0;
+      p.q[row1] = v1;
+      continue;
+    }
+    const bool is_k = head < p.q_heads + p.kv_heads;
+    const int kv_head = is_k ? head - p.q_heads : head - p.q_heads - p.kv_heads;
+    bf16* cache = is_k ? p.cache.k : p.cache.v;
+    const size_t at = (static_cast<size_t>(kv_head) * p.cache.capacity + pos % p.cache.capacity) * p.head_dim + i;
+    cache[at] = __float2bfloat16(v0);
+    cache[at + half] = __float2bfloat16(v1);
   }
-  if (head < p.q_heads) {
-    p.q[row0] = v0;
-    p.q[row1] = v1;
-    return;
-  }
-  const bool is_k = head < p.q_heads + p.kv_heads;
-  const int kv_head = is_k ? head - p.q_heads : head - p.q_heads - p.kv_heads;
-  bf16* cache = is_k ? p.cache.k : p.cache.v;
-  const size_t at = (static_cast<size_t>(kv_head) * p.cache.capacity + pos % p.cache.capacity) * p.head_dim + i;
-  cache[at] = __float2bfloat16(v0);
-  cache[at + half] = __float2bfloat16(v1);
 }
 
 }  // namespace
@@ -188,7 +205,13 @@ void launch_norm_qkv_rope(const NormRopeParams& p, cudaStream_t stream) {
     CUDA_CHECK(cudaFuncSetAttribute(norm_qkv_rope_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)));
   }
-  launch_pdl(norm_qkv_rope_kernel, dim3(ceil_div(pairs, kWarps)), dim3(kThreads), smem, stream, p);
+  // As many CTAs as fit at once (3 per SM), each owning an interleaved share of the pairs: one balanced wave.
+  int device = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, norm_qkv_rope_kernel, kThreads, smem));
+  const int grid = std::max(1, std::min(ceil_div(pairs, kWarps), sms * std::max(per_sm, 1)));
+  launch_pdl(norm_qkv_rope_kernel, dim3(grid), dim3(kThreads), smem, stream, p);
 }
 
 }  // namespace gpt_oss
