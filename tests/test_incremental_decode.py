@@ -157,3 +157,15 @@ def test_window_larger_than_max_context(tmp_path: Path) -> None:
     full = full_model.forward(full_model.new_sequence(), tokens, all_logits=True)
     _, model = load_model(path, max_context=24)
     assert_close(run_in_chunks(model, model.new_sequence(), tokens, [5] + [1] * 19), full)
+
+
+def test_long_decode_wraps_the_ring_and_crosses_pages(checkpoint: Path) -> None:
+    """300 tokens, decoded one by one: the sliding rings (window + one 256-token chunk) wrap and the full
+    layers' caches cross a 256-token page; the one-shot forward runs as two chunks (256 + 44)."""
+    tokens = np.random.default_rng(13).integers(0, 256, 300).astype(np.int32)
+    _, model = load_model(checkpoint)
+    full = model.forward(model.new_sequence(), tokens, all_logits=True)
+    seq = model.new_sequence()
+    rows = [model.forward(seq, tokens[:3], all_logits=True)]
+    rows += [model.forward(seq, tokens[i : i + 1], all_logits=True) for i in range(3, 300)]
+    assert_close(np.concatenate(rows), full)
