@@ -1,6 +1,7 @@
 #include "cpu/thread_pool.h"
 
 #include <algorithm>
+#include <utility>
 
 namespace gpt_oss {
 
@@ -30,7 +31,15 @@ void ThreadPool::run_chunks() {
   for (;;) {
     const int64_t begin = next_.fetch_add(job_chunk_, std::memory_order_relaxed);
     if (begin >= job_n_) return;
-    (*job_)(begin, std::min(job_n_, begin + job_chunk_));
+    try {
+      (*job_)(begin, std::min(job_n_, begin + job_chunk_));
+    } catch (...) {
+      // Keep the first error for the caller; claiming every remaining chunk ends the loop early.
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+      next_.store(job_n_, std::memory_order_relaxed);
+      return;
+    }
   }
 }
 
@@ -61,6 +70,7 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     }
   }
   job_ = nullptr;
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 void ThreadPool::worker_loop() {

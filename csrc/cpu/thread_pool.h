@@ -7,6 +7,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -25,7 +26,8 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(begin, end) on disjoint ranges covering [0, n), concurrently; every range boundary but the last is
-  // a multiple of `grain`. Returns when all calls have returned. Not reentrant: fn must not call parallel_for.
+  // a multiple of `grain`. Returns when all calls have returned; rethrows the first exception a call threw
+  // (the chunks not yet started are then skipped). Not reentrant: fn must not call parallel_for.
   void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
  private:
@@ -43,6 +45,7 @@ class ThreadPool {
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0, job_chunk_ = 1;
   std::atomic<int64_t> next_{0};  // first row of the next unclaimed chunk
+  std::exception_ptr error_;      // the job's first exception, guarded by mutex_
 };
 
 }  // namespace gpt_oss
