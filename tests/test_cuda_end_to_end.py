@@ -3,10 +3,12 @@ random checkpoints written and loaded through the package's own writer and loade
 
 DESIGN.md's CUDA tolerance: relative L2 ≤ 2e-2 per position, and the greedy token agrees wherever the
 reference's top-2 margin exceeds twice the measured logit error. Random weights make near-ties common, also in
-the MoE router: where the reference's 4th and 5th router logits are closer than ROUTER_TIE at some layer, bf16
-activations may pick the other expert and that position's logits move by ~0.2 (measured on the device:
-every such failure sat on the position of smallest router margin). Such a position is excused, and only it:
-any other position must meet the tolerance, and at most MAX_EXCUSED of the positions may be excused.
+the MoE router: where the 4th and 5th router logits of a position are close, bf16 activations may pick the
+other expert, that position's logits move by ~0.2 and, through its keys and values, later positions follow
+(measured on the device). So a deviation must be explained: at the first position off, the reference is rerun
+with that position's 4th expert swapped for its 5th at a layer where the two are within ROUTER_TIE, and the
+position must then match; the swaps accumulate (the rerun reproduces their consequences downstream), at most
+MAX_FLIPS of them. Any position the reference cannot reproduce that way fails the test.
 """
 
 from __future__ import annotations
@@ -29,10 +31,10 @@ reference_model = pytest.importorskip("gpt_oss.torch.model")
 pytestmark = pytest.mark.cuda
 
 TOLERANCE = 2e-2
-# Router logits are ~N(0, 1); bf16 rounding of the normed input moves them by ~1e-3 (rms), so a top-4/top-5 gap
-# under 0.01 (~6 sigma) may flip.
-ROUTER_TIE = 1e-2
-MAX_EXCUSED = 0.1
+# Router logits are ~N(0, 1); the residual stream's bf16 error moves them by ~1e-2 at most (seen: flips at
+# gaps up to 1.2e-2), so only a closer 4th/5th pair may explain a deviation.
+ROUTER_TIE = 5e-2
+MAX_FLIPS = 8
 
 # Widths are multiples of 64 but not of 128, like gpt-oss's 2880; vocabularies are odd.
 CASES = {
@@ -57,44 +59,50 @@ CASES = {
 }
 
 
-def _mlp_forward_recording_router_gaps(self: reference_model.MLPBlock, x: torch.Tensor) -> torch.Tensor:
-    """gpt_oss.torch.model.MLPBlock.forward, token by token (the original gathers [tokens, 4, rows, cols]
-    expert weights at once: 40 GB for 150 tokens at full width), recording each token's router gap."""
+def _mlp_forward(self: reference_model.MLPBlock, x: torch.Tensor) -> torch.Tensor:
+    """gpt_oss.torch.model.MLPBlock.forward with the experts applied expert by expert (the original gathers
+    [tokens, 4, rows, cols] weights: 40 GB for 150 tokens at full width). Records each token's 4th/5th router
+    gap and applies the swaps in self.flips (positions whose 4th expert becomes their 5th)."""
     t = self.norm(x)
     g = self.gate(t)
-    experts = torch.topk(g, k=self.experts_per_token, dim=-1, sorted=True)
-    expert_weights = torch.nn.functional.softmax(experts.values, dim=1)
-    if g.shape[-1] > self.experts_per_token:
-        top = torch.topk(g, k=self.experts_per_token + 1, dim=-1, sorted=True).values
-        self.router_gaps = (top[:, -2] - top[:, -1]).numpy()
-    else:
-        self.router_gaps = np.full(x.shape[0], np.inf)
-    out = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        ids = experts.indices[i]
-        h = torch.einsum("eck,k->ec", self.mlp1_weight[ids], t[i]) + self.mlp1_bias[ids]
+    k = self.experts_per_token
+    top = torch.topk(g, k=min(k + 1, g.shape[-1]), dim=-1, sorted=True)
+    values, indices = top.values[:, :k].clone(), top.indices[:, :k].clone()
+    gaps = top.values[:, k - 1] - top.values[:, k] if g.shape[-1] > k else torch.full((len(x),), torch.inf)
+    self.router_gaps = gaps.numpy()
+    for position in self.flips:
+        values[position, k - 1], indices[position, k - 1] = top.values[position, k], top.indices[position, k]
+    expert_weights = torch.nn.functional.softmax(values, dim=1)
+    out = x.clone()
+    for e in torch.unique(indices).tolist():
+        rows, slots = torch.nonzero(indices == e, as_tuple=True)
+        h = t[rows] @ self.mlp1_weight[e].T + self.mlp1_bias[e]
         h = reference_model.swiglu(h, limit=self.swiglu_limit)
-        h = torch.einsum("eck,ek->ec", self.mlp2_weight[ids], h) + self.mlp2_bias[ids]
-        out[i] = x[i] + torch.einsum("ec,e->c", h, expert_weights[i])
+        h = h @ self.mlp2_weight[e].T + self.mlp2_bias[e]
+        out.index_add_(0, rows, h * expert_weights[rows, slots, None])
     return out
 
 
 class Reference:
-    """The official model of a checkpoint in float32: logits and, per position, the smallest router gap."""
+    """The official model of a checkpoint in float32: logits and, per layer and position, the router gap."""
 
     def __init__(self, path: Path) -> None:
         self.model = reference_model.Transformer.from_checkpoint(str(path), device=torch.device("cpu")).float()
 
-    def __call__(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, tokens: np.ndarray, flips: frozenset[tuple[int, int]] = frozenset()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """flips: (layer, position) pairs routed to their 5th expert instead of their 4th."""
+        for layer, block in enumerate(self.model.block):
+            block.mlp.flips = [position for (at, position) in flips if at == layer]
         original = reference_model.MLPBlock.forward
-        reference_model.MLPBlock.forward = _mlp_forward_recording_router_gaps
+        reference_model.MLPBlock.forward = _mlp_forward
         try:
             with torch.inference_mode():
                 logits = self.model(torch.from_numpy(tokens.astype(np.int64))).numpy()
         finally:
             reference_model.MLPBlock.forward = original
-        gaps = np.min([block.mlp.router_gaps for block in self.model.block], axis=0)
-        return logits, gaps
+        return logits, np.stack([block.mlp.router_gaps for block in self.model.block])
 
 
 @pytest.fixture(scope="module", params=CASES.keys())
@@ -109,22 +117,42 @@ def cuda_model(path: Path, **options: int) -> tuple[ModelConfig, _C.Model]:
     return config, _C.Model(config.to_native(), weights, backend="cuda", **options)
 
 
-def check_close(ours: np.ndarray, reference: np.ndarray, router_gaps: np.ndarray) -> float:
-    """Asserts the tolerance row by row (excusing only router near-ties, see the module doc); returns the
-    largest relative error over the rows that were held to it."""
+def relative_errors(ours: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(ours - reference, axis=-1) / np.linalg.norm(reference, axis=-1)
+
+
+def check_against_reference(ours: np.ndarray, reference: Reference, tokens: np.ndarray, first: int = 0) -> None:
+    """ours[i] are the logits after tokens[: first + i + 1]. Asserts the tolerance at every position, explaining
+    deviations by router near-tie swaps (module doc), and the greedy token wherever the margin is clear."""
     assert np.isfinite(ours).all(), "non-finite logits"
-    errors = np.linalg.norm(ours - reference, axis=-1) / np.linalg.norm(reference, axis=-1)
-    excused = (errors > TOLERANCE) & (router_gaps < ROUTER_TIE)
-    for i in np.flatnonzero((errors > TOLERANCE) & ~excused):
-        pytest.fail(f"position {i}: relative L2 error {errors[i]:.2e} (router gap {router_gaps[i]:.1e})")
-    assert excused.sum() <= max(1, MAX_EXCUSED * len(errors)), f"{excused.sum()} positions off, all near router ties"
-    for i in np.flatnonzero(~excused):
-        top2 = np.sort(reference[i])[-2:]
-        if top2[1] - top2[0] > 2 * float(np.abs(ours[i] - reference[i]).max()):
-            assert ours[i].argmax() == reference[i].argmax(), f"position {i}: greedy token differs beyond the error"
-    print(f"max relative L2 error {errors[~excused].max():.2e}; excused near router ties: "
-          f"{[(int(i), float(f'{errors[i]:.2e}')) for i in np.flatnonzero(excused)]}")
-    return float(errors[~excused].max())
+    flips: frozenset[tuple[int, int]] = frozenset()
+    logits, gaps = reference(tokens)
+    while True:
+        errors = relative_errors(ours, logits[first:])
+        off = np.flatnonzero(errors > TOLERANCE)
+        if len(off) == 0:
+            break
+        position = first + int(off[0])
+        candidates = [(float(gaps[layer, position]), layer) for layer in range(gaps.shape[0])]
+        explained = False
+        for gap, layer in sorted(candidates):
+            if gap >= ROUTER_TIE or len(flips) >= MAX_FLIPS:
+                break
+            trial_logits, trial_gaps = reference(tokens, flips | {(layer, position)})
+            if relative_errors(ours[off[0]], trial_logits[position]) <= TOLERANCE:
+                flips = flips | {(layer, position)}
+                logits, gaps, explained = trial_logits, trial_gaps, True
+                break
+        assert explained, (
+            f"position {position}: relative L2 error {errors[off[0]]:.2e}, not explained by a router near-tie "
+            f"(smallest 4th/5th gap there {min(candidates)[0]:.1e}; swaps so far {sorted(flips)})"
+        )
+    reference_rows = logits[first:]
+    for i in range(len(ours)):
+        top2 = np.sort(reference_rows[i])[-2:]
+        if top2[1] - top2[0] > 2 * float(np.abs(ours[i] - reference_rows[i]).max()):
+            assert ours[i].argmax() == reference_rows[i].argmax(), f"position {first + i}: greedy token differs"
+    print(f"max relative L2 error {relative_errors(ours, reference_rows).max():.2e} with router swaps {sorted(flips)}")
 
 
 def test_prefill_logits_match_reference(case: tuple[Path, Reference]) -> None:
@@ -132,7 +160,7 @@ def test_prefill_logits_match_reference(case: tuple[Path, Reference]) -> None:
     config, cuda = cuda_model(path, max_context=512)
     tokens = np.random.default_rng(1).integers(0, config.vocab_size, 150).astype(np.int32)  # past the window
     ours = cuda.forward(cuda.new_sequence(), tokens, all_logits=True)
-    check_close(ours, *reference(tokens))
+    check_against_reference(ours, reference, tokens)
 
 
 def test_long_generation_matches_reference_position_by_position(case: tuple[Path, Reference]) -> None:
@@ -153,8 +181,7 @@ def test_long_generation_matches_reference_position_by_position(case: tuple[Path
         picked = cuda.forward_sample(sampled_seq, np.array([picked], np.int32), temperature=0.0)
         rows.append(cuda.forward(logits_seq, np.array([tokens[-1]], np.int32)))
     assert cuda.sequence_length(sampled_seq) == cuda.sequence_length(logits_seq) == 307
-    logits, gaps = reference(np.array(tokens, np.int32))
-    check_close(np.stack(rows), logits[6:], gaps[6:])
+    check_against_reference(np.stack(rows), reference, np.array(tokens, np.int32), first=6)
 
 
 def test_freed_slot_gives_a_fresh_sequence(case: tuple[Path, Reference]) -> None:
