@@ -8,8 +8,8 @@
 // warp's epilogue with no exchange. The grid is exactly the CTAs that fit at once (3 of 8 warps per SM) and
 // the pairs interleave over them, so every SM streams the same share (v2: 320 CTAs of 8 consecutive pairs
 // left some SMs 3 CTAs and others 2, a 24% tail). Each lane streams 16-byte chunks of both rows in
-// double-buffered batches of kLoadBatch chunks per row. The launch is a programmatic dependent one and the
-// first batch is issued before pdl_wait(), so it is in flight while the previous kernel (the MoE of the layer
+// double-buffered batches of kLoadBatch chunks per row. The launch is a programmatic dependent one and both
+// batches are issued before pdl_wait(), so they are in flight while the previous kernel (the MoE of the layer
 // before) drains and while this CTA computes the norm.
 //
 // Floor: the weight, (q_heads + 2 kv_heads) · head_dim · hidden · 2 bytes = 29.5 MB for gpt-oss
@@ -77,10 +77,13 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
       }
     }
   };
-  if (first_pair < pairs) {
-    select_pair(first_pair);
-    load_batch(a0, b0, 0);  // weights depend on no earlier kernel: stream them while the previous one drains
-  }
+  constexpr int kStep = 32 * kLoadBatch;
+  auto start_pair = [&](int pair) {  // both register batches in flight
+    select_pair(pair);
+    load_batch(a0, b0, 0);
+    load_batch(a1, b1, kStep);
+  };
+  if (first_pair < pairs) start_pair(first_pair);  // weights need no earlier kernel: stream while it drains
   pdl_launch_dependents();
   pdl_wait();
 
@@ -107,10 +110,7 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
   const int pos = *p.pos;
 
   for (int pair = first_pair; pair < pairs; pair += pair_stride) {
-    if (pair != first_pair) {
-      select_pair(pair);
-      load_batch(a0, b0, 0);
-    }
+    if (pair != first_pair) start_pair(pair);
     float acc0 = 0.0f, acc1 = 0.0f;
     auto multiply = [&](const uint4 (&a)[kLoadBatch], const uint4 (&b)[kLoadBatch], int base) {
 #pragma unroll
@@ -122,12 +122,11 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
         }
       }
     };
-    constexpr int kStep = 32 * kLoadBatch;
     for (int base = 0; base < chunks; base += 2 * kStep) {
-      load_batch(a1, b1, base + kStep);
       multiply(a0, b0, base);
       load_batch(a0, b0, base + 2 * kStep);
       multiply(a1, b1, base + kStep);
+      load_batch(a1, b1, base + 3 * kStep);
     }
     acc0 = warp_sum(acc0);
     acc1 = warp_sum(acc1);
