@@ -17,7 +17,9 @@ struct AttentionDecodeParams {
   const float* q = nullptr;      // [q_heads * 64] fp32, RoPE applied; heads of KV head g are [g*G, (g+1)*G)
   KvLayerCache cache;            // K, V bf16 [kv_heads][capacity][64]; slots [0, min(pos + 1, capacity)) valid
   const float* sinks = nullptr;  // [q_heads] fp32, unscaled logits
-  const int* pos = nullptr;      // device scalar: position of the query token (its k/v already in the cache)
+  // Device scalar: position of the query token, whose k/v norm_qkv_rope appends just before. Read before
+  // pdl_wait(), so it must be written before the previous kernel starts (the backend copies it before the graph).
+  const int* pos = nullptr;
   bf16* out = nullptr;           // [q_heads * 64]
   float* workspace = nullptr;    // attention_decode_workspace_bytes(); reused by every layer of a stream
   int* counters = nullptr;       // [kv_heads] int, zero before the first launch; the kernel leaves them zero
