@@ -22,7 +22,8 @@
 //   unembedding.weight                   [vocab, hidden]                    bf16
 //
 // MXFP4: byte b of a block holds value 2k in its low nibble and 2k+1 in its high nibble; a nibble is an
-// E2M1 code (table kFp4Values) and the block's 32 values share the scale 2^(scale - 127).
+// E2M1 code (0..15 → ±{0, .5, 1, 1.5, 2, 3, 4, 6}, sign in bit 3) and the block's 32 values share the scale
+// 2^(scale - 127).
 #pragma once
 
 #include <cstdint>

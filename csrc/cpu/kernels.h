@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/model.h"
+#include "core/rope.h"
 #include "cpu/kv_cache.h"
 #include "cpu/thread_pool.h"
 
@@ -34,17 +35,7 @@ struct Mxfp4Matrix {
 // y[t, r] = Σ_c W[r, c] · x[t, c] + bias[r], W dequantised on the fly; x fp32 [n, cols], y fp32 [n, rows].
 void linear_mxfp4(ThreadPool& pool, const float* x, int n, const Mxfp4Matrix& W, float* y);
 
-// ---- rope.cpp ----------------------------------------------------------------------------------------------
-// YaRN-scaled rotary embedding (gpt_oss/torch/model.py RotaryEmbedding): head_dim/2 inverse frequencies and the
-// attention "concentration" that scales both cos and sin. The one definition of RoPE for every backend (the
-// CUDA backend's tables can be filled from rope_cos_sin); double so long positions keep their phase.
-struct YarnRope {
-  std::vector<double> inv_freq;  // [head_dim / 2]
-  double concentration = 1.0;
-};
-YarnRope yarn_rope(const ModelConfig& config);
-// cos[i] = cos(position · inv_freq[i]) · concentration, sin likewise; both [head_dim / 2].
-void rope_cos_sin(const YarnRope& rope, int64_t position, float* cos, float* sin);
+// ---- rope.cpp (the YaRN frequencies live in core/rope.h) -------------------------------------------------
 // Rotates every head of x [heads, head_dim] in place, pairing the two halves of a head (not adjacent values):
 // x1 = x[:D/2], x2 = x[D/2:] → (x1·cos − x2·sin, x2·cos + x1·sin).
 void apply_rope(float* x, int heads, int head_dim, const float* cos, const float* sin);

@@ -18,6 +18,8 @@
 // Warning: hidden % 8 == 0 (16-byte rows), head_dim even, W/x/norm_scale 16-byte aligned (cudaMalloc is).
 #include "cuda/norm_rope.h"
 
+#include "core/rope.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -160,33 +162,15 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
 }  // namespace
 
 std::vector<float> yarn_rope_table(const ModelConfig& c, int positions) {
+  const YarnRope rope = yarn_rope(c);
   const int half = c.head_dim / 2;
-  const double base = c.rope_theta, factor = c.rope_scaling_factor;
-  std::vector<double> inv_freq(half);
-  double concentration = 1.0;
-  if (factor > 1.0) {
-    concentration = 0.1 * std::log(factor) + 1.0;
-    const double two_pi = 2.0 * M_PI;
-    const double low = half * std::log(c.initial_context_length / (c.rope_ntk_beta * two_pi)) / std::log(base);
-    const double high = half * std::log(c.initial_context_length / (c.rope_ntk_alpha * two_pi)) / std::log(base);
-    if (!(0.0 < low && low < high && high < half - 1))
-      throw std::invalid_argument("YaRN parameters give an empty or inverted ramp (need 0 < low < high < head_dim/2 - 1)");
-    for (int j = 0; j < half; ++j) {
-      const double freq = std::pow(base, 2.0 * j / c.head_dim);
-      const double ramp = std::min(std::max((j - low) / (high - low), 0.0), 1.0);
-      const double extrapolation_weight = 1.0 - ramp;
-      inv_freq[j] = (1.0 / (factor * freq)) * ramp + (1.0 / freq) * extrapolation_weight;
-    }
-  } else {
-    for (int j = 0; j < half; ++j) inv_freq[j] = 1.0 / std::pow(base, 2.0 * j / c.head_dim);
-  }
-  std::vector<float> table(static_cast<size_t>(positions) * half * 2);
+  std::vector<float> cos(half), sin(half), table(static_cast<size_t>(positions) * half * 2);
   for (int t = 0; t < positions; ++t) {
+    rope_cos_sin(rope, t, cos.data(), sin.data());
+    float* row = table.data() + static_cast<size_t>(t) * half * 2;
     for (int j = 0; j < half; ++j) {
-      const double angle = t * inv_freq[j];
-      const size_t at = (static_cast<size_t>(t) * half + j) * 2;
-      table[at] = static_cast<float>(std::cos(angle) * concentration);
-      table[at + 1] = static_cast<float>(std::sin(angle) * concentration);
+      row[2 * j] = cos[j];
+      row[2 * j + 1] = sin[j];
     }
   }
   return table;
