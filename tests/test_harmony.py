@@ -333,6 +333,25 @@ def test_a_truncated_completion_keeps_its_text(enc):
     assert stream.messages[-1].content[0].text == "The sky is blue because"
 
 
+@pytest.mark.parametrize(
+    ("completion", "text"),
+    [
+        ("<|channel|>fi", ""),
+        (" to=functions.get_weather<|channel|>comm", ""),
+        ("<|channel|>final<|message|>Hi<|end|><|start|>assistant", "Hi"),
+        ("<|channel|>final<|message|>Hi<|end|><|start|>assistant<|channel|>commentary to=functions.f <|constrain|>js",
+         "Hi"),
+    ],
+)
+def test_a_completion_cut_inside_a_header_just_ends(enc, completion, text):
+    """The token limit can fall inside a message header: the message had not begun, nothing is shown."""
+    stream, deltas = _stream(enc.encode(completion, allowed_special="all"))
+    assert stream.malformed is None
+    assert all(d.channel == "final" for d in deltas)
+    assert "".join(d.text for d in deltas) == text
+    assert [m.content[0].text for m in stream.messages] == ([text] if text else [])
+
+
 def test_random_tokens_stream_as_raw_text(enc):
     rng = random.Random(0)
     tokens = [rng.randrange(200_000) for _ in range(100)]
@@ -342,11 +361,12 @@ def test_random_tokens_stream_as_raw_text(enc):
     assert "".join(d.text for d in deltas) == enc.decode(tokens)
 
 
-def test_short_garbage_is_shown_at_the_end(enc):
-    tokens = enc.encode(" random words, no header", allowed_special="all")
+@pytest.mark.parametrize("garbage", [" random words, no header", " random words that look like a header"])
+def test_short_garbage_is_shown_at_the_end(enc, garbage):
+    tokens = enc.encode(garbage, allowed_special="all")
     stream, deltas = _stream(tokens)
     assert "incomplete" in stream.malformed
-    assert "".join(d.text for d in deltas) == " random words, no header"
+    assert "".join(d.text for d in deltas) == garbage
 
 
 def test_text_after_a_message_end_is_passed_through(enc):

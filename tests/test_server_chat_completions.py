@@ -179,6 +179,19 @@ def test_max_tokens_finishes_with_length_and_effort_is_rendered():
     assert "Reasoning: low" in engine.prompts[0]
 
 
+def test_max_tokens_inside_a_message_header_shows_no_header_text():
+    cut = THINK_THEN_ANSWER.index("final<|message|>")  # the limit falls inside the answer's header
+    limit = len(harmony.get_encoding().encode(THINK_THEN_ANSWER[:cut], allowed_special="all"))
+    with scripted_server(THINK_THEN_ANSWER, THINK_THEN_ANSWER) as (_, server, client):
+        messages = [{"role": "user", "content": "hi"}]
+        completion = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=limit)
+        chunks = raw_chunks(server, {"model": MODEL, "messages": messages, "max_tokens": limit})
+    message = completion.choices[0].message
+    assert (message.content, message.reasoning_content) == (None, "The user greets me.")
+    assert completion.choices[0].finish_reason == "length"
+    assert not any("content" in c["choices"][0]["delta"] for c in chunks[1:])
+
+
 @pytest.mark.parametrize(
     ("stop", "content"),
     [

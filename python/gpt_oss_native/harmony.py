@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Sequence
@@ -318,6 +319,12 @@ class ChannelDelta:
     message: int = 0
 
 
+# What a message header cut short looks like (``<|start|>assistant to=functions.f<|channel|>commentary json``):
+# a header's first token, then a short run of header characters. Random tokens (a model that does not speak
+# harmony) don't look like this, and are shown as raw text.
+_HEADER_PREFIX = re.compile(r"(?:<\|start\|>|<\|channel\|>| to=)[A-Za-z0-9_.=<|> -]{0,80}")
+
+
 class ChannelStream:
     """Parses an assistant completion token by token (``openai_harmony.StreamableParser`` underneath).
 
@@ -334,7 +341,7 @@ class ChannelStream:
     """
 
     def __init__(self, *, max_header_tokens: int = 48) -> None:
-        encoding = get_encoding()
+        self._encoding = encoding = get_encoding()
         self._parser = StreamableParser(encoding, Role.ASSISTANT, strict=True)
         self._message_token = _special(encoding, "<|message|>")
         self._end_tokens = frozenset(encoding.stop_tokens())  # <|end|>, <|return|>, <|call|>
@@ -380,9 +387,15 @@ class ChannelStream:
         )
 
     def finish(self) -> ChannelDelta | None:
-        """Ends the stream (a stop token or the token limit); flushes any text still held back."""
+        """Ends the stream (a stop token or the token limit); flushes any text still held back.
+
+        A completion cut inside a message header (``<|start|>assistant<|channel|>fi``) just ends there: the
+        message had not begun. Anything else the parser has not placed yet streams as raw text.
+        """
         if self.malformed is not None:
             return self._raw_delta([], final=True)
+        if self._header_tokens and _HEADER_PREFIX.fullmatch(self._encoding.decode(self._header_tokens)):
+            return None
         try:
             self._parser.process_eos()
         except HarmonyError as e:

@@ -9,7 +9,6 @@ built on :class:`gpt_oss_native.harmony.ChannelStream`.
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Literal, Protocol
 
 from openai_harmony import Message, Role
 
-from ..harmony import ChannelStream, get_encoding
+from ..harmony import ChannelStream
 from ..sampling import SamplingParams
 
 
@@ -37,9 +36,6 @@ class TokenEngine(Protocol):
 
 
 _END = object()
-# What a message header cut short looks like (``<|start|>assistant to=functions.f<|channel|>commentary json``):
-# a short run of these characters. Random tokens (a model that does not speak harmony) don't.
-_HEADER_PREFIX = re.compile(r"[A-Za-z0-9_.=<|> -]{0,80}")
 
 
 class TokenStream:
@@ -148,9 +144,6 @@ class CompletionParser:
         self._closed = 0
         self.segments: list[Segment] = []
         self.stop_token: int | None = None
-        self.token_count = 0
-        self._pending: list[int] = []  # tokens since the last message event: a header in the making
-        self._text = get_encoding()
 
     @property
     def malformed(self) -> str | None:
@@ -158,28 +151,16 @@ class CompletionParser:
         return self._channels.malformed
 
     def feed(self, token: int) -> list[SegmentEvent]:
-        self.token_count += 1
         if token in self._stop_tokens:
             self.stop_token = token
             if self._channels.malformed is not None:
                 return []  # raw text: don't print the stop token's text
-        events = self._on_delta(self._channels.feed(token))
-        events += self._close_completed()
-        self._pending = [] if events or self._open is not None else self._pending + [token]
-        return events
+        return self._on_delta(self._channels.feed(token)) + self._close_completed()
 
     def finish(self) -> list[SegmentEvent]:
-        """Ends the completion; closes a message cut short by the token limit with what it holds.
-
-        A completion cut inside a message header (``<|start|>assistant<|channel|>fi``) just ends there;
-        anything else the parser has not placed yet is passed through as text.
-        """
-        if self._open is None and self._channels.malformed is None and _HEADER_PREFIX.fullmatch(
-            self._text.decode(self._pending)
-        ):
-            events: list[SegmentEvent] = []
-        else:
-            events = self._on_delta(self._channels.finish())
+        """Ends the completion; closes a message cut short by the token limit with what it holds (a cut
+        header just ends the completion, see ``ChannelStream.finish``)."""
+        events = self._on_delta(self._channels.finish())
         events += self._close_completed()
         if self._open is not None:
             segment, self._open = self._open, None
