@@ -2,7 +2,8 @@
 
 The scripted engine yields pre-tokenised harmony text through the very code paths the real engine takes, so
 the harmony → API conversion of tool calls, reasoning and text can be tested deterministically (a tiny random
-model never calls a tool by itself); the real tiny model covers the plain generation flows.
+model never calls a tool by itself); the real tiny model covers the plain generation flows. Also here: the
+scripts, the openai client and the reference prompts (openai-harmony's own rendering) both endpoints' tests use.
 """
 
 from __future__ import annotations
@@ -11,11 +12,34 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Self
 
+import openai
 import uvicorn
 from gpt_oss_native import harmony
 from gpt_oss_native.sampling import SamplingParams
+from gpt_oss_native.server.app import create_app
+from openai_harmony import (
+    Author,
+    Conversation,
+    DeveloperContent,
+    Message,
+    ReasoningEffort,
+    Role,
+    SystemContent,
+)
+
+MODEL = "gpt-oss-test"  # the name the scripted servers serve
+THINK_THEN_ANSWER = (
+    "<|channel|>analysis<|message|>The user greets me.<|end|>"
+    "<|start|>assistant<|channel|>final<|message|>Hello there, friend!<|return|>"
+)
+CALL_WEATHER = (
+    "<|channel|>analysis<|message|>Need the weather.<|end|>"
+    '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
+    "<|call|>"
+)
 
 
 def harmony_tokens(text: str) -> list[int]:
@@ -132,3 +156,45 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
+
+
+def openai_client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+
+
+@contextmanager
+def scripted_server(*scripts: str, tool_factories=None, **engine_options):
+    """A server of a ScriptedEngine playing ``scripts`` as MODEL: yields (engine, server, openai client)."""
+    engine = ScriptedEngine(list(scripts), **engine_options)
+    with ServerThread(create_app(engine, model_name=MODEL, tool_factories=tool_factories)) as server:
+        yield engine, server, openai_client(server.base_url)
+
+
+def reference_prompt(
+    messages: list[Message],
+    *,
+    effort: ReasoningEffort = ReasoningEffort.MEDIUM,
+    developer: DeveloperContent | None = None,
+    builtin=(),
+) -> str:
+    """The prompt openai-harmony itself renders for a conversation (the independent reference)."""
+    system = SystemContent.new().with_reasoning_effort(effort).with_conversation_start_date(
+        time.strftime("%Y-%m-%d"))
+    for namespace in builtin:
+        system = system.with_tools(namespace)
+    header = [Message.from_role_and_content(Role.SYSTEM, system)]
+    if developer is not None:
+        header.append(Message.from_role_and_content(Role.DEVELOPER, developer))
+    tokens = harmony.get_encoding().render_conversation_for_completion(
+        Conversation.from_messages(header + messages), Role.ASSISTANT)
+    return decode(tokens)
+
+
+def weather_call(arguments: str, output: str) -> list[Message]:
+    """The assistant's call to ``functions.get_weather`` and the tool's reply, built with openai-harmony alone."""
+    return [
+        Message.from_role_and_content(Role.ASSISTANT, arguments).with_channel("commentary")
+        .with_recipient("functions.get_weather").with_content_type("<|constrain|>json"),
+        Message.from_author_and_content(Author.new(Role.TOOL, "functions.get_weather"), output)
+        .with_channel("commentary").with_recipient("assistant"),
+    ]

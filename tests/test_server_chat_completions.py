@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
-from contextlib import contextmanager
 
 import httpx
 import openai
@@ -20,18 +18,25 @@ from gpt_oss_native.engine import Engine
 from gpt_oss_native.server.app import create_app
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai_harmony import (
-    Author,
-    Conversation,
     DeveloperContent,
     Message,
-    ReasoningEffort,
     Role,
-    SystemContent,
     ToolDescription,
 )
-from server_harness import ScriptedEngine, ServerThread, decode, free_port, wait_until
+from server_harness import (
+    CALL_WEATHER,
+    MODEL,
+    THINK_THEN_ANSWER,
+    ScriptedEngine,
+    ServerThread,
+    free_port,
+    openai_client,
+    reference_prompt,
+    scripted_server,
+    wait_until,
+    weather_call,
+)
 
-MODEL = "gpt-oss-test"
 WEATHER = {
     "type": "function",
     "function": {
@@ -40,22 +45,6 @@ WEATHER = {
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     },
 }
-THINK_THEN_ANSWER = (
-    "<|channel|>analysis<|message|>The user greets me.<|end|>"
-    "<|start|>assistant<|channel|>final<|message|>Hello there, friend!<|return|>"
-)
-CALL_WEATHER = (
-    "<|channel|>analysis<|message|>Need the weather.<|end|>"
-    '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
-    "<|call|>"
-)
-
-
-@contextmanager
-def scripted_server(*scripts: str, **engine_options):
-    engine = ScriptedEngine(list(scripts), **engine_options)
-    with ServerThread(create_app(engine, model_name=MODEL)) as server:
-        yield engine, server, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
 
 def raw_chunks(server: ServerThread, body: dict) -> list[dict]:
@@ -71,17 +60,6 @@ def raw_chunks(server: ServerThread, body: dict) -> list[dict]:
         ChatCompletionChunk.model_validate(chunk)
         chunks.append(chunk)
     return chunks
-
-
-def reference_prompt(messages: list[Message], *, effort=ReasoningEffort.MEDIUM, developer=None) -> str:
-    system = SystemContent.new().with_reasoning_effort(effort).with_conversation_start_date(
-        time.strftime("%Y-%m-%d"))
-    header = [Message.from_role_and_content(Role.SYSTEM, system)]
-    if developer is not None:
-        header.append(Message.from_role_and_content(Role.DEVELOPER, developer))
-    tokens = harmony.get_encoding().render_conversation_for_completion(
-        Conversation.from_messages(header + messages), Role.ASSISTANT)
-    return decode(tokens)
 
 
 def test_streaming_reasoning_content_and_usage():
@@ -148,10 +126,7 @@ def test_tool_calls_streaming_non_streaming_and_follow_up():
         [
             Message.from_role_and_content(Role.USER, "Weather in Paris?"),
             Message.from_role_and_content(Role.ASSISTANT, "Need the weather.").with_channel("analysis"),
-            Message.from_role_and_content(Role.ASSISTANT, '{"city": "Paris"}').with_channel("commentary")
-            .with_recipient("functions.get_weather").with_content_type("<|constrain|>json"),
-            Message.from_author_and_content(Author.new(Role.TOOL, "functions.get_weather"), "sunny")
-            .with_channel("commentary").with_recipient("assistant"),
+            *weather_call('{"city": "Paris"}', "sunny"),
         ],
         developer=developer,
     )
@@ -258,7 +233,7 @@ def test_models_endpoints():
     engine = ScriptedEngine()
     app = create_app(engine, model_name="gpt-oss-20b", model_aliases=["/models/gpt-oss-20b/original"])
     with ServerThread(app) as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        client = openai_client(server.base_url)
         assert [m.id for m in client.models.list()] == ["gpt-oss-20b"]
         assert client.models.retrieve("gpt-oss-20b").owned_by == "gpt-oss-native"
         with pytest.raises(openai.NotFoundError):
@@ -275,7 +250,7 @@ def tiny(tiny_checkpoint):
     with Engine(tiny_checkpoint, max_context=512, max_sequences=2, progress=False) as engine:
         app = create_app(engine, model_name="gpt-oss-tiny")
         with ServerThread(app) as server:
-            yield engine, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+            yield engine, openai_client(server.base_url)
 
 
 def _ask(client, prompt: str, seed: int, stream: bool = False) -> tuple[str, int]:
@@ -329,7 +304,7 @@ def test_serve_command(tiny_checkpoint):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "NO_COLOR": "1"},
     )
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        client = openai_client(f"http://127.0.0.1:{port}/v1")
 
         def up() -> bool:
             try:

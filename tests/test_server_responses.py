@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-from contextlib import contextmanager
 
 import httpx
 import openai
@@ -24,19 +23,26 @@ from gpt_oss_native.tools.browser import BrowserTool, Document, LocalBackend, Se
 from openai.types.responses import Response, ResponseStreamEvent
 from openai_harmony import (
     Author,
-    Conversation,
     DeveloperContent,
     Message,
     ReasoningEffort,
     Role,
-    SystemContent,
     ToolDescription,
     ToolNamespaceConfig,
 )
 from pydantic import TypeAdapter
-from server_harness import ScriptedEngine, ServerThread, decode, wait_until
+from server_harness import (
+    CALL_WEATHER,
+    MODEL,
+    THINK_THEN_ANSWER,
+    ServerThread,
+    openai_client,
+    reference_prompt,
+    scripted_server,
+    wait_until,
+    weather_call,
+)
 
-MODEL = "gpt-oss-test"
 EVENT = TypeAdapter(ResponseStreamEvent)
 WEATHER_TOOL = {
     "type": "function",
@@ -44,23 +50,6 @@ WEATHER_TOOL = {
     "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-THINK_THEN_ANSWER = (
-    "<|channel|>analysis<|message|>The user greets me.<|end|>"
-    "<|start|>assistant<|channel|>final<|message|>Hello there, friend!<|return|>"
-)
-CALL_WEATHER = (
-    "<|channel|>analysis<|message|>Need the weather.<|end|>"
-    '<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}'
-    "<|call|>"
-)
-
-
-@contextmanager
-def scripted_server(*scripts: str, tool_factories=None, **engine_options):
-    engine = ScriptedEngine(list(scripts), **engine_options)
-    app = create_app(engine, model_name=MODEL, tool_factories=tool_factories)
-    with ServerThread(app) as server:
-        yield engine, server, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
 
 def raw_events(server: ServerThread, body: dict) -> list[dict]:
@@ -81,25 +70,6 @@ def raw_events(server: ServerThread, body: dict) -> list[dict]:
                 events.append(event)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     return events
-
-
-def reference_prompt(messages: list[Message], *, effort=ReasoningEffort.MEDIUM, developer=None, builtin=()) -> str:
-    """The prompt openai-harmony itself renders for a conversation (the independent reference)."""
-    system = SystemContent.new().with_reasoning_effort(effort).with_conversation_start_date(_today())
-    for namespace in builtin:
-        system = system.with_tools(namespace)
-    header = [Message.from_role_and_content(Role.SYSTEM, system)]
-    if developer is not None:
-        header.append(Message.from_role_and_content(Role.DEVELOPER, developer))
-    encoding = harmony.get_encoding()
-    tokens = encoding.render_conversation_for_completion(Conversation.from_messages(header + messages), Role.ASSISTANT)
-    return decode(tokens)
-
-
-def _today() -> str:
-    import time
-
-    return time.strftime("%Y-%m-%d")
 
 
 def _types(events: list[dict]) -> list[str]:
@@ -199,10 +169,7 @@ def test_function_call_streaming_and_multi_turn_tool_use():
         [
             Message.from_role_and_content(Role.USER, "Weather in Paris?"),
             Message.from_role_and_content(Role.ASSISTANT, "Need the weather.").with_channel("analysis"),
-            Message.from_role_and_content(Role.ASSISTANT, '{"city": "Paris"}').with_channel("commentary")
-            .with_recipient("functions.get_weather").with_content_type("<|constrain|>json"),
-            Message.from_author_and_content(Author.new(Role.TOOL, "functions.get_weather"), "sunny, 24 C")
-            .with_channel("commentary").with_recipient("assistant"),
+            *weather_call('{"city": "Paris"}', "sunny, 24 C"),
         ],
         developer=developer,
     )
@@ -233,10 +200,7 @@ def test_preamble_before_a_call_round_trips_as_commentary(keep_phase):
             Message.from_role_and_content(Role.USER, "Rome?"),
             Message.from_role_and_content(Role.ASSISTANT, "Think.").with_channel("analysis"),
             Message.from_role_and_content(Role.ASSISTANT, "Let me check.").with_channel("commentary"),
-            Message.from_role_and_content(Role.ASSISTANT, '{"city": "Rome"}').with_channel("commentary")
-            .with_recipient("functions.get_weather").with_content_type("<|constrain|>json"),
-            Message.from_author_and_content(Author.new(Role.TOOL, "functions.get_weather"), "28 C")
-            .with_channel("commentary").with_recipient("assistant"),
+            *weather_call('{"city": "Rome"}', "28 C"),
         ],
         developer=DeveloperContent.new().with_function_tools(
             [ToolDescription.new("get_weather", WEATHER_TOOL["description"], WEATHER_TOOL["parameters"])]),
@@ -302,10 +266,7 @@ def test_previous_response_id_continues_the_conversation():
         Message.from_role_and_content(Role.ASSISTANT, "Hello there, friend!").with_channel("final"),
         Message.from_role_and_content(Role.USER, "Weather?"),
         Message.from_role_and_content(Role.ASSISTANT, "Need the weather.").with_channel("analysis"),
-        Message.from_role_and_content(Role.ASSISTANT, '{"city": "Paris"}').with_channel("commentary")
-        .with_recipient("functions.get_weather").with_content_type("<|constrain|>json"),
-        Message.from_author_and_content(Author.new(Role.TOOL, "functions.get_weather"), "sunny")
-        .with_channel("commentary").with_recipient("assistant"),
+        *weather_call('{"city": "Paris"}', "sunny"),
     ])
     assert engine.prompts[2] == expected
 
@@ -580,7 +541,7 @@ def tiny_engine(tiny_checkpoint):
 def tiny_server(tiny_engine):
     app = create_app(tiny_engine, model_name="gpt-oss-tiny", model_aliases=["tiny"])
     with ServerThread(app) as server:
-        yield server, openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+        yield server, openai_client(server.base_url)
 
 
 def test_real_model_streaming_equals_non_streaming(tiny_server):
