@@ -3,6 +3,7 @@ tokenizer)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,9 +18,11 @@ from gpt_oss_native import harmony
 from openai_harmony import (
     Author,
     DeveloperContent,
+    HarmonyError,
     Message,
     RenderConversationConfig,
     Role,
+    StreamableParser,
     SystemContent,
     ToolDescription,
 )
@@ -350,6 +353,30 @@ def test_a_completion_cut_inside_a_header_just_ends(enc, completion, text):
     assert all(d.channel == "final" for d in deltas)
     assert "".join(d.text for d in deltas) == text
     assert [m.content[0].text for m in stream.messages] == ([text] if text else [])
+
+
+def test_messages_follow_the_parser_token_by_token(enc):
+    """``messages`` is read from harmony only when a message completes: it must never lag behind."""
+    pieces = ["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>",
+              " assistant", "final", "analysis", " to=functions.f", " json", " hi"]
+    vocabulary = [t for p in pieces for t in enc.encode(p, allowed_special="all")]
+    rng = random.Random(1)
+    for _ in range(300):
+        tokens = enc.encode(rng.choice(["<|channel|>final<|message|>", "<|channel|>analysis<|message|>a<|end|>", ""]),
+                            allowed_special="all")
+        tokens += [rng.choice(vocabulary) for _ in range(rng.randrange(1, 30))]
+        stream = harmony.ChannelStream()
+        reference = StreamableParser(enc, Role.ASSISTANT, strict=True)
+        for token in tokens:
+            stream.feed(token)
+            if stream.malformed is None:
+                reference.process(token)
+            assert stream.messages == reference.messages
+        stream.finish()
+        if stream.malformed is None:
+            with contextlib.suppress(HarmonyError):  # a cut header: ChannelStream just ends there
+                reference.process_eos()
+        assert stream.messages == reference.messages
 
 
 def test_random_tokens_stream_as_raw_text(enc):

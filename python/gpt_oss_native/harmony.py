@@ -351,11 +351,17 @@ class ChannelStream:
         self._message = 0
         self._raw = TextStream()
         self.malformed: str | None = None
+        # harmony re-serialises every message on each read of its `messages`: read it once per completed one
+        self._messages: list[Message] = []
+        self._messages_changed = False
 
     @property
     def messages(self) -> list[Message]:
         """The completed messages so far (all of them after :meth:`finish`)."""
-        return self._parser.messages
+        if self._messages_changed:
+            self._messages = self._parser.messages
+            self._messages_changed = False
+        return list(self._messages)
 
     def feed(self, token: int) -> ChannelDelta | None:
         """Consumes one token; returns the text it adds to the current message, if any."""
@@ -367,6 +373,7 @@ class ChannelStream:
             return self._give_up(f"rejected by the harmony parser: {e}", [token])
         if token in self._end_tokens:
             self._message += 1
+            self._messages_changed = True
             self._in_content = False
             self._header_tokens = []
             return None
@@ -400,11 +407,13 @@ class ChannelStream:
             self._parser.process_eos()
         except HarmonyError as e:
             return self._give_up(f"incomplete at the end: {e}", final=True)
+        self._messages_changed = True
         return None
 
     def _give_up(self, reason: str, rejected: Sequence[int] = (), final: bool = False) -> ChannelDelta | None:
         """Switches to raw text, starting with what the parser has not shown yet."""
         self.malformed = reason
+        self._messages_changed = True
         pending = ([] if self._in_content else self._header_tokens) + list(rejected)
         self._header_tokens = []
         return self._raw_delta(pending, final)
