@@ -7,19 +7,25 @@ option groups below are shared, so every command spells the same setting the sam
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from ..engine import Engine
     from ..sampling import SamplingParams
 
 __all__ = [
+    "add_browser_options",
     "add_engine_options",
+    "add_model_argument",
     "add_sampling_options",
+    "browser_backend",
     "engine_from_args",
     "positive_int",
     "sampling_from_args",
+    "wants_color",
 ]
 
 
@@ -63,6 +69,15 @@ def _number(text: str, kind: type, what: str):
         return kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    """The MODEL positional argument of the commands that load a checkpoint."""
+    parser.add_argument(
+        "model",
+        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id such as "
+        "openai/gpt-oss-20b",
+    )
 
 
 def add_engine_options(parser: argparse.ArgumentParser, *, max_context: int = 8192) -> None:
@@ -161,3 +176,30 @@ def engine_from_args(model: str, args: argparse.Namespace, *, max_sequences: int
     if not interactive:
         print(engine.summary, file=sys.stderr)
     return engine
+
+
+def add_browser_options(group) -> None:
+    """--browser-backend, --browser-index: where the browser tool's pages come from (serve and chat)."""
+    group.add_argument("--browser-backend", choices=("exa", "youcom", "local"), default="exa",
+                       help="the browser's search service: exa (EXA_API_KEY), youcom (YDC_API_KEY) or local "
+                       "(no internet: --browser-index for search, plain HTTP for pages) (default: %(default)s)")
+    group.add_argument("--browser-index", metavar="PATH", default=None,
+                       help="for --browser-backend local: a JSON file or directory of HTML / text documents to search")
+
+
+def browser_backend(args: argparse.Namespace):
+    """The browser tool's backend that the --browser-* options select."""
+    from ..tools.browser import ExaBackend, LocalBackend, SearchIndex, YouComBackend
+
+    if args.browser_backend == "local":
+        index = None
+        if args.browser_index:
+            path = Path(args.browser_index)
+            index = SearchIndex.from_directory(path) if path.is_dir() else SearchIndex.from_json(path)
+        return LocalBackend(index)
+    return ExaBackend() if args.browser_backend == "exa" else YouComBackend()
+
+
+def wants_color(stream: TextIO) -> bool:
+    # https://no-color.org: any non-empty NO_COLOR turns colour off.
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"

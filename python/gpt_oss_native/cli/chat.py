@@ -17,8 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from . import add_engine_options, add_sampling_options, engine_from_args, sampling_from_args
-from .serve import add_browser_options, browser_backend
+from . import (
+    add_browser_options,
+    add_engine_options,
+    add_model_argument,
+    add_sampling_options,
+    browser_backend,
+    engine_from_args,
+    sampling_from_args,
+    wants_color,
+)
 
 if TYPE_CHECKING:
     from openai_harmony import Message
@@ -34,11 +42,7 @@ _DIM, _CYAN, _GREEN, _MAGENTA, _YELLOW, _RESET = "\x1b[2m", "\x1b[36m", "\x1b[32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id such as "
-        "openai/gpt-oss-20b",
-    )
+    add_model_argument(parser)
     group = parser.add_argument_group("conversation")
     group.add_argument("-r", "--reasoning-effort", choices=("low", "medium", "high"), default="low",
                        help="how long the model thinks before answering (default: %(default)s)")
@@ -145,7 +149,7 @@ class ChatSession:
         self.show_reasoning = show_reasoning
         self.show_browser_results = show_browser_results
         self.out = out
-        self.color = _wants_color(out) if color is None else color
+        self.color = wants_color(out) if color is None else color
         self.history: list[Message] = []
         developer = [developer_message] if developer_message else []
         functions = []
@@ -225,7 +229,7 @@ class ChatSession:
         except KeyboardInterrupt:
             tokens.close()  # frees the engine's sequence
             self._write(self._style(_RESET, "") + "\n" + self._style(_YELLOW, "[interrupted]") + "\n")
-            self.history += [s.message for s in parser.segments if s.message is not None]
+            self.history += parser.messages
             return False
         for kind, segment, delta in events:
             self._show(kind, segment, delta)
@@ -280,8 +284,3 @@ def _call_token() -> int:
 
     (token,) = harmony.get_encoding().encode("<|call|>", allowed_special={"<|call|>"})
     return token
-
-
-def _wants_color(stream: TextIO) -> bool:
-    # https://no-color.org: any non-empty NO_COLOR turns colour off.
-    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from . import add_engine_options, add_sampling_options, engine_from_args, sampling_from_args
+from . import (
+    add_engine_options,
+    add_model_argument,
+    add_sampling_options,
+    engine_from_args,
+    sampling_from_args,
+    wants_color,
+)
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -23,12 +29,7 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id "
-        "such as "
-        "openai/gpt-oss-20b",
-    )
+    add_model_argument(parser)
     parser.add_argument("-p", "--prompt", required=True, help="the user message")
     add_prompt_options(parser)
     add_engine_options(parser)
@@ -84,7 +85,7 @@ def generate_and_print(
         )
     max_tokens = args.max_tokens or engine.max_context
     stops = set(harmony.stop_tokens())
-    show = _RawPrinter(out) if args.raw else _ChannelPrinter(out, color=_wants_color(out))
+    show = _RawPrinter(out) if args.raw else _ChannelPrinter(out, color=wants_color(out))
 
     start = time.perf_counter()
     first = last = start
@@ -114,11 +115,6 @@ def generate_and_print(
 def _rate(tokens: int, seconds: float) -> str:
     per_second = tokens / seconds if seconds > 0 else float("inf")
     return f"{tokens} tokens in {seconds:.2f} s ({per_second:.1f} tok/s)"
-
-
-def _wants_color(stream: TextIO) -> bool:
-    # https://no-color.org: any non-empty NO_COLOR turns colour off.
-    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 _DIM, _CYAN, _YELLOW, _RESET = "\x1b[2m", "\x1b[36m", "\x1b[33m", "\x1b[0m"

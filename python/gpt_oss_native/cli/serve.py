@@ -10,17 +10,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path, PurePath
+from pathlib import PurePath
 
-from . import add_engine_options, engine_from_args, positive_int
+from . import (
+    add_browser_options,
+    add_engine_options,
+    add_model_argument,
+    browser_backend,
+    engine_from_args,
+    positive_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id such as "
-        "openai/gpt-oss-20b",
-    )
+    add_model_argument(parser)
     group = parser.add_argument_group("server")
     group.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     group.add_argument("--port", type=positive_int, default=8000, help="port to listen on (default: %(default)s)")
@@ -84,24 +87,3 @@ def _tool_factories(args: argparse.Namespace) -> dict:
         backend = browser_backend(args)
         factories["browser"] = lambda: BrowserTool(backend)
     return factories
-
-
-def add_browser_options(group) -> None:
-    """--browser-backend, --browser-index: where the browser tool's pages come from (serve and chat)."""
-    group.add_argument("--browser-backend", choices=("exa", "youcom", "local"), default="exa",
-                       help="the browser's search service: exa (EXA_API_KEY), youcom (YDC_API_KEY) or local "
-                       "(no internet: --browser-index for search, plain HTTP for pages) (default: %(default)s)")
-    group.add_argument("--browser-index", metavar="PATH", default=None,
-                       help="for --browser-backend local: a JSON file or directory of HTML / text documents to search")
-
-
-def browser_backend(args: argparse.Namespace):
-    from ..tools.browser import ExaBackend, LocalBackend, SearchIndex, YouComBackend
-
-    if args.browser_backend == "local":
-        index = None
-        if args.browser_index:
-            path = Path(args.browser_index)
-            index = SearchIndex.from_directory(path) if path.is_dir() else SearchIndex.from_json(path)
-        return LocalBackend(index)
-    return ExaBackend() if args.browser_backend == "exa" else YouComBackend()
