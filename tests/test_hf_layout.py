@@ -234,6 +234,22 @@ def test_official_config_unknown_and_missing_keys() -> None:
     partial = {k: v for k, v in HUB_20B_ORIGINAL_CONFIG.items() if k not in ("vocab_size", "num_experts")}
     with pytest.raises(ConfigError, match=r"missing key\(s\) \['num_experts', 'vocab_size'\]"):
         ModelConfig.from_json(partial)
+    # Size keys the reference would default to gpt-oss-20b's are required too.
+    for key in ("experts_per_token", "head_dim"):
+        with pytest.raises(ConfigError, match=rf"missing key\(s\) \['{key}'\]"):
+            ModelConfig.from_json({k: v for k, v in HUB_20B_ORIGINAL_CONFIG.items() if k != key})
+
+
+def test_official_config_defaults_are_the_reference_ones() -> None:
+    import dataclasses
+
+    from gpt_oss.torch.model import ModelConfig as ReferenceConfig
+
+    reference_defaults = {f.name: f.default for f in dataclasses.fields(ReferenceConfig)}
+    optional = ("swiglu_limit", "sliding_window", "initial_context_length", "rope_theta", "rope_scaling_factor",
+                "rope_ntk_alpha", "rope_ntk_beta")
+    trimmed = ModelConfig.from_json({k: v for k, v in HUB_20B_ORIGINAL_CONFIG.items() if k not in optional})
+    assert {k: getattr(trimmed, k) for k in optional} == {k: reference_defaults[k] for k in optional}
 
 
 def test_from_dir(tmp_path: Path) -> None:

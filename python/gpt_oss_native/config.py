@@ -260,19 +260,10 @@ _OFFICIAL_FIELDS = (
     "rope_ntk_beta",
 )
 _OPTIONAL_OFFICIAL_FIELDS = ("swiglu_alpha", "norm_eps")
-# The official reference gives these defaults (gpt_oss.torch.model.ModelConfig); every other key is required.
-_OFFICIAL_OPTIONAL_KEYS = {
-    "experts_per_token",
-    "swiglu_limit",
-    "head_dim",
-    "sliding_window",
-    "initial_context_length",
-    "rope_theta",
-    "rope_scaling_factor",
-    "rope_ntk_alpha",
-    "rope_ntk_beta",
-    *_OPTIONAL_OFFICIAL_FIELDS,
-}
+# An official config may omit the keys ModelConfig has a default for (the same as gpt_oss.torch's). The
+# reference defaults its size keys too (to gpt-oss-20b's); here they are required, so that a config missing
+# one is an error rather than silently another model.
+_OFFICIAL_OPTIONAL_KEYS = set(_DEFAULTS)
 
 
 def is_hf_config(data: dict[str, Any]) -> bool:
