@@ -220,17 +220,15 @@ class Engine:
             raise ValueError("prompt_tokens is empty: a generation needs at least one prompt token")
         if prompt.size > self.max_context:
             raise ValueError(
-                f"the prompt has {prompt.size} tokens, more than max_context={self.max_context}: shorten it "
-                "or "
-                "load the Engine with a larger max_context"
+                f"the prompt has {prompt.size} tokens, more than max_context={self.max_context}: "
+                "shorten it or load the Engine with a larger max_context"
             )
         vocab = self.config.vocab_size
         bad = (prompt < 0) | (prompt >= vocab)
         if bad.any():
             raise ValueError(
                 f"prompt token {int(prompt[bad][0])} at position {int(np.argmax(bad))} is outside the "
-                "vocabulary "
-                f"[0, {vocab})"
+                f"vocabulary [0, {vocab})"
             )
         return np.ascontiguousarray(prompt, dtype=np.int32)
 
@@ -241,8 +239,7 @@ class Engine:
             if len(self._open) >= self.max_sequences:
                 raise RuntimeError(
                     f"all {self.max_sequences} sequences are in use: finish or close() a running generation, "
-                    "or "
-                    "load the Engine with a larger max_sequences"
+                    "or load the Engine with a larger max_sequences"
                 )
             seq = self._model.new_sequence()
             self._open.add(seq)
@@ -268,8 +265,7 @@ def _require_cuda(native, device: int) -> None:
     if not native.built_with_cuda:
         raise RuntimeError(
             "this build of gpt_oss_native has no CUDA backend (nvcc was not found when it was built): "
-            "reinstall "
-            "on a machine with the CUDA toolkit, or use --backend cpu"
+            "reinstall on a machine with the CUDA toolkit, or use --backend cpu"
         )
     devices = native.cuda_devices()
     if not devices:

@@ -192,9 +192,8 @@ def ensure_vocabulary() -> Path:
         if digest != VOCAB_SHA256:
             raise VocabularyError(
                 f"the o200k vocabulary re-encoded from quicktok-v1 has sha256 {digest}, expected "
-                f"{VOCAB_SHA256}: "
-                "refusing to use it. Reinstall quicktok-v1, or put the official o200k_base.tiktoken in a "
-                f"directory and point {ENCODINGS_BASE_VAR} at it."
+                f"{VOCAB_SHA256}: refusing to use it. Reinstall quicktok-v1, or put the official "
+                f"o200k_base.tiktoken in a directory and point {ENCODINGS_BASE_VAR} at it."
             )
         try:
             _write_atomically(path, data)
@@ -268,8 +267,7 @@ def build_conversation(
             if m.author.role in (Role.SYSTEM, Role.DEVELOPER):
                 raise ValueError(
                     f"messages must not contain {m.author.role.value} messages: build_conversation writes "
-                    "them "
-                    "(pass developer_instructions / function_tools instead)"
+                    "them (pass developer_instructions / function_tools instead)"
                 )
     return Conversation.from_messages(header + history)
 
@@ -319,7 +317,7 @@ class ChannelDelta:
     message: int = 0
 
 
-# What a message header cut short looks like (``<|start|>assistant to=functions.f<|channel|>commentary json``):
+# What a message header cut short looks like (``<|start|>assistant to=functions.f<|channel|>commentary``):
 # a header's first token, then a short run of header characters. Random tokens (a model that does not speak
 # harmony) don't look like this, and are shown as raw text.
 _HEADER_PREFIX = re.compile(r"(?:<\|start\|>|<\|channel\|>| to=)[A-Za-z0-9_.=<|> -]{0,80}")

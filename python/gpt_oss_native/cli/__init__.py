@@ -75,8 +75,8 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     """The MODEL positional argument of the commands that load a checkpoint."""
     parser.add_argument(
         "model",
-        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id such as "
-        "openai/gpt-oss-20b",
+        help="checkpoint directory (official original/ or Hugging Face layout) or a Hugging Face repo id "
+        "such as openai/gpt-oss-20b",
     )
 
 
@@ -180,11 +180,19 @@ def engine_from_args(model: str, args: argparse.Namespace, *, max_sequences: int
 
 def add_browser_options(group) -> None:
     """--browser-backend, --browser-index: where the browser tool's pages come from (serve and chat)."""
-    group.add_argument("--browser-backend", choices=("exa", "youcom", "local"), default="exa",
-                       help="the browser's search service: exa (EXA_API_KEY), youcom (YDC_API_KEY) or local "
-                       "(no internet: --browser-index for search, plain HTTP for pages) (default: %(default)s)")
-    group.add_argument("--browser-index", metavar="PATH", default=None,
-                       help="for --browser-backend local: a JSON file or directory of HTML / text documents to search")
+    group.add_argument(
+        "--browser-backend",
+        choices=("exa", "youcom", "local"),
+        default="exa",
+        help="the browser's search service: exa (EXA_API_KEY), youcom (YDC_API_KEY) or local (no internet: "
+        "--browser-index for search, plain HTTP for pages) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--browser-index",
+        metavar="PATH",
+        default=None,
+        help="for --browser-backend local: a JSON file or directory of HTML / text documents to search",
+    )
 
 
 def browser_backend(args: argparse.Namespace):
