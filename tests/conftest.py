@@ -10,19 +10,6 @@ from gpt_oss_native.random_checkpoint import tiny_config as make_tiny_config
 from gpt_oss_native.random_checkpoint import write_random_checkpoint
 
 
-def cuda_devices() -> list[dict]:
-    """The visible NVIDIA GPUs, or [] where the native module or a GPU is missing."""
-    try:
-        from gpt_oss_native import _C
-    except ImportError:
-        return []
-    return list(_C.cuda_devices())
-
-
-# For GPU test modules: `pytestmark = [pytest.mark.cuda, requires_cuda]`.
-requires_cuda = pytest.mark.skipif(not cuda_devices(), reason="needs an NVIDIA GPU and a CUDA build of _C")
-
-
 @pytest.fixture(scope="session")
 def tiny_config() -> ModelConfig:
     return make_tiny_config()
