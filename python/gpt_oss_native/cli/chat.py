@@ -256,12 +256,12 @@ class ChatSession:
             self._write(self._style(_RESET, "") + "\n")
 
     def _run_tool(self, call: Message) -> list[Message]:
-        from ..tools import dispatch
+        from ..tools import dispatch, message_text
 
         results = dispatch(self.tools, call)
         browser = (call.recipient or "").startswith("browser.")
         for message in results:
-            text = "".join(getattr(c, "text", "") for c in message.content)
+            text = message_text(message)
             self._write(self._style(_MAGENTA, f"[{message.author.name} output]") + "\n")
             if browser and not self.show_browser_results:
                 self._write(f"[{len(text)} characters of results fed to the model]\n")

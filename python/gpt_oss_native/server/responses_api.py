@@ -580,7 +580,9 @@ class ResponsesEndpoint:
             if status == "completed" and pages:
                 item["action"]["url"] = pages[-1].url
         if python:
-            logs = "".join(c.text for m in results for c in m.content if hasattr(c, "text"))
+            from ..tools import message_text  # loaded already: the tool came from there
+
+            logs = "".join(message_text(m) for m in results)
             item["outputs"] = [{"type": "logs", "logs": logs}]
             yield {"kind": "response.code_interpreter_call.completed", **where}
         else:
