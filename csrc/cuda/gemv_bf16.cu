@@ -93,10 +93,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   const int rg = min(tile * kTileRows + g, rows - 1), rg8 = min(tile * kTileRows + g + 8, rows - 1);
   float d[4] = {0.f, 0.f, 0.f, 0.f};
   // The weights need no earlier kernel: the first batch is in flight before the wait; the input (attention)
-  // and the residual are read only after it, and through L2 (ld.cg): under PDL the producer may still have been
-  // running during this kernel's lifetime, which the non-coherent (ld.global.nc) path does not allow.
+  // and the residual are read only after it.
   rows_dot(
-      W, cols, rg, rg8, c_begin, c_end, [in](int col) { return __ldcg(reinterpret_cast<const uint4*>(in + col)); },
+      W, cols, rg, rg8, c_begin, c_end, [in](int col) { return __ldg(reinterpret_cast<const uint4*>(in + col)); },
       [] {
         pdl_wait();
         pdl_launch_dependents();

@@ -12,8 +12,7 @@
 // (mlp1 SASS: ~3 instructions per weight, 4.9 available at 3 TB/s).
 //
 // All three launch with programmatic dependent launch (launch_pdl): a kernel becomes resident while the
-// previous one drains and waits (pdl_wait) only before reading what earlier kernels wrote (always through
-// L2 with ld.cg: a producer that ran during this kernel's lifetime breaks the ld.global.nc contract); mlp2 reads the
+// previous one drains and waits (pdl_wait) only before reading what earlier kernels wrote; mlp2 reads the
 // router's ids and issues its first weight batch before the wait. Tried on the H100 and dropped (same DRAM
 // bytes, slower): a bulk L2 prefetch of each CTA's whole tile (mlp1 21.6 → 25.6 µs), and streaming through
 // a ring of cp.async slots in shared memory, 8 / 12 items in flight a warp (mlp1 20.2 → 24.7 µs, mlp2 equal).
@@ -233,7 +232,7 @@ __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj,
 #pragma unroll
     for (int u = 0; u < kStageLoads; ++u) {
       const int idx = base + u * nthreads;
-      v[u] = idx < total ? __ldcg(x16 + idx) : make_uint4(0, 0, 0, 0);
+      v[u] = idx < total ? __ldg(x16 + idx) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kStageLoads; ++u) {
@@ -270,9 +269,9 @@ __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj,
   for (int base = tid; base < xs_total; base += kStageLoads * nthreads) {
     uint4 v[kStageLoads];
 #pragma unroll
-    for (int u = 0; u < kStageLoads; ++u) {  // L2 hits: pass 1 brought these lines in
+    for (int u = 0; u < kStageLoads; ++u) {  // L1 hits: pass 1 brought these lines in
       const int idx = base + u * nthreads, j = idx / xs_groups, i = idx - j * xs_groups;
-      v[u] = idx < xs_total && i < groups ? __ldcg(x16 + j * groups + i) : make_uint4(0, 0, 0, 0);
+      v[u] = idx < xs_total && i < groups ? __ldg(x16 + j * groups + i) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kStageLoads; ++u) {
@@ -309,7 +308,7 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12)
   // Dependents are released only after it, so mlp2 may read the ids before its own wait.
   pdl_wait();
   pdl_launch_dependents();
-  const int id = __ldcg(ids + j);
+  const int id = __ldg(ids + j);
   const bool bad_id = id < 0 || id >= experts;
   if (threadIdx.x == 0) s_expert[0] = bad_id ? 0 : id, s_factor[0] = 1.f;
   __syncthreads();
@@ -372,7 +371,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 2)
         pdl_wait();  // act (mlp1), weights (router) and the residual are read only after this
         pdl_launch_dependents();
         stage_inputs<kMaxK>(act, k, cols, xs_stride, xs, s_up, s_red);
-        if (threadIdx.x < k) s_factor[threadIdx.x] = __ldcg(weights + threadIdx.x) * s_up[threadIdx.x];
+        if (threadIdx.x < k) s_factor[threadIdx.x] = __ldg(weights + threadIdx.x) * s_up[threadIdx.x];
         __syncthreads();
       },
       acc_g, acc_g8);
@@ -383,7 +382,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 2)
     float sum = 0.f;
     for (int w = 0; w < kMlp2Warps; ++w) sum += s_sum[w][rho];
     for (int j = 0; j < k; ++j)
-      sum = fmaf(__ldcg(weights + j), __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
+      sum = fmaf(__ldg(weights + j), __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
     residual[row] += s_bad ? __int_as_float(0x7fc00000) : sum;
   }
 }
@@ -423,10 +422,7 @@ __global__ void __launch_bounds__(kRouterThreads)
   pdl_launch_dependents();
 
   float ss = 0.f;
-  for (int i = tid; i < hidden; i += kRouterThreads) {
-    const float xi = __ldcg(x + i);
-    ss = fmaf(xi, xi, ss);
-  }
+  for (int i = tid; i < hidden; i += kRouterThreads) ss = fmaf(x[i], x[i], ss);
   ss = warp_sum(ss);
   if (lane == 0) s_red[warp] = ss;
   __syncthreads();
@@ -434,7 +430,7 @@ __global__ void __launch_bounds__(kRouterThreads)
   for (int w = 0; w < nwarps; ++w) total += s_red[w];
   const float inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
   for (int i = tid; i < hidden; i += kRouterThreads) {
-    const bf16 v = __float2bfloat16(__ldcg(x + i) * inv_rms * norm_scale[i]);
+    const bf16 v = __float2bfloat16(x[i] * inv_rms * norm_scale[i]);
     xn[i] = v;
     if (rank == 0) x_normed[i] = v;
   }
