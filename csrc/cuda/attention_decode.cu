@@ -188,9 +188,6 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
     cp_async_commit();
   }
   pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
-  // Let the out-projection launch now: it streams its first weight batch while this attention finishes and
-  // reads our output only after its own pdl_wait().
-  pdl_launch_dependents();
 
   // Q as the A operand (rows = heads), pre-scaled to the log2 domain and split into bf16 hi + lo.
   uint32_t q_hi[kD / 16][2], q_lo[kD / 16][2];
