@@ -158,7 +158,12 @@ class CudaBackend final : public Backend {
     CUDA_CHECK(cudaMemcpyAsync(host_sampled_.get(), sampled_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost,
                                stream_.get()));
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-    return *static_cast<int32_t*>(host_sampled_.get());
+    const int32_t token = *static_cast<int32_t*>(host_sampled_.get());
+    // The device sampler answers -1 for logits it cannot sample (NaN, +inf, or all -inf), as the CPU one throws.
+    if (token < 0)
+      throw std::runtime_error("sampling failed: the logits contain NaN or +inf, or every logit is -inf "
+                               "(corrupt weights or an overflow); nothing was sampled");
+    return token;
   }
 
  private:
