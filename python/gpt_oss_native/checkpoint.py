@@ -185,7 +185,7 @@ def open_checkpoint(path_or_repo: str | os.PathLike[str], *, progress: bool = Tr
     used: set[str] = set()
     nbytes = 0
     with tqdm(
-        total=sum(_nbytes(expected[n]) for n in expected),
+        total=sum(map(_nbytes, expected.values())),
         unit="B",
         unit_scale=True,
         desc="mapping weights",
@@ -363,9 +363,8 @@ def _download(repo: str) -> Path:
         snapshot = Path(
             snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", HF_INDEX_FILE])
         )
-    except (
-        Exception
-    ) as e:  # huggingface_hub raises many types (HTTP, offline, auth, not found); all mean the same
+    # huggingface_hub raises many types (HTTP, offline, auth, not found); all mean the same here.
+    except Exception as e:
         raise CheckpointError(
             f"'{repo}' is not a local directory, and fetching it from the Hugging Face Hub failed: "
             f"{type(e).__name__}: {e}. Pass a local checkpoint directory, check the network (offline, set "

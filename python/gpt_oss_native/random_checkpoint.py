@@ -25,18 +25,15 @@ from .checkpoint import HF_INDEX_FILE, RANDOM_WEIGHTS_METADATA_KEY, expected_wei
 from .config import ModelConfig
 from .safetensors_io import TensorSpec, write_safetensors
 
-__all__ = ["TINY_CONFIG", "tiny_config", "write_random_checkpoint"]
+__all__ = ["tiny_config", "write_random_checkpoint"]
 
 _CHUNK_ELEMENTS = 1 << 22  # 16 MB of float32 scratch per chunk
 _LOOKAHEAD = 2 * (os.cpu_count() or 1)  # chunks drawn ahead of the writer
 # E2M1 codes drawn uniformly: E[v^2] over the 16 values of csrc/core/model.h's kFp4Values.
 _FP4_RMS = math.sqrt(sum(v * v for v in (0, 0.5, 1, 1.5, 2, 3, 4, 6)) / 8)
 _BIAS_STD = 0.1
-_DTYPES = {
-    "bf16": "BF16",
-    "f32": "BF16",
-    "u8": "U8",
-}  # stored as OpenAI stores them; f32 = norm scales, sinks
+# Stored as OpenAI stores them: the f32 tensors (norm scales, sinks) as BF16.
+_DTYPES = {"bf16": "BF16", "f32": "BF16", "u8": "U8"}
 _NORM_STD = 0.1
 README = """RANDOM WEIGHTS: this is not a trained model.
 
@@ -61,9 +58,6 @@ def tiny_config(vocab_size: int = 201088, **overrides: float) -> ModelConfig:
         "sliding_window": 16,
     }
     return ModelConfig(**(fields | overrides))
-
-
-TINY_CONFIG = tiny_config()
 
 
 def write_random_checkpoint(
