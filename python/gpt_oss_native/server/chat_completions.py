@@ -21,12 +21,13 @@ from .. import harmony
 from ..sampling import SamplingParams
 from .conversation import (
     drop_stale_reasoning,
-    forced_call_prefix,
+    forced_call_tokens,
     function_call_message,
     function_name,
     function_output_message,
     function_tool,
     reasoning_effort,
+    sampling_params,
     text_of,
 )
 from .errors import ApiError
@@ -81,7 +82,7 @@ class ChatCompletionsEndpoint:
         tools = [] if body.tool_choice == "none" else (body.tools or [])
         choice = body.tool_choice
         named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
-        prefix = forced_call_prefix(choice, [t.function.name for t in tools], named)
+        forced = forced_call_tokens(choice, [t.function.name for t in tools], named)
 
         developer_texts: list[str] = []
         history: list[Message] = []
@@ -123,7 +124,6 @@ class ChatCompletionsEndpoint:
             conversation_start_date=time.strftime("%Y-%m-%d"),
         )
         prompt = harmony.render_conversation(conversation)
-        forced = harmony.get_encoding().encode(prefix, allowed_special="all") if prefix else []
         max_context = self._engine.max_context
         if len(prompt) + len(forced) >= max_context:
             raise ApiError(
@@ -132,17 +132,12 @@ class ChatCompletionsEndpoint:
                 param="messages",
                 code="context_length_exceeded",
             )
-        sampling = SamplingParams(
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-        )
         return _Prepared(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             model=model,
             prompt=prompt,
             forced=forced,
-            sampling=sampling,
+            sampling=sampling_params(body.temperature, body.top_p, body.seed),
             max_tokens=body.max_completion_tokens or body.max_tokens,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             stop=stop,

@@ -7,7 +7,9 @@ from typing import Any
 
 from openai_harmony import Author, Message, Role, ToolDescription
 
+from .. import harmony
 from ..harmony import Effort
+from ..sampling import SamplingParams
 from .errors import ApiError
 from .schemas import ContentPart
 
@@ -88,15 +90,27 @@ def drop_stale_reasoning(messages: Sequence[Message]) -> list[Message]:
     return [m for i, m in enumerate(messages) if not (i < last_final and m.channel == "analysis")]
 
 
-def forced_call_prefix(tool_choice: Any, functions: Sequence[str], named: str | None) -> str | None:
-    """The start of the assistant's reply that makes it call a function, for ``tool_choice``.
+def sampling_params(
+    temperature: float | None, top_p: float | None, seed: int | None = None
+) -> SamplingParams:
+    """A request's sampling; absent values take the OpenAI APIs' defaults (ranges: checked by the schemas)."""
+    return SamplingParams(
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        seed=seed,
+    )
+
+
+def forced_call_tokens(tool_choice: Any, functions: Sequence[str], named: str | None) -> list[int]:
+    """The start of the assistant's reply (tokens, fed as if generated) that makes it call a function, for
+    ``tool_choice``.
 
     ``"auto"`` / ``"none"`` / None force nothing; ``"required"`` starts a call to one of the functions (the
     model picks which); a named function (``named``, taken from the API's object form) starts a call to it.
     The model skips its reasoning then, as a forced call does with OpenAI's models.
     """
     if tool_choice in (None, "auto", "none"):
-        return None
+        return []
     if tool_choice == "required" or named is not None:
         if not functions:
             raise ApiError("tool_choice requires a function tool, but none is given.", param="tool_choice")
@@ -104,8 +118,10 @@ def forced_call_prefix(tool_choice: Any, functions: Sequence[str], named: str | 
             raise ApiError(f"tool_choice names the function {named!r}, which is not among the tools.",
                            param="tool_choice")
         if named is None:
-            return f"<|channel|>commentary to={FUNCTIONS_PREFIX}"
-        return f"<|channel|>commentary to={FUNCTIONS_PREFIX}{named} {JSON_CONTENT_TYPE}<|message|>"
+            prefix = f"<|channel|>commentary to={FUNCTIONS_PREFIX}"
+        else:
+            prefix = f"<|channel|>commentary to={FUNCTIONS_PREFIX}{named} {JSON_CONTENT_TYPE}<|message|>"
+        return harmony.get_encoding().encode(prefix, allowed_special="all")
     raise ApiError(
         "tool_choice must be 'auto', 'none', 'required' or a function tool.",
         param="tool_choice",

@@ -29,12 +29,13 @@ from .builtin_tools import ToolFactory, recipient_namespace
 from .conversation import (
     FUNCTIONS_PREFIX,
     drop_stale_reasoning,
-    forced_call_prefix,
+    forced_call_tokens,
     function_call_message,
     function_name,
     function_output_message,
     function_tool,
     reasoning_effort,
+    sampling_params,
     text_of,
 )
 from .errors import ApiError
@@ -146,7 +147,7 @@ class ResponsesEndpoint:
         }
         prompt = harmony.render_conversation(harmony.build_conversation(history, **header))
         choice = body.tool_choice
-        prefix = forced_call_prefix(
+        forced = forced_call_tokens(
             choice, [f.name for f in functions], choice.get("name") if isinstance(choice, dict) else None
         )
         max_context = self._engine.max_context
@@ -157,10 +158,6 @@ class ResponsesEndpoint:
                 param="input",
                 code="context_length_exceeded",
             )
-        sampling = SamplingParams(  # ranges already checked by the request schema
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-        )
         return _Prepared(
             id=_new_id("resp"),
             body=body,
@@ -171,8 +168,8 @@ class ResponsesEndpoint:
             builtins=builtins,
             functions={f.name for f in functions},
             prompt=prompt,
-            forced=harmony.get_encoding().encode(prefix, allowed_special="all") if prefix else [],
-            sampling=sampling,
+            forced=forced,
+            sampling=sampling_params(body.temperature, body.top_p),
             effort=effort,
         )
 
