@@ -335,7 +335,8 @@ class ChannelStream:
 
     Output that is not harmony (a random model, a broken sampler) never raises: once a header runs past
     ``max_header_tokens`` or the parser rejects a token, the rest streams as raw text (``channel=None``)
-    and :attr:`malformed` says why.
+    and :attr:`malformed` says why. A completion that ends inside a header (the token limit) is not
+    malformed: see :meth:`finish`.
     """
 
     def __init__(self, *, max_header_tokens: int = 48) -> None:
