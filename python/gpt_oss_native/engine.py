@@ -10,16 +10,28 @@
 
 The API the server and the chat client build on:
 
-- ``Engine(model, backend="cpu", max_context=8192, max_sequences=8, num_threads=0, progress=True, device=0)``
-- ``engine.generate(prompt_tokens, sampling, max_tokens, stop_tokens=None) -> Iterator[int]``: token ids as
-  they are produced, the stop token included; the caller learns why it ended from the last token (in
+- ``Engine(model, backend="cpu", max_context=8192, max_sequences=8, num_threads=0, progress=True, device=0,
+  prefix_cache=True)``
+- ``engine.generate(prompt_tokens, sampling, max_tokens, stop_tokens=None) -> Generation``: an iterator of token
+  ids as they are produced, the stop token included; the caller learns why it ended from the last token (in
   ``stop_tokens``: a stop; else the ``max_tokens`` or context limit). Closing the iterator early (``close()``,
-  ``break`` in a ``with contextlib.closing(...)``, garbage collection) frees its sequence.
+  ``break`` in a ``with contextlib.closing(...)``, garbage collection) releases its sequence. Once started,
+  ``generation.cached_tokens`` says how many prompt tokens came from the prefix cache.
 - ``engine.generate_harmony(messages, sampling, max_tokens, **render_options) -> Iterator[ChannelDelta]``
 - ``engine.config`` (ModelConfig), ``engine.max_context``, ``engine.max_sequences``, ``engine.backend``,
   ``engine.random_weights``, ``engine.summary`` (what was loaded, how long it took),
-  ``engine.open_sequences``,
+  ``engine.open_sequences``, ``engine.cached_sequences``, ``engine.stats`` (prefix cache counters),
   ``engine.close()`` (also a context manager).
+
+Prefix cache: a finished generation's sequence stays in a pool (least recently used first out), tagged with the
+tokens its KV cache holds: the prompt and every generated token but the last (the last was sampled, never fed).
+A new prompt that extends such a token list continues that sequence and prefills only the new suffix, as a
+multi-turn chat or a tool loop does (the next prompt is the last one, the model's reply and the new messages).
+The backends cannot truncate a sequence (sliding-window layers keep only a ring of recent positions), so a
+prompt that diverges inside a cached list starts afresh. The result equals a fresh generation's up to fp32
+summation order (the prefix was fed in other chunks, which the backends guarantee to 1e-5; see
+tests/test_incremental_decode.py); the sampler's draws are counted per generation, so seeds repeat. Pooled
+sequences never block a generation: one that needs a sequence evicts the least recently used.
 
 Thread safety: each generation owns a native sequence (its KV cache); a lock serialises the native calls, so
 generators consumed from several threads interleave step by step and each sees exactly the tokens it would
@@ -28,11 +40,13 @@ see alone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
@@ -47,9 +61,45 @@ if TYPE_CHECKING:
 
     from .harmony import ChannelDelta
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "Generation", "PrefixCacheStats"]
 
 BACKENDS = ("cpu", "cuda")
+
+
+@dataclasses.dataclass
+class PrefixCacheStats:
+    """What the prefix cache saved since the Engine was loaded."""
+
+    generations: int = 0  # generations that acquired a sequence
+    hits: int = 0  # of them, those that continued a cached sequence
+    prompt_tokens: int = 0  # prompt tokens of those generations
+    reused_tokens: int = 0  # prompt tokens found in a cached sequence, not prefilled again
+
+    @property
+    def hit_rate(self) -> float:
+        """The share of prompt tokens that were not prefilled again."""
+        return self.reused_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class Generation(Iterator[int]):
+    """The iterator ``Engine.generate`` returns: token ids, plus ``cached_tokens`` (how many prompt tokens came
+    from the prefix cache; set when the first token is requested). ``close()`` ends it early."""
+
+    def __init__(self, start: Callable[[list[int]], Iterator[int]]) -> None:
+        # The generator writes the count into this cell, not into self: no reference cycle, so dropping the
+        # Generation releases its sequence at once.
+        self._cached = [0]
+        self._tokens = start(self._cached)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._cached[0]
+
+    def __next__(self) -> int:
+        return next(self._tokens)
+
+    def close(self) -> None:
+        self._tokens.close()  # type: ignore[attr-defined]
 
 
 class Engine:
@@ -64,13 +114,15 @@ class Engine:
         num_threads: int = 0,
         progress: bool = True,
         device: int = 0,
+        prefix_cache: bool = True,
     ) -> None:
         """Loads ``model`` (a checkpoint directory in either layout, or a Hugging Face repo id such as
         ``openai/gpt-oss-20b``) and builds the native model.
 
         ``max_context`` is the most tokens one sequence holds (prompt + generated); ``max_sequences`` how many
         generations may be open at once; ``num_threads`` the CPU backend's threads (0: all cores); ``device``
-        the CUDA device. With ``progress``, a progress bar and a summary line go to stderr.
+        the CUDA device. With ``progress``, a progress bar and a summary line go to stderr. ``prefix_cache``
+        keeps finished sequences for prompts that extend them (see the module docstring).
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -107,6 +159,9 @@ class Engine:
         self.random_weights = checkpoint.random_weights
         self._lock = threading.RLock()  # reentrant: a generator closed by GC may free inside a locked region
         self._open: set[int] = set()
+        self.prefix_cache = bool(prefix_cache)
+        self._pool: OrderedDict[int, np.ndarray] = OrderedDict()  # sequence → its cache's tokens; LRU first
+        self._stats = PrefixCacheStats()
         self.summary = f"{checkpoint.summary()}; {self.backend} model ready in {build_seconds:.2f} s"
         if progress:
             print(self.summary, file=sys.stderr)
@@ -119,13 +174,14 @@ class Engine:
         sampling: SamplingParams,
         max_tokens: int,
         stop_tokens: Iterable[int] | None = None,
-    ) -> Iterator[int]:
+    ) -> Generation:
         """Streams up to ``max_tokens`` token ids following ``prompt_tokens``.
 
         The prompt is prefilled in one native call, then each step feeds the last token back and samples the
         next on the backend (draw ``i`` of ``sampling.seed`` for the ``i``-th token, so a seed repeats). Stops
         after a token in ``stop_tokens`` (yielded), after ``max_tokens``, or when the sequence fills
-        ``max_context``. Arguments are checked here, before the iterator is returned.
+        ``max_context``. Arguments are checked here, before the iterator is returned. With the prefix cache,
+        only the part of the prompt that no cached sequence holds is prefilled.
         """
         prompt = self._check_prompt(prompt_tokens)
         if not isinstance(sampling, SamplingParams):
@@ -135,24 +191,36 @@ class Engine:
         stops = frozenset(int(t) for t in stop_tokens or ())
         # The k-th generated token (from 0) needs the prompt and k fed-back tokens in the cache.
         budget = min(max_tokens, self.max_context - len(prompt) + 1)
-        return self._generate(prompt, sampling.native_args(), budget, stops)
+        return Generation(lambda cached: self._generate(cached, prompt, sampling.native_args(), budget, stops))
 
     def _generate(
-        self, prompt: np.ndarray, sampling: tuple[float, float, int, int], budget: int, stops: frozenset[int]
+        self,
+        cached_out: list[int],
+        prompt: np.ndarray,
+        sampling: tuple[float, float, int, int],
+        budget: int,
+        stops: frozenset[int],
     ) -> Iterator[int]:
         if budget <= 0:
             return
-        seq = self._new_sequence()
+        seq, cached = self._acquire(prompt)
+        cached_out[0] = cached
+        fed = [prompt]  # what the sequence's cache holds once each forward returned
+        exact = False  # whether `fed` is known to be the cache: not after a failed forward
         try:
-            tokens = prompt
+            tokens = prompt[cached:]
             for step in range(budget):
+                exact = False
                 token = self._forward_sample(seq, tokens, sampling, step)
+                exact = True
+                if step:
+                    fed.append(tokens)
                 yield token
                 if token in stops:
                     return
                 tokens = np.array([token], dtype=np.int32)
         finally:
-            self._free_sequence(seq)
+            self._release(seq, np.concatenate(fed) if exact else None)
 
     def generate_harmony(
         self,
@@ -189,11 +257,30 @@ class Engine:
         with self._lock:
             return len(self._open)
 
+    @property
+    def cached_sequences(self) -> int:
+        """How many finished sequences the prefix cache holds now."""
+        with self._lock:
+            return len(self._pool)
+
+    @property
+    def stats(self) -> PrefixCacheStats:
+        """A copy of the prefix cache's counters."""
+        with self._lock:
+            return dataclasses.replace(self._stats)
+
+    def clear_prefix_cache(self) -> None:
+        """Frees every cached sequence."""
+        with self._lock:
+            while self._pool:
+                self._evict()
+
     def close(self) -> None:
         """Releases the model (weights, KV caches, device memory). Open generators fail afterwards."""
         with self._lock:
             model, self._model = self._model, None
             self._open.clear()
+            self._pool.clear()
         del model
 
     def __enter__(self) -> Self:
@@ -232,7 +319,10 @@ class Engine:
             )
         return np.ascontiguousarray(prompt, dtype=np.int32)
 
-    def _new_sequence(self) -> int:
+    def _acquire(self, prompt: np.ndarray) -> tuple[int, int]:
+        """A sequence for ``prompt`` and how many of its tokens the sequence already holds: the cached sequence
+        with the longest token list that ``prompt`` strictly extends, else a new one (evicting the least
+        recently used cached sequence when all slots are taken)."""
         with self._lock:
             if self._model is None:
                 raise RuntimeError("this Engine is closed")
@@ -241,9 +331,43 @@ class Engine:
                     f"all {self.max_sequences} sequences are in use: finish or close() a running generation, "
                     "or load the Engine with a larger max_sequences"
                 )
-            seq = self._model.new_sequence()
+            best, cached = None, 0
+            for seq, tokens in self._pool.items():
+                if cached < len(tokens) < len(prompt) and np.array_equal(prompt[: len(tokens)], tokens):
+                    best, cached = seq, len(tokens)
+            if best is not None:
+                del self._pool[best]
+                seq = best
+            else:
+                if len(self._open) + len(self._pool) >= self.max_sequences:
+                    self._evict()
+                seq = self._model.new_sequence()
             self._open.add(seq)
-            return seq
+            self._stats.generations += 1
+            self._stats.hits += int(best is not None)
+            self._stats.prompt_tokens += len(prompt)
+            self._stats.reused_tokens += cached
+            return seq, cached
+
+    def _evict(self) -> None:
+        seq, _ = self._pool.popitem(last=False)
+        self._model.free_sequence(seq)
+
+    def _release(self, seq: int, cache_tokens: np.ndarray | None) -> None:
+        """Pools a finished sequence whose cache holds exactly ``cache_tokens`` (None: unknown), or frees it."""
+        with self._lock:
+            if self._model is None or seq not in self._open:
+                return
+            self._open.discard(seq)
+            if (
+                self.prefix_cache
+                and cache_tokens is not None
+                and len(cache_tokens) < self.max_context  # a full sequence can't be extended
+                and self._model.sequence_length(seq) == len(cache_tokens)
+            ):
+                self._pool[seq] = cache_tokens
+            else:
+                self._model.free_sequence(seq)
 
     def _forward_sample(
         self, seq: int, tokens: np.ndarray, sampling: tuple[float, float, int, int], draw: int
@@ -252,12 +376,6 @@ class Engine:
             if self._model is None:
                 raise RuntimeError("this Engine was closed while a generation was running")
             return int(self._model.forward_sample(seq, tokens, *sampling, draw))
-
-    def _free_sequence(self, seq: int) -> None:
-        with self._lock:
-            if self._model is not None and seq in self._open:
-                self._open.discard(seq)
-                self._model.free_sequence(seq)
 
 
 def _require_cuda(native, device: int) -> None:
