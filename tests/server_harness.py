@@ -190,6 +190,18 @@ def reference_prompt(
     return decode(tokens)
 
 
+def same_conversation(prompt: str, expected: str) -> bool:
+    """Whether two prompts (ending in ``<|start|>assistant``) spell the same messages. The server continues from
+    the tokens the model wrote for its tool calls, whose header order may differ from openai-harmony's rendering
+    (``<|channel|>commentary to=functions.f`` vs ``to=functions.f<|channel|>commentary``)."""
+    suffix = "<|start|>assistant"
+    if not (prompt.endswith(suffix) and expected.endswith(suffix)):
+        return False
+    encoding = harmony.get_encoding()
+    return encoding.parse_messages_from_completion_tokens(harmony_tokens(prompt.removesuffix(suffix)), None) == (
+        encoding.parse_messages_from_completion_tokens(harmony_tokens(expected.removesuffix(suffix)), None))
+
+
 def weather_call(arguments: str, output: str) -> list[Message]:
     """The assistant's call to ``functions.get_weather`` and the tool's reply, built with openai-harmony alone."""
     return [

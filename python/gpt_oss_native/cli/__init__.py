@@ -81,7 +81,7 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_options(parser: argparse.ArgumentParser, *, max_context: int = 8192) -> None:
-    """--backend, --max-context, --threads, --device: how the model is loaded."""
+    """--backend, --max-context, --threads, --device, --no-prefix-cache: how the model is loaded."""
     group = parser.add_argument_group("engine")
     group.add_argument(
         "--backend",
@@ -109,6 +109,13 @@ def add_engine_options(parser: argparse.ArgumentParser, *, max_context: int = 81
         default=0,
         metavar="N",
         help="CUDA device ordinal (default: %(default)s)",
+    )
+    group.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        help="prefill every prompt in full, instead of continuing a finished sequence whose tokens it extends "
+        "(a conversation's earlier turns)",
     )
 
 
@@ -172,6 +179,7 @@ def engine_from_args(model: str, args: argparse.Namespace, *, max_sequences: int
         num_threads=args.threads,
         device=args.device,
         progress=interactive,
+        prefix_cache=args.prefix_cache,
     )
     if not interactive:
         print(engine.summary, file=sys.stderr)

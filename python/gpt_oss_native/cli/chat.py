@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from ..engine import Engine
     from ..sampling import SamplingParams
+    from ..server.conversation import Transcript
     from ..server.streaming import Segment
     from ..tools import Tool
 
@@ -151,6 +152,7 @@ class ChatSession:
         self.out = out
         self.color = wants_color(out) if color is None else color
         self.history: list[Message] = []
+        self._transcript: Transcript | None = None  # the tokens up to the last tool call, as the model wrote them
         developer = [developer_message] if developer_message else []
         functions = []
         for tool in self.tools:
@@ -207,10 +209,12 @@ class ChatSession:
     def _generate(self) -> bool:
         """Samples the assistant's next messages; True when they end in a tool call to run."""
         from .. import harmony
-        from ..server.conversation import drop_stale_reasoning
+        from ..server.conversation import Transcript, drop_stale_reasoning
         from ..server.streaming import CompletionParser
 
         prompt = harmony.render_prompt(drop_stale_reasoning(self.history), **self.header)
+        if self._transcript is not None:
+            prompt = self._transcript.apply(prompt)
         room = self.engine.max_context - len(prompt)
         if room <= 0:
             self._write(self._style(_YELLOW, f"[the conversation fills the context ({len(prompt)} tokens of "
@@ -221,8 +225,10 @@ class ChatSession:
         sampling = dataclasses.replace(self.sampling, seed=(self.sampling.seed + self._draws) % 2**64)
         self._draws += 1
         tokens = self.engine.generate(prompt, sampling, min(room, self.max_tokens or room), stop)
+        completion: list[int] = []
         try:
             for token in tokens:
+                completion.append(token)
                 for kind, segment, delta in parser.feed(token):
                     self._show(kind, segment, delta)
             events = parser.finish()
@@ -238,7 +244,11 @@ class ChatSession:
             self._write(self._style(_YELLOW, "[stopped: token limit]") + "\n")
             return False
         last = parser.segments[-1] if parser.segments else None
-        return last is not None and last.is_tool_call and parser.stop_token == _call_token()
+        if last is None or not last.is_tool_call or parser.stop_token != _call_token():
+            return False
+        rendered = harmony.render_prompt(drop_stale_reasoning(self.history), **self.header)
+        self._transcript = Transcript.after_call(prompt, completion, rendered) or self._transcript
+        return True
 
     def _show(self, kind: str, segment: Segment, delta: str) -> None:
         hidden = segment.is_reasoning and not self.show_reasoning

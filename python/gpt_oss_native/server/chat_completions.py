@@ -15,11 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from openai_harmony import Message, Role
+from openai_harmony import Conversation, Message, Role
 
 from .. import harmony
 from ..sampling import SamplingParams
 from .conversation import (
+    Transcript,
+    Transcripts,
     drop_stale_reasoning,
     forced_call_tokens,
     function_call_message,
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 class _Prepared:
     id: str
     model: str
+    conversation: Conversation
     prompt: list[int]
     forced: list[int]  # the reply's forced start (tool_choice), fed to the parser as if generated
     sampling: SamplingParams
@@ -58,6 +61,7 @@ class _Result:
     finish_reason: str = "stop"
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache held
 
 
 class ChatCompletionsEndpoint:
@@ -67,6 +71,7 @@ class ChatCompletionsEndpoint:
         self._engine = engine
         self._model_name = model_names
         self._slots = slots
+        self._transcripts = Transcripts()
 
     def prepare(self, body: ChatCompletionRequest) -> _Prepared:
         model = self._model_name(body.model)
@@ -123,7 +128,7 @@ class ChatCompletionsEndpoint:
             ],
             conversation_start_date=time.strftime("%Y-%m-%d"),
         )
-        prompt = harmony.render_conversation(conversation)
+        prompt = self._transcripts.apply(harmony.render_conversation(conversation))
         max_context = self._engine.max_context
         if len(prompt) + len(forced) >= max_context:
             raise ApiError(
@@ -135,6 +140,7 @@ class ChatCompletionsEndpoint:
         return _Prepared(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             model=model,
+            conversation=conversation,
             prompt=prompt,
             forced=forced,
             sampling=sampling_params(body.temperature, body.top_p, body.seed),
@@ -155,12 +161,14 @@ class ChatCompletionsEndpoint:
         stream = TokenStream(self._engine, p.prompt + p.forced, p.sampling, budget, stop, self._slots)
         call_index: dict[int, int] = {}  # id(segment) → tool_calls index
         stops = _StopStrings(p.stop)
+        completion: list[int] = []
         try:
             for token in p.forced:
                 for delta in _message_deltas(parser.feed(token), result, call_index):
                     yield delta
             async for token in stream:
                 result.completion_tokens += 1
+                completion.append(token)
                 events = parser.feed(token)
                 if any(kind == "delta" and seg.is_reasoning for kind, seg, _ in events):
                     result.reasoning_tokens += 1
@@ -176,6 +184,7 @@ class ChatCompletionsEndpoint:
                     yield delta
         finally:
             stream.close()
+            result.cached_tokens = min(stream.cached_tokens, len(p.prompt))
         if parser.malformed:
             log.warning("completion %s: model output is not harmony (%s); passed through as text",
                         p.id, parser.malformed)
@@ -186,12 +195,17 @@ class ChatCompletionsEndpoint:
             result.finish_reason = "length"
         elif result.tool_calls:
             result.finish_reason = "tool_calls"
+            rendered = harmony.render_conversation(
+                Conversation.from_messages([*p.conversation.messages, *parser.messages])
+            )
+            self._transcripts.remember(Transcript.after_call(p.prompt + p.forced, completion, rendered))
 
     def _usage(self, p: _Prepared, result: _Result) -> dict[str, Any]:
         return {
             "prompt_tokens": len(p.prompt),
             "completion_tokens": result.completion_tokens,
             "total_tokens": len(p.prompt) + result.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": result.reasoning_tokens},
         }
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from openai_harmony import Author, Message, Role, ToolDescription
@@ -127,3 +130,72 @@ def forced_call_tokens(tool_choice: Any, functions: Sequence[str], named: str | 
         param="tool_choice",
         code="unsupported_value",
     )
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A conversation's tokens as the model saw and wrote them (``exact``) beside harmony's rendering of the same
+    messages (``canonical``, without the completion's ``<|start|>assistant``).
+
+    They differ where the model wrote a valid header in another order: gpt-oss writes
+    ``<|channel|>commentary to=functions.f``, harmony renders ``to=functions.f<|channel|>commentary``. Continuing
+    from the exact tokens shows the model its own messages as it wrote them, as OpenAI's reference server does
+    within a response, and lets the engine's prefix cache continue the sequence that holds them.
+    """
+
+    exact: list[int]
+    canonical: list[int]
+
+    @classmethod
+    def after_call(cls, fed: list[int], completion: list[int], rendered: list[int]) -> Transcript | None:
+        """The transcript of a turn that stopped at ``<|call|>``: ``fed`` its prompt (forced start included),
+        ``completion`` the generated tokens, ``rendered`` the conversation with the call rendered for the next
+        completion. None where the two spell different messages (never expected; then nothing is reused)."""
+        encoding = harmony.get_encoding()
+        suffix = encoding.encode("<|start|>assistant", allowed_special="all")
+        if not completion or completion[-1] != _call_token() or rendered[-len(suffix):] != suffix:
+            return None
+        exact, canonical = fed + completion, rendered[: -len(suffix)]
+        try:
+            same = (encoding.parse_messages_from_completion_tokens(exact, None)
+                    == encoding.parse_messages_from_completion_tokens(canonical, None))
+        except Exception:  # noqa: BLE001 - openai-harmony raises its own error type for unparseable tokens
+            return None
+        return cls(exact, canonical) if same else None
+
+    def apply(self, prompt: list[int]) -> list[int]:
+        """``prompt`` (harmony's rendering) continued from the exact tokens where it extends the canonical ones;
+        else ``prompt`` unchanged (the header or the history changed, or stale reasoning was dropped)."""
+        n = len(self.canonical)
+        if len(prompt) > n and prompt[:n] == self.canonical:
+            return self.exact + prompt[n:]
+        return prompt
+
+
+class Transcripts:
+    """The most recent transcripts of an endpoint's tool calls. Any request whose prompt extends one continues
+    from its exact tokens, also a stateless client's that sends the whole conversation back."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self._entries: deque[Transcript] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def remember(self, transcript: Transcript | None) -> None:
+        if transcript is not None:
+            with self._lock:
+                self._entries.append(transcript)
+
+    def apply(self, prompt: list[int]) -> list[int]:
+        """``prompt`` continued from the transcript with the longest canonical tokens it extends, if any."""
+        with self._lock:
+            best = max(
+                (t for t in self._entries if len(prompt) > len(t.canonical) and prompt[: len(t.canonical)] ==
+                 t.canonical),
+                key=lambda t: len(t.canonical),
+                default=None,
+            )
+        return prompt if best is None else best.apply(prompt)
+
+
+def _call_token() -> int:
+    return harmony.get_encoding().encode("<|call|>", allowed_special="all")[0]

@@ -28,6 +28,8 @@ from ..sampling import SamplingParams
 from .builtin_tools import ToolFactory, recipient_namespace
 from .conversation import (
     FUNCTIONS_PREFIX,
+    Transcript,
+    Transcripts,
     drop_stale_reasoning,
     forced_call_tokens,
     function_call_message,
@@ -107,6 +109,7 @@ class ResponsesEndpoint:
         self._model_name = model_names
         self._slots = slots
         self._tool_factories = tool_factories  # "browser" / "python" → factory
+        self._transcripts = Transcripts()
 
     # -----------------------------------------------------------------------------------------------------
     # Request → harmony
@@ -145,7 +148,9 @@ class ResponsesEndpoint:
             "builtin_tools": [tool.tool_config for tool in builtins.values()],
             "conversation_start_date": time.strftime("%Y-%m-%d"),
         }
-        prompt = harmony.render_conversation(harmony.build_conversation(history, **header))
+        prompt = self._transcripts.apply(
+            harmony.render_conversation(harmony.build_conversation(history, **header))
+        )
         choice = body.tool_choice
         forced = forced_call_tokens(
             choice, [f.name for f in functions], choice.get("name") if isinstance(choice, dict) else None
@@ -265,7 +270,7 @@ class ResponsesEndpoint:
 
         out = _Output()
         conversation = list(p.history)
-        generated = reasoning_tokens = turns = 0
+        generated = reasoning_tokens = turns = cached_tokens = 0
         status, incomplete, error = "completed", None, None
         snapshot = self._response(p, out, "in_progress", None, None, None)
         yield event("response.created", response=snapshot)
@@ -287,6 +292,7 @@ class ResponsesEndpoint:
             forced = p.forced if turns == 0 else []
             turns += 1
             stream = TokenStream(self._engine, prompt + forced, sampling, budget, stop, self._slots)
+            completion: list[int] = []
             try:
                 for token in forced:
                     for kind, segment, delta in parser.feed(token):
@@ -294,6 +300,7 @@ class ResponsesEndpoint:
                             yield event(**e)
                 async for token in stream:
                     generated += 1
+                    completion.append(token)
                     segment_events = parser.feed(token)
                     if any(kind == "delta" and seg.is_reasoning for kind, seg, _ in segment_events):
                         reasoning_tokens += 1
@@ -312,6 +319,8 @@ class ResponsesEndpoint:
                 break
             finally:
                 stream.close()
+            if turns == 1:  # input_tokens counts the first turn's prompt: so does its cached part
+                cached_tokens = min(stream.cached_tokens, len(p.prompt))
             if parser.malformed:
                 log.warning("response %s: model output is not harmony (%s); passed through as text",
                             p.id, parser.malformed)
@@ -320,6 +329,9 @@ class ResponsesEndpoint:
             if parser.stop_token is None:
                 status, incomplete = "incomplete", {"reason": "max_output_tokens"}
                 break
+            if last is not None and last.is_tool_call:
+                rendered = harmony.render_conversation(harmony.build_conversation(conversation, **p.header))
+                self._transcripts.remember(Transcript.after_call(prompt + forced, completion, rendered))
             if last is None or not self._is_builtin_call(p, last):
                 break
             tool = p.builtins[recipient_namespace(self._builtin_recipient(p, last))]
@@ -327,11 +339,13 @@ class ResponsesEndpoint:
             async for e in self._run_builtin(p, out, last, tool, results):
                 yield event(**e)
             conversation += results
-            prompt = harmony.render_conversation(harmony.build_conversation(conversation, **p.header))
+            prompt = self._transcripts.apply(
+                harmony.render_conversation(harmony.build_conversation(conversation, **p.header))
+            )
 
         usage = {
             "input_tokens": len(p.prompt),
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {"cached_tokens": cached_tokens, "cache_write_tokens": 0},
             "output_tokens": generated,
             "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": len(p.prompt) + generated,

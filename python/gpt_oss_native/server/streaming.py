@@ -44,7 +44,8 @@ class TokenStream:
     The generator runs on its own thread (the engine serialises native calls itself), so decoding overlaps
     with sending; at most ``slots`` streams generate at once, the others wait for a free engine sequence.
     :meth:`close` stops the generation after the token in flight and closes the generator, which frees the
-    sequence; it is safe to call at any time and more than once.
+    sequence; it is safe to call at any time and more than once. ``cached_tokens``: how many prompt tokens
+    the engine's prefix cache held (known once the first token arrived; 0 for an engine without one).
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class TokenStream:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self.cached_tokens = 0
         self._thread = threading.Thread(
             target=self._produce,
             args=(engine, list(prompt), sampling, max_tokens, list(stop_tokens), slots),
@@ -78,6 +80,7 @@ class TokenStream:
                     for token in generator:
                         if self._cancelled.is_set():
                             break
+                        self.cached_tokens = getattr(generator, "cached_tokens", 0)
                         self._post(token)
                 finally:
                     generator.close()
