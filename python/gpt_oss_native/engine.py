@@ -21,14 +21,16 @@ The API the server and the chat client build on:
 - ``engine.config`` (ModelConfig), ``engine.max_context``, ``engine.max_sequences``, ``engine.backend``,
   ``engine.random_weights``, ``engine.summary`` (what was loaded, how long it took),
   ``engine.open_sequences``, ``engine.cached_sequences``, ``engine.stats`` (prefix cache counters),
-  ``engine.close()`` (also a context manager).
+  ``engine.prefix_cache``, ``engine.clear_prefix_cache()``, ``engine.close()`` (also a context manager).
 
 Prefix cache: a finished generation's sequence stays in a pool (least recently used first out), tagged with the
 tokens its KV cache holds: the prompt and every generated token but the last (the last was sampled, never fed).
-A new prompt that extends such a token list continues that sequence and prefills only the new suffix, as a
-multi-turn chat or a tool loop does (the next prompt is the last one, the model's reply and the new messages).
-The backends cannot truncate a sequence (sliding-window layers keep only a ring of recent positions), so a
-prompt that diverges inside a cached list starts afresh. The result equals a fresh generation's up to fp32
+A new prompt that extends such a token list continues that sequence and prefills only the new suffix: a tool
+loop's next prompt is the last one, the model's call and the tool's output (the server and the chat command
+continue from the model's own tokens for that: ``server.conversation.Transcript``), and a new turn after an
+answer without reasoning extends the last one too. The backends cannot truncate a sequence (sliding-window
+layers keep only a ring of recent positions), so a prompt that diverges inside a cached list starts afresh:
+e.g. a new user turn after an answer with reasoning, which harmony drops from the history. The result equals a fresh generation's up to fp32
 summation order (the prefix was fed in other chunks, which the backends guarantee to 1e-5; see
 tests/test_incremental_decode.py); the sampler's draws are counted per generation, so seeds repeat. Pooled
 sequences never block a generation: one that needs a sequence evicts the least recently used.
