@@ -9,6 +9,7 @@ built on :class:`gpt_oss_native.harmony.ChannelStream`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ from openai_harmony import Message, Role
 
 from ..harmony import ChannelStream
 from ..sampling import SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 class TokenEngine(Protocol):
@@ -77,10 +80,13 @@ class TokenStream:
                     return
                 generator = engine.generate(prompt, sampling, max_tokens, stop_tokens)
                 try:
-                    for token in generator:
+                    for count, token in enumerate(generator):
                         if self._cancelled.is_set():
                             break
-                        self.cached_tokens = getattr(generator, "cached_tokens", 0)
+                        if count == 0:
+                            self.cached_tokens = getattr(generator, "cached_tokens", 0)
+                            log.debug("generating after %d prompt tokens, %d of them from the prefix cache",
+                                      len(prompt), self.cached_tokens)
                         self._post(token)
                 finally:
                     generator.close()
