@@ -220,3 +220,36 @@ def test_one_slot_chat_reuses_and_close_frees_the_cache(tiny_checkpoint):
         assert engine.stats.hit_rate == pytest.approx(cached / (2 * len(PROMPT) + 4 + 3))
         assert engine.cached_sequences == 1
     assert engine.cached_sequences == 0
+
+
+class _OneCacheAtATime:
+    """A native model that, like the CUDA backend out of GPU memory, cannot hold a second live sequence."""
+
+    def __init__(self, model) -> None:
+        self._model, self.live = model, set()
+
+    def new_sequence(self) -> int:
+        if self.live:
+            raise RuntimeError("not enough GPU memory for another sequence's KV cache")
+        seq = self._model.new_sequence()
+        self.live.add(seq)
+        return seq
+
+    def free_sequence(self, seq: int) -> None:
+        self.live.discard(seq)
+        self._model.free_sequence(seq)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+def test_a_backend_out_of_memory_gets_the_cached_sequences_back(tiny_checkpoint, reference):
+    with Engine(tiny_checkpoint, max_context=MAX_CONTEXT, max_sequences=4, progress=False) as engine:
+        engine._model = _OneCacheAtATime(engine._model)
+        run(engine, PROMPT, GREEDY, 3)
+        assert engine.cached_sequences == 1
+        # A prompt that does not extend the cached sequence needs a new one: the backend refuses until the
+        # cached sequence is freed, and the generation still matches a fresh one.
+        tokens, cached = run(engine, [40, 41, 42], GREEDY, 3)
+        assert (tokens, cached) == (reference([40, 41, 42], GREEDY, 3), 0)
+        assert engine.cached_sequences == 1

@@ -343,13 +343,24 @@ class Engine:
             else:
                 if len(self._open) + len(self._pool) >= self.max_sequences:
                     self._evict()
-                seq = self._model.new_sequence()
+                seq = self._new_sequence()
             self._open.add(seq)
             self._stats.generations += 1
             self._stats.hits += int(best is not None)
             self._stats.prompt_tokens += len(prompt)
             self._stats.reused_tokens += cached
             return seq, cached
+
+    def _new_sequence(self) -> int:
+        """A fresh native sequence. A backend that cannot hold another KV cache (CUDA out of memory) gets the
+        pooled sequences back one by one: the CUDA backend reuses a freed slot's cache without allocating."""
+        while True:
+            try:
+                return self._model.new_sequence()
+            except (RuntimeError, MemoryError):
+                if not self._pool:
+                    raise
+                self._evict()
 
     def _evict(self) -> None:
         seq, _ = self._pool.popitem(last=False)
