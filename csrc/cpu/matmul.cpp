@@ -62,6 +62,30 @@ constexpr int kChunk = 32;
 
 int64_t padded_cols(int cols) { return (cols + kChunk - 1) / kChunk * kChunk; }
 
+// Portable tiles: kChunk / 2 independent partial sums per (row, token), so the compiler may vectorise across them.
+constexpr int kHalf = kChunk / 2;
+
+// acc[t] += w_even · x[t][:kHalf] + w_odd · x[t][kHalf:] for the T tokens of one split-pair chunk (split_pairs).
+template <int T>
+inline void accumulate_pairs(float (&acc)[T][kHalf], const float* w_even, const float* w_odd, const float* x,
+                             int64_t ldx) {
+  for (int t = 0; t < T; ++t) {
+    const float* xc = x + t * ldx;
+    for (int i = 0; i < kHalf; ++i) acc[t][i] += w_even[i] * xc[i] + w_odd[i] * xc[kHalf + i];
+  }
+}
+
+// out[t, r] = the sum of row r's partial sums for token t.
+template <int R, int T>
+inline void store_sums(const float (&acc)[R][T][kHalf], float* out, int64_t ldo) {
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      float sum = 0.0f;
+      for (int i = 0; i < kHalf; ++i) sum += acc[r][t][i];
+      out[t * ldo + r] = sum;
+    }
+}
+
 void split_pairs(const float* x, int n, int cols, float* xs) {
   const int64_t ld = padded_cols(cols);
   for (int64_t t = 0; t < n; ++t)
@@ -125,7 +149,6 @@ void bf16_tile(const uint16_t* W, int64_t ldw, const float* xs, int64_t ldx, int
 #else
 template <int R, int T>
 void bf16_tile(const uint16_t* W, int64_t ldw, const float* xs, int64_t ldx, int cols, float* out, int64_t ldo) {
-  constexpr int kHalf = kChunk / 2;  // independent partial sums, so the compiler may vectorise across them
   float acc[R][T][kHalf] = {};
   for (int c = 0; c < cols; c += kChunk) {
     const int pairs = std::min(kHalf, (cols - c) / 2);
@@ -135,18 +158,10 @@ void bf16_tile(const uint16_t* W, int64_t ldw, const float* xs, int64_t ldx, int
         w_even[i] = bf16_to_f32(W[r * ldw + c + 2 * i]);
         w_odd[i] = bf16_to_f32(W[r * ldw + c + 2 * i + 1]);
       }
-      for (int t = 0; t < T; ++t) {
-        const float* xc = xs + t * ldx + c;
-        for (int i = 0; i < kHalf; ++i) acc[r][t][i] += w_even[i] * xc[i] + w_odd[i] * xc[kHalf + i];
-      }
+      accumulate_pairs(acc[r], w_even, w_odd, xs + c, ldx);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) {
-      float sum = 0.0f;
-      for (int i = 0; i < kHalf; ++i) sum += acc[r][t][i];
-      out[t * ldo + r] = sum;
-    }
+  store_sums(acc, out, ldo);
 }
 
 #ifdef GPT_OSS_CPU_AVX2
@@ -254,7 +269,6 @@ void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row
 template <int R, int T>
 void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row, const float* xs, int64_t ldx,
                 float* out, int64_t ldo) {
-  constexpr int kHalf = kChunk / 2;
   const float* scale_of = e8m0_table().data();
   float acc[R][T][kHalf] = {};
   for (int b = 0; b < blocks_per_row; ++b)
@@ -267,17 +281,9 @@ void mxfp4_tile(const uint8_t* blocks, const uint8_t* scales, int blocks_per_row
         w_even[i] = kFp4Values[bytes[i] & 0x0F] * scale;
         w_odd[i] = kFp4Values[bytes[i] >> 4] * scale;
       }
-      for (int t = 0; t < T; ++t) {
-        const float* xb = xs + t * ldx + b * kMxfp4BlockValues;
-        for (int i = 0; i < kHalf; ++i) acc[r][t][i] += w_even[i] * xb[i] + w_odd[i] * xb[kHalf + i];
-      }
+      accumulate_pairs(acc[r], w_even, w_odd, xs + b * kMxfp4BlockValues, ldx);
     }
-  for (int r = 0; r < R; ++r)
-    for (int t = 0; t < T; ++t) {
-      float sum = 0.0f;
-      for (int i = 0; i < kHalf; ++i) sum += acc[r][t][i];
-      out[t * ldo + r] = sum;
-    }
+  store_sums(acc, out, ldo);
 }
 
 #ifdef GPT_OSS_CPU_AVX2
