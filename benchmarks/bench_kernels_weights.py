@@ -2,7 +2,8 @@
 share of the device-to-device copy bandwidth measured in the same run.
 
 Each launch is timed inside a CUDA graph of several launches (the decode path runs them that way), taking the
-median over replays. MoE launches rotate through every expert and the out-projection through 8 copies of its
+median over replays; the kernels use programmatic dependent launch, so each launch's ramp overlaps the previous
+one's tail as in decode. The chained MoE row times router → mlp1 → mlp2 in decode order. MoE launches rotate through every expert and the out-projection through 8 copies of its
 matrix, so no weight is served from L2. Prints one table; the last line is JSON.
 
     python benchmarks/bench_kernels_weights.py [--reps 20]
@@ -103,6 +104,8 @@ def main() -> None:
                         K * 2 * INTER * (row_bytes1 + 2), t["mlp1_us"], copy_gbps))
         rows.append(row("moe_mlp2_residual", f"{model} k=4 2880x2880",
                         K * HIDDEN * (row_bytes2 + 2), t["mlp2_us"], copy_gbps))
+        rows.append(row("moe (router→mlp1→mlp2)", f"{model} chained", sum(r["bytes"] for r in rows[-3:]),
+                        t["chain_us"], copy_gbps))
         del b1, s1, bias1, b2, s2, bias2
 
     w_o = random_bf16_bits(rng, HIDDEN * Q_DIM).reshape(HIDDEN, Q_DIM)

@@ -245,6 +245,37 @@ nb::ndarray<nb::numpy, float> mlp2_residual(Array<uint16_t> act, Array<int32_t> 
   return download<float>(d_r, {static_cast<size_t>(m.rows)});
 }
 
+// `layers` MoE blocks on x (fp32 residual, updated in place) the way forward.cu launches them: router → mlp1 →
+// mlp2 per layer on one stream, no host sync in between, each launch overlapping the previous one's tail
+// (programmatic dependent launch). The same experts serve every layer; x changes, so the routes do.
+nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w,
+                                         Array<uint16_t> gate_b, Array<uint8_t> blocks1, Array<uint8_t> scales1,
+                                         Array<uint16_t> bias1, Array<uint8_t> blocks2, Array<uint8_t> scales2,
+                                         Array<uint16_t> bias2, int k, float alpha, float limit, float eps,
+                                         int layers) {
+  const Mxfp4Experts m1 = experts_from(blocks1, scales1, bias1), m2 = experts_from(blocks2, scales2, bias2);
+  const int E = m1.experts, hidden = static_cast<int>(x.size()), inter = m1.rows / 2;
+  require(m2.experts == E && m2.cols == inter && m2.rows == hidden && m1.cols == hidden &&
+              gate_w.size() == static_cast<size_t>(E) * hidden && gate_b.size() == static_cast<size_t>(E) &&
+              norm_scale.size() == x.size(),
+          "mlp1 must be [E, 2I, H], mlp2 [E, H, I], gate_w [E, H], gate_b [E], norm_scale [H]");
+  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_gw = upload(gate_w), d_gb = upload(gate_b);
+  DeviceBuffer xn = poisoned(sizeof(uint16_t) * hidden), act = poisoned(sizeof(uint16_t) * k * inter),
+               ids = poisoned(sizeof(int32_t) * k), w = poisoned(sizeof(float) * k);
+  cudaStream_t s = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  std::unique_ptr<std::remove_pointer_t<cudaStream_t>, void (*)(cudaStream_t)> stream(s, [](cudaStream_t p) { cudaStreamDestroy(p); });
+  for (int l = 0; l < layers; ++l) {
+    launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, eps,
+                      xn.get<bf16>(), ids.get<int32_t>(), w.get<float>(), s);
+    launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), ids.get<int32_t>(), k, m1, alpha, limit, act.get<bf16>(), s);
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), ids.get<int32_t>(), w.get<float>(), k, m2,
+                                         d_x.get<float>(), s);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(s));
+  return download<float>(d_x, {static_cast<size_t>(hidden)});
+}
+
 nb::ndarray<nb::numpy, float> gemv_bias_residual(Array<uint16_t> w, Array<uint16_t> bias, Array<uint16_t> x,
                                                  Array<float> residual) {
   require(w.ndim() == 2 && w.shape(1) == x.size() && bias.size() == w.shape(0) && residual.size() == w.shape(0),
@@ -333,8 +364,8 @@ double time_copy(size_t bytes, int reps) {
                   1, reps);
 }
 
-// Router, mlp1 and mlp2 of one layer (µs each). Launch i uses experts {k·i, .., k·i + k - 1} mod E, so a graph of
-// E / k launches streams every expert once and the data never sits in L2.
+// Router, mlp1 and mlp2 of one layer (µs each, and chained). Launch i uses experts {k·i, .., k·i + k - 1} mod E,
+// so a graph of E / k launches streams every expert once and the data never sits in L2.
 nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b,
                   Array<uint8_t> blocks1, Array<uint8_t> scales1, Array<uint16_t> bias1, Array<uint8_t> blocks2,
                   Array<uint8_t> scales2, Array<uint16_t> bias2, int k, int reps) {
@@ -372,6 +403,18 @@ nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_
       per_graph, reps);
   out["mlp2_us"] = graph_us(
       [&](cudaStream_t s, int i) {
+        launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), d_ids.get<int32_t>() + k * i, d_w.get<float>() + k * i,
+                                             k, m2, residual.get<float>(), s);
+      },
+      per_graph, reps);
+  // The three in decode order (router → mlp1 → mlp2, as forward.cu launches them): what a layer's MoE costs
+  // once each launch overlaps the previous one's tail (programmatic dependent launch).
+  out["chain_us"] = graph_us(
+      [&](cudaStream_t s, int i) {
+        launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, 1e-5f,
+                          xn.get<bf16>(), r_ids.get<int32_t>(), r_w.get<float>(), s);
+        launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), d_ids.get<int32_t>() + k * i, k, m1, 1.702f, 7.0f,
+                                           act.get<bf16>(), s);
         launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), d_ids.get<int32_t>() + k * i, d_w.get<float>() + k * i,
                                              k, m2, residual.get<float>(), s);
       },
@@ -438,6 +481,8 @@ void register_cuda_kernel_tests(nb::module_& m) {
           "alpha"_a, "limit"_a);
     m.def("bf16_mxfp4w_moe_mlp2_residual", &wk::mlp2_residual, "act"_a, "ids"_a, "weights"_a, "blocks"_a,
           "scales"_a, "bias"_a, "residual"_a);
+    m.def("moe_layers", &wk::moe_layers, "x"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a, "scales1"_a,
+          "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "alpha"_a, "limit"_a, "eps"_a, "layers"_a);
     m.def("bf16_gemv_bias_residual", &wk::gemv_bias_residual, "w"_a, "bias"_a, "x"_a, "residual"_a);
     m.def("unembedding", &wk::unembedding, "w"_a, "norm_scale"_a, "x"_a, "eps"_a);
     m.def("sample", &wk::sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "seed"_a, "draws"_a);

@@ -188,6 +188,9 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
     cp_async_commit();
   }
   pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
+  // Let the out-projection launch now: it streams its first weight batch while this attention finishes and
+  // reads our output only after its own pdl_wait().
+  pdl_launch_dependents();
 
   // Q as the A operand (rows = heads), pre-scaled to the log2 domain and split into bf16 hi + lo.
   uint32_t q_hi[kD / 16][2], q_lo[kD / 16][2];
@@ -199,8 +202,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int d = ks * 16 + half * 8 + 2 * t;
-        const float x0 = g < group ? q[d] * q_scale : 0.0f;
-        const float x1 = g < group ? q[d + 1] * q_scale : 0.0f;
+        const float x0 = g < group ? __ldcg(q + d) * q_scale : 0.0f;  // L2: norm_qkv_rope may have run
+        const float x1 = g < group ? __ldcg(q + d + 1) * q_scale : 0.0f;  // after this kernel started
         const __nv_bfloat162 hi = __floats2bfloat162_rn(x0, x1);
         const float2 hf = __bfloat1622float2(hi);
         q_hi[ks][half] = *reinterpret_cast<const uint32_t*>(&hi);

@@ -70,7 +70,10 @@ inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 // Programmatic dependent launch: the kernel may start while the previous kernel of the stream drains (its
 // launch latency and any independent prologue, e.g. weight loads, overlap that tail). Such a kernel must call
 // pdl_wait() before touching anything an earlier kernel wrote; pdl_wait() returns once those kernels finished
-// and their writes are visible. Captured into CUDA graphs as programmatic edges.
+// and their writes are in L2. Read such data with __ldcg (L2), never through L1 or ld.global.nc (__ldg, or a
+// const __restrict__ pointer): this SM's L1 may hold lines loaded after this kernel started (e.g. by the
+// producer's own read-modify-write of neighbouring rows) that other SMs have since rewritten.
+// Captured into CUDA graphs as programmatic edges.
 template <typename... Params, typename... Args>
 void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
   cudaLaunchConfig_t config = {};

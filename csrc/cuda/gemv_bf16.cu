@@ -4,15 +4,18 @@
 // Floors (bytes / 3.0 TB/s):
 //   out-projection  2880 × 4096 bf16 = 23.6 MB                   → 7.9 µs
 //   unembedding     201088 × 2880 bf16 = 1.158 GB (+ 0.8 MB out) → 386 µs
-// Measured (H100 SXM, 2026-11-25; torch copy 2.91 TB/s): out-projection 10.9 µs (2.16 TB/s, rotating 8 copies),
-// unembedding 417 µs (2.78 TB/s, 96 % of the copy rate).
+// Measured (H100 SXM, 2026-11-25; torch copy 2.98 TB/s): out-projection 10.2 µs (2.31 TB/s, rotating 8 copies,
+// successive launches overlapping through PDL; 10.9 before PDL), unembedding 417-436 µs (2.66-2.78 TB/s).
 //
 // Work split: a warp owns a tile of 16 rows. Per 32-column chunk, lane (g, t) = (lane / 4, lane % 4) loads
 // 16 B of row g and 16 B of row g + 8 (columns 32c + 8t .. + 7) and the matching 16 B of the input: exactly
 // the A and B fragments of two bf16 m16n8k16 mma steps (k order permuted within the chunk), so weights go
 // from the 16-byte load straight into the tensor cores with no conversion and the accumulation is fp32.
 //   out-projection: one CTA per tile, its 8 warps splitting the columns; partial sums meet in shared memory
-//     in a fixed order and the CTA adds bias and residual (deterministic, no atomics).
+//     in a fixed order and the CTA adds bias and residual (deterministic, no atomics). Launched with
+//     programmatic dependent launch: its CTAs become resident while attention drains and each warp's first
+//     weight batch is in flight before pdl_wait(). (A bulk L2 prefetch of each warp's whole share before the
+//     wait was tried and measured slower on the H100: 12.15 vs 10.9 µs.)
 //   unembedding: a persistent grid (SMs × resident CTAs); each CTA normalises x into shared bf16 once, then
 //     each warp walks tiles gw, gw + warps, ... over all columns.
 //
@@ -37,14 +40,17 @@ constexpr int kBatch = 8;  // chunks whose loads a warp issues before it uses th
 // Adds W[rg] · x and W[rg8] · x over chunks [c_begin, c_end) into d[0] / d[2]. x_at(col) returns the 8 inputs
 // at col as a uint4 (from global or shared memory). Full batches issue all their loads before the first mma
 // (no predicates, so the scheduler keeps them together); the rest, including a partial last chunk, go one by one.
-template <typename XAt>
+// before_x() runs once, after the first batch's weight loads are issued and before any input is read (the
+// out-projection waits for the previous kernel there).
+template <typename XAt, typename BeforeX>
 __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, int rg, int rg8, int c_begin,
-                                         int c_end, XAt x_at, float (&d)[4]) {
+                                         int c_end, XAt x_at, BeforeX before_x, float (&d)[4]) {
   const int t = threadIdx.x % 4;
   const bf16* row_g = W + static_cast<int64_t>(rg) * cols + 8 * t;
   const bf16* row_g8 = W + static_cast<int64_t>(rg8) * cols + 8 * t;
   const int full_end = max(c_begin, min(c_end, cols / kChunkCols));
   int c = c_begin;
+  bool inputs_ready = false;
   for (; c + kBatch <= full_end; c += kBatch) {
     uint4 wa[kBatch], wb[kBatch], xv[kBatch];
 #pragma unroll
@@ -52,6 +58,7 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
       wa[u] = ld_stream(row_g + (c + u) * kChunkCols);
       wb[u] = ld_stream(row_g8 + (c + u) * kChunkCols);
     }
+    if (!inputs_ready) before_x(), inputs_ready = true;
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) xv[u] = x_at((c + u) * kChunkCols + 8 * t);
 #pragma unroll
@@ -60,6 +67,7 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
       mma_bf16(d, wa[u].z, wb[u].z, wa[u].w, wb[u].w, xv[u].z, xv[u].w);
     }
   }
+  if (!inputs_ready) before_x();
   for (; c < c_end; ++c) {
     const int col = c * kChunkCols + 8 * t;
     uint4 wa = make_uint4(0, 0, 0, 0), wb = wa, xv = wa;
@@ -84,15 +92,23 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   const int c_begin = min(chunks, warp * per_warp), c_end = min(chunks, c_begin + per_warp);
   const int rg = min(tile * kTileRows + g, rows - 1), rg8 = min(tile * kTileRows + g + 8, rows - 1);
   float d[4] = {0.f, 0.f, 0.f, 0.f};
-  rows_dot(W, cols, rg, rg8, c_begin, c_end,
-           [in](int col) { return __ldg(reinterpret_cast<const uint4*>(in + col)); }, d);
+  // The weights need no earlier kernel: the first batch is in flight before the wait; the input (attention)
+  // and the residual are read only after it, and through L2 (ld.cg): under PDL the producer may still have been
+  // running during this kernel's lifetime, which the non-coherent (ld.global.nc) path does not allow.
+  rows_dot(
+      W, cols, rg, rg8, c_begin, c_end, [in](int col) { return __ldcg(reinterpret_cast<const uint4*>(in + col)); },
+      [] {
+        pdl_wait();
+        pdl_launch_dependents();
+      },
+      d);
   if (lane % 4 == 0) s_sum[warp][g] = d[0], s_sum[warp][g + 8] = d[2];
   __syncthreads();
   const int row = tile * kTileRows + threadIdx.x;
   if (threadIdx.x < kTileRows && row < rows) {
     float sum = 0.f;
     for (int w = 0; w < kWarps; ++w) sum += s_sum[w][threadIdx.x];
-    residual[row] += sum + __bfloat162float(bias[row]);
+    residual[row] = __ldcg(residual + row) + (sum + __bfloat162float(bias[row]));  // L2, see rows_dot
   }
 }
 
@@ -119,7 +135,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   for (int tile = blockIdx.x * kWarps + warp; tile < tiles; tile += warps) {
     const int rg = min(tile * kTileRows + g, vocab - 1), rg8 = min(tile * kTileRows + g + 8, vocab - 1);
     float d[4] = {0.f, 0.f, 0.f, 0.f};
-    rows_dot(W, hidden, rg, rg8, 0, chunks, [xs](int col) { return *reinterpret_cast<const uint4*>(xs + col); }, d);
+    rows_dot(
+        W, hidden, rg, rg8, 0, chunks, [xs](int col) { return *reinterpret_cast<const uint4*>(xs + col); }, [] {}, d);
     if (lane % 4 == 0) {
       const int r = tile * kTileRows + g;
       if (r < vocab) logits[r] = d[0];
@@ -143,9 +160,8 @@ void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16*
   check_gemv(W, rows, cols, "launch_bf16_gemv_bias_residual");
   if (reinterpret_cast<uintptr_t>(in) % 16 != 0)
     throw std::invalid_argument("launch_bf16_gemv_bias_residual: the input vector must be 16-byte aligned");
-  bf16_gemv_bias_residual_kernel<<<ceil_div(rows, kTileRows), kWarps * 32, 0, stream>>>(W, bias, in, rows, cols,
-                                                                                        residual);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(bf16_gemv_bias_residual_kernel, dim3(ceil_div(rows, kTileRows)), dim3(kWarps * 32), 0, stream, W, bias,
+             in, rows, cols, residual);
 }
 
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,

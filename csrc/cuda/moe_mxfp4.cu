@@ -4,10 +4,19 @@
 //   router  E × 2880 bf16 = 184 KB (20b, E = 32) / 737 KB (120b, E = 128)  → 0.06 / 0.25 µs (latency-bound)
 //   mlp1    4 experts × 5760 rows × 1530 B = 35.3 MB                        → 11.8 µs
 //   mlp2    4 experts × 2880 rows × 1530 B = 17.6 MB                        → 5.9 µs
-// Measured (H100 SXM, graph-timed, every expert streamed from HBM, 2026-11-25): router 6.4 / 7.3 µs (E = 32 /
-// 128; launch- and barrier-bound), mlp1 21.6 µs (1.63 TB/s), mlp2 16.5 µs (1.07 TB/s): both latency-bound (a
-// warp's batches are serial and the input staging delays them), not issue-bound (mlp1 SASS: ~3 instructions per
-// weight, 4.9 available at 3 TB/s).
+// Measured (H100 SXM, graph-timed with successive launches overlapping through PDL, every expert streamed from
+// HBM, 2026-11-25 13:02 UTC): router 5.7 / 6.2 µs (E = 32 / 128; launch- and barrier-bound), mlp1 20.2 µs
+// (1.75 TB/s of the 35.3 MB floor bytes), mlp2 14.3 µs (1.24 TB/s), router → mlp1 → mlp2 chained 39.7 µs
+// (floor 17.7). Before the scale dedup, PDL and the unrolled staging: 6.4 / 7.3, 21.6, 16.5 µs. Both MLP
+// kernels are latency-bound (a warp's batches are serial and the input staging delays them), not issue-bound
+// (mlp1 SASS: ~3 instructions per weight, 4.9 available at 3 TB/s).
+//
+// All three launch with programmatic dependent launch (launch_pdl): a kernel becomes resident while the
+// previous one drains and waits (pdl_wait) only before reading what earlier kernels wrote (always through
+// L2 with ld.cg: a producer that ran during this kernel's lifetime breaks the ld.global.nc contract); mlp2 reads the
+// router's ids and issues its first weight batch before the wait. Tried on the H100 and dropped (same DRAM
+// bytes, slower): a bulk L2 prefetch of each CTA's whole tile (mlp1 21.6 → 25.6 µs), and streaming through
+// a ring of cp.async slots in shared memory, 8 / 12 items in flight a warp (mlp1 20.2 → 24.7 µs, mlp2 equal).
 //
 // Steps of one layer's MoE (three launches, no host sync; expert ids live in device memory):
 //   1. router (one cluster of 8 CTAs): xn = bf16(rmsnorm(x) · scale); each CTA: E/8 gate rows · xn + bias;
@@ -20,9 +29,10 @@
 //
 // Repacked layout (upload_mxfp4_experts, a device kernel): rows in tiles of 16, K in chunks of 64 values (two
 // MXFP4 blocks). Tile row ρ < 8 is row 2ρ of the tile's 16, ρ ≥ 8 is row 2(ρ-8)+1, so a lane holds a glu row
-// and its linear partner. Per (expert, tile, chunk): 32 lanes × 16 B of codes then 32 lanes × 4 B of scales,
-// one full-line load each. Lane (g, t) = (lane / 4, lane % 4) gets words {row g blk 0, row g+8 blk 0, row g
-// blk 1, row g+8 blk 1}, each the 8 values 8t..8t+7 of its block, and the 4 matching E8M0 scales.
+// and its linear partner. Per (expert, tile, chunk): 32 lanes × 16 B of codes (in the codes array) and 8 row
+// pairs × 4 B of scales (in the scales array; exactly the stored bytes, no copies). Lane (g, t) = (lane / 4,
+// lane % 4) gets words {row g blk 0, row g+8 blk 0, row g blk 1, row g+8 blk 1}, each the 8 values 8t..8t+7 of
+// its block, and the scale word g: the 4 matching E8M0 scales.
 // Dequantisation: nibbles are placed so that AND / shift / AND give fp16 pairs equal to value · 2^-14 exactly
 // (E2M1 subnormals land on fp16 subnormals, which the tensor cores keep) — 11 integer ops per 8 values; an
 // m16n8k16 f16 mma per 8 values a lane; the block scale 2^(e-127) is applied to the fp32 mma result.
@@ -112,7 +122,7 @@ __global__ void repack_mxfp4_kernel(const uint8_t* __restrict__ blocks, const ui
       scale_word |= scale << (8 * w);
     }
     codes_out[i] = make_uint4(words[0], words[1], words[2], words[3]);
-    scales_out[i] = scale_word;
+    if (t == 0) scales_out[tc * 8 + g] = scale_word;
   }
 }
 
@@ -173,9 +183,11 @@ __device__ __forceinline__ void stream_tile(const StreamArgs& a, const int* s_ex
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       js[u] = j, cs[u] = c;
-      const int64_t off = ((static_cast<int64_t>(s_expert[j]) * a.tiles + tile) * a.chunks + c) * 32 + lane;
-      code[u] = ld_stream(a.codes + off);
-      scale[u] = ld_stream_u32(a.scales + off);
+      // (expert, tile, chunk) → its 512 B of codes (16 B a lane) and 32 B of scales (4 B a row pair g)
+      // 32-bit: upload_mxfp4_experts keeps every code index below 2^31.
+      const uint32_t line = (static_cast<uint32_t>(s_expert[j]) * a.tiles + tile) * a.chunks + c;
+      code[u] = ld_stream(a.codes + (line * 32 + lane));
+      scale[u] = ld_stream_u32(a.scales + (line * 8 + lane / 4));
       if (item + u + 1 < end && ++c == a.chunks) c = 0, ++j;
     }
   };
@@ -201,53 +213,81 @@ __device__ __forceinline__ void warp_range(int n_items, int warps, int warp, int
   end = min(n_items, begin + per);
 }
 
-// Stages nj bf16 vectors of `cols` values into shared fp16 (row stride xs_stride, zero padded), each scaled
-// by 2^-p_j so its largest magnitude lands in [2^14, 2^15); s_up[j] = 2^(14 + p_j) undoes both biases.
-__device__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int xs_stride, __half* xs,
-                             float* s_up, float* s_red) {
+// Stages nj ≤ kSlots bf16 vectors of `cols` values into shared fp16 (row stride xs_stride, zero padded), each
+// scaled by 2^-p_j so its largest magnitude lands in [2^14, 2^15); s_up[j] = 2^(14 + p_j) undoes both biases.
+// Both passes walk the nj vectors as one flat range with kStageLoads loads in flight per thread: the staging
+// sits on every CTA's critical path, so its L2 round trips must not run one at a time.
+constexpr int kStageLoads = 4;
+
+template <int kSlots>
+__device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int xs_stride,
+                                             __half* xs, float* s_up, float* s_red) {
   const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid / 32, lane = tid % 32, nwarps = nthreads / 32;
-  const int groups = cols / 8;  // 8 bf16 per 16-byte load
-  for (int j = 0; j < nj; ++j) {
-    float m = 0.f;
-    for (int i = tid; i < groups; i += nthreads) {
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(j) * cols) + i);
-      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  const int groups = cols / 8, total = nj * groups;  // 8 bf16 per 16-byte load; x is [nj, cols] contiguous
+  const uint4* x16 = reinterpret_cast<const uint4*>(x);
+  float m[kSlots];
+#pragma unroll
+  for (int q = 0; q < kSlots; ++q) m[q] = 0.f;
+  for (int base = tid; base < total; base += kStageLoads * nthreads) {
+    uint4 v[kStageLoads];
+#pragma unroll
+    for (int u = 0; u < kStageLoads; ++u) {
+      const int idx = base + u * nthreads;
+      v[u] = idx < total ? __ldcg(x16 + idx) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageLoads; ++u) {
+      const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+      float mv = 0.f;
 #pragma unroll
       for (int q = 0; q < 4; ++q)
-        m = fmaxf(m, fmaxf(fabsf(__uint_as_float(w[q] << 16)), fabsf(__uint_as_float(w[q] & 0xFFFF0000u))));
+        mv = fmaxf(mv, fmaxf(fabsf(__uint_as_float(w[q] << 16)), fabsf(__uint_as_float(w[q] & 0xFFFF0000u))));
+      const int j = (base + u * nthreads) / groups;  // past the end: j ≥ nj, matches no slot
+#pragma unroll
+      for (int q = 0; q < kSlots; ++q)
+        if (q == j) m[q] = fmaxf(m[q], mv);
     }
-    m = warp_max(m);
-    if (lane == 0) s_red[j * nwarps + warp] = m;
+  }
+#pragma unroll
+  for (int q = 0; q < kSlots; ++q) {
+    if (q >= nj) break;
+    const float mq = warp_max(m[q]);
+    if (lane == 0) s_red[q * nwarps + warp] = mq;
   }
   __syncthreads();
   if (tid < nj) {
-    float m = 0.f;
-    for (int w = 0; w < nwarps; ++w) m = fmaxf(m, s_red[tid * nwarps + w]);
+    float mj = 0.f;
+    for (int w = 0; w < nwarps; ++w) mj = fmaxf(mj, s_red[tid * nwarps + w]);
     // NaN or inf inputs give p = 113: they stay NaN / inf and the result says so. Tiny vectors are scaled up
     // (p < 0) so they do not become fp16 subnormals.
-    const int e = (m == m) ? static_cast<int>((__float_as_uint(m) >> 23) & 0xFF) - 127 : 127;
+    const int e = (mj == mj) ? static_cast<int>((__float_as_uint(mj) >> 23) & 0xFF) - 127 : 127;
     const int p = min(113, max(-100, e - 14));
     s_red[kMaxK * 32 + tid] = __uint_as_float(static_cast<uint32_t>(127 - p) << 23);
     s_up[tid] = __uint_as_float(static_cast<uint32_t>(127 + 14 + p) << 23);
   }
   __syncthreads();
-  for (int j = 0; j < nj; ++j) {
-    const float down = s_red[kMaxK * 32 + j];
-    for (int i = tid; i < xs_stride / 8; i += nthreads) {
-      uint4 out = make_uint4(0, 0, 0, 0);
-      if (i < groups) {
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(x + static_cast<int64_t>(j) * cols) + i);
-        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-        uint32_t h[4];
+  const int xs_groups = xs_stride / 8, xs_total = nj * xs_groups;
+  for (int base = tid; base < xs_total; base += kStageLoads * nthreads) {
+    uint4 v[kStageLoads];
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const __half2 hv = __floats2half2_rn(__uint_as_float(w[q] << 16) * down,
-                                               __uint_as_float(w[q] & 0xFFFF0000u) * down);
-          h[q] = *reinterpret_cast<const uint32_t*>(&hv);
-        }
-        out = make_uint4(h[0], h[1], h[2], h[3]);
+    for (int u = 0; u < kStageLoads; ++u) {  // L2 hits: pass 1 brought these lines in
+      const int idx = base + u * nthreads, j = idx / xs_groups, i = idx - j * xs_groups;
+      v[u] = idx < xs_total && i < groups ? __ldcg(x16 + j * groups + i) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageLoads; ++u) {
+      const int idx = base + u * nthreads;
+      if (idx >= xs_total) break;
+      const float down = s_red[kMaxK * 32 + idx / xs_groups];
+      const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+      uint32_t h[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const __half2 hv = __floats2half2_rn(__uint_as_float(w[q] << 16) * down,
+                                             __uint_as_float(w[q] & 0xFFFF0000u) * down);
+        h[q] = *reinterpret_cast<const uint32_t*>(&hv);
       }
-      reinterpret_cast<uint4*>(xs + j * xs_stride)[i] = out;
+      reinterpret_cast<uint4*>(xs)[idx] = make_uint4(h[0], h[1], h[2], h[3]);  // row j at j · xs_stride
     }
   }
   __syncthreads();
@@ -265,7 +305,11 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12)
   __shared__ float s_factor[1], s_up[1], s_red[kMaxK * 32 + kMaxK];
   __shared__ float s_sum[kMlp1Warps][kTileRows];
   const int tile = blockIdx.x, j = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int id = __ldg(ids + j);
+  // Every weight depends on the router's ids (the kernel right before): nothing to stream before the wait.
+  // Dependents are released only after it, so mlp2 may read the ids before its own wait.
+  pdl_wait();
+  pdl_launch_dependents();
+  const int id = __ldcg(ids + j);
   const bool bad_id = id < 0 || id >= experts;
   if (threadIdx.x == 0) s_expert[0] = bad_id ? 0 : id, s_factor[0] = 1.f;
   __syncthreads();
@@ -275,7 +319,7 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12)
   float acc_g = 0.f, acc_g8 = 0.f;
   stream_tile<kMlp1Batch>(
       a, s_expert, s_factor, xs, xs_stride, tile, begin, end,
-      [&] { stage_inputs(x_normed, 1, cols, xs_stride, xs, s_up, s_red); }, acc_g, acc_g8);
+      [&] { stage_inputs<1>(x_normed, 1, cols, xs_stride, xs, s_up, s_red); }, acc_g, acc_g8);
   if (lane % 4 == 0) s_sum[warp][lane / 4] = acc_g, s_sum[warp][lane / 4 + 8] = acc_g8;
   __syncthreads();
   const int pair = threadIdx.x;  // activation 8 · tile + pair: glu row 2i, linear row 2i + 1
@@ -310,7 +354,9 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 2)
   if (threadIdx.x == 0) s_bad = 0;
   __syncthreads();
   if (threadIdx.x < k) {
-    const int id = __ldg(ids + threadIdx.x);
+    // Before pdl_wait(): the router finished before mlp1 released this launch (see mlp1), so its ids are final
+    // in L2; read there (ld.cg), never from an L1 line an earlier layer's launch left on this SM.
+    const int id = __ldcg(ids + threadIdx.x);
     const bool bad = id < 0 || id >= experts;
     s_expert[threadIdx.x] = bad ? 0 : id;
     if (bad) s_bad = 1;
@@ -323,8 +369,10 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 2)
   stream_tile<kMlp2Batch>(
       a, s_expert, s_factor, xs, xs_stride, tile, begin, end,
       [&] {
-        stage_inputs(act, k, cols, xs_stride, xs, s_up, s_red);
-        if (threadIdx.x < k) s_factor[threadIdx.x] = __ldg(weights + threadIdx.x) * s_up[threadIdx.x];
+        pdl_wait();  // act (mlp1), weights (router) and the residual are read only after this
+        pdl_launch_dependents();
+        stage_inputs<kMaxK>(act, k, cols, xs_stride, xs, s_up, s_red);
+        if (threadIdx.x < k) s_factor[threadIdx.x] = __ldcg(weights + threadIdx.x) * s_up[threadIdx.x];
         __syncthreads();
       },
       acc_g, acc_g8);
@@ -335,8 +383,8 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 2)
     float sum = 0.f;
     for (int w = 0; w < kMlp2Warps; ++w) sum += s_sum[w][rho];
     for (int j = 0; j < k; ++j)
-      sum = fmaf(__ldg(weights + j), __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
-    residual[row] += s_bad ? __int_as_float(0x7fc00000) : sum;
+      sum = fmaf(__ldcg(weights + j), __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
+    residual[row] = __ldcg(residual + row) + (s_bad ? __int_as_float(0x7fc00000) : sum);  // L2: see pdl_wait
   }
 }
 
@@ -371,9 +419,14 @@ __global__ void __launch_bounds__(kRouterThreads)
       if (lane + 32 * q < groups) wv[q] = ld_stream(w_row + 8 * (lane + 32 * q));
   };
   if (warp < n_rows) load_row(warp);
+  pdl_wait();  // x comes from the out-projection (gate rows need no earlier kernel)
+  pdl_launch_dependents();
 
   float ss = 0.f;
-  for (int i = tid; i < hidden; i += kRouterThreads) ss = fmaf(x[i], x[i], ss);
+  for (int i = tid; i < hidden; i += kRouterThreads) {
+    const float xi = __ldcg(x + i);
+    ss = fmaf(xi, xi, ss);
+  }
   ss = warp_sum(ss);
   if (lane == 0) s_red[warp] = ss;
   __syncthreads();
@@ -381,7 +434,7 @@ __global__ void __launch_bounds__(kRouterThreads)
   for (int w = 0; w < nwarps; ++w) total += s_red[w];
   const float inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
   for (int i = tid; i < hidden; i += kRouterThreads) {
-    const bf16 v = __float2bfloat16(x[i] * inv_rms * norm_scale[i]);
+    const bf16 v = __float2bfloat16(__ldcg(x + i) * inv_rms * norm_scale[i]);
     xn[i] = v;
     if (rank == 0) x_normed[i] = v;
   }
@@ -498,8 +551,12 @@ Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, 
   m.experts = experts, m.rows = rows, m.cols = cols;
   const int tiles = row_tiles(m), chunks = ceil_div(cols, kChunkValues), col_blocks = cols / 32;
   const size_t lanes_per_expert = static_cast<size_t>(tiles) * chunks * 32;
+  if (lanes_per_expert * experts >= (size_t{1} << 31))
+    throw std::invalid_argument("upload_mxfp4_experts: " + std::to_string(experts) + " experts of " +
+                                std::to_string(rows) + " x " + std::to_string(cols) +
+                                " exceed the kernels' 32-bit code index (2^31 x 16 B)");
   m.weights = DeviceBuffer(lanes_per_expert * experts * sizeof(uint4));
-  m.scales = DeviceBuffer(lanes_per_expert * experts * sizeof(uint32_t));
+  m.scales = DeviceBuffer(lanes_per_expert / 4 * experts * sizeof(uint32_t));  // one word per row pair g
   m.bias = DeviceBuffer::from_host(bias, static_cast<size_t>(experts) * rows * sizeof(uint16_t));
 
   // Raw experts go up in batches of at most ~256 MB and are repacked on the device.
@@ -514,7 +571,7 @@ Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, 
     const int threads = 256, grid = static_cast<int>(std::min<int64_t>((total + threads - 1) / threads, 65536));
     repack_mxfp4_kernel<<<grid, threads>>>(d_blocks.get<uint8_t>(), d_scales.get<uint8_t>(), n, rows, col_blocks,
                                            tiles, chunks, m.weights.get<uint4>() + lanes_per_expert * e0,
-                                           m.scales.get<uint32_t>() + lanes_per_expert * e0);
+                                           m.scales.get<uint32_t>() + lanes_per_expert / 4 * e0);
     CUDA_CHECK_LAUNCH();
   }
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -533,13 +590,15 @@ void launch_moe_router(const float* x, const float* norm_scale, const bf16* gate
   cfg.blockDim = dim3(kRouterThreads);
   cfg.dynamicSmemBytes = static_cast<size_t>(hidden) * sizeof(bf16);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
+  cudaLaunchAttribute attr[2] = {};
   attr[0].id = cudaLaunchAttributeClusterDimension;
   attr[0].val.clusterDim.x = kRouterCluster;
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // see launch_pdl (common.cuh)
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = 2;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_router_kernel, x, norm_scale, gate_w, gate_b, experts, hidden, k, eps,
                                 x_normed, ids, weights));
 }
@@ -551,9 +610,8 @@ void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids
     throw std::invalid_argument("launch_bf16_mxfp4w_moe_mlp1_swiglu: mlp1 rows must be even (glu/linear pairs)");
   const size_t smem = stage_bytes(mlp1, 1);
   allow_dynamic_smem(moe_mlp1_swiglu_kernel, smem, "mlp1");
-  moe_mlp1_swiglu_kernel<<<dim3(row_tiles(mlp1), k), kMlp1Warps * 32, smem, stream>>>(
-      x_normed, ids, stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.experts, mlp1.rows, mlp1.cols, alpha, limit, act);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(moe_mlp1_swiglu_kernel, dim3(row_tiles(mlp1), k), dim3(kMlp1Warps * 32), smem, stream, x_normed, ids,
+             stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.experts, mlp1.rows, mlp1.cols, alpha, limit, act);
 }
 
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
@@ -561,9 +619,8 @@ void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, c
   check_moe_shapes(mlp2, k, "launch_bf16_mxfp4w_moe_mlp2_residual");
   const size_t smem = stage_bytes(mlp2, k);
   allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
-  moe_mlp2_residual_kernel<<<row_tiles(mlp2), kMlp2Warps * 32, smem, stream>>>(
-      act, ids, weights, k, stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual);
-  CUDA_CHECK_LAUNCH();
+  launch_pdl(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2)), dim3(kMlp2Warps * 32), smem, stream, act, ids, weights, k,
+             stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual);
 }
 
 }  // namespace gpt_oss

@@ -89,12 +89,14 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
   pdl_launch_dependents();
   pdl_wait();
 
-  // RMSNorm statistics in fp32 over the whole residual stream.
+  // RMSNorm statistics in fp32 over the whole residual stream. x is read through L2 (ld.cg), never L1: the
+  // previous MoE launch may still have been running after this kernel started, and its read-modify-write of
+  // the residual leaves this SM's L1 holding lines whose other rows other SMs then update.
   const float4* x4 = reinterpret_cast<const float4*>(p.x);
   const float4* s4 = reinterpret_cast<const float4*>(p.norm_scale);
   float ss = 0.0f;
   for (int j = threadIdx.x; j < p.hidden / 4; j += kThreads) {
-    const float4 v = x4[j];
+    const float4 v = __ldcg(x4 + j);
     ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
   }
   ss = warp_sum(ss);
@@ -105,7 +107,7 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
   for (int w = 0; w < kWarps; ++w) total += partial_sums[w];
   const float rstd = rsqrtf(total / p.hidden + p.eps);
   for (int j = threadIdx.x; j < p.hidden / 4; j += kThreads) {
-    const float4 v = x4[j], s = s4[j];
+    const float4 v = __ldcg(x4 + j), s = s4[j];
     smem4[j] = make_float4(v.x * rstd * s.x, v.y * rstd * s.y, v.z * rstd * s.z, v.w * rstd * s.w);
   }
   __syncthreads();

@@ -128,6 +128,33 @@ def test_mlp1_then_mlp2_deterministic() -> None:
     assert np.array_equal(first.view(np.uint32), second.view(np.uint32))
 
 
+@pytest.mark.parametrize(("experts", "inter", "hidden"), [(32, 2880, 2880), (128, 96, 64)])
+def test_layers_chained_match_one_kernel_at_a_time(experts: int, inter: int, hidden: int) -> None:
+    """router → mlp1 → mlp2 launched back to back for several layers, as the decode graph does (each launch may
+    start before the previous one ends: programmatic dependent launch), gives the same bits as the three kernels
+    run one at a time with a host sync after each. mlp2 reads the router's ids before its own dependency wait,
+    and each layer routes differently, so a read of stale ids or activations would show."""
+    rng = np.random.default_rng(experts + inter + hidden)
+    b1, s1 = random_mxfp4(rng, experts, 2 * inter, hidden)
+    b2, s2 = random_mxfp4(rng, experts, hidden, inter)
+    bias1, bias2 = random_bf16(rng, (experts, 2 * inter)), random_bf16(rng, (experts, hidden))
+    gate_w, gate_b = random_bf16(rng, (experts, hidden), scale=0.05), random_bf16(rng, experts, scale=0.5)
+    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
+    x = (rng.standard_normal(hidden) * 3).astype(np.float32)
+    layers = 4
+    chained = K.moe_layers(x, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, 4, ALPHA, LIMIT, EPS, layers)
+
+    routes = set()
+    for _ in range(layers):
+        xn, ids, weights = K.moe_router(x, norm_scale, gate_w, gate_b, 4, EPS)
+        act = K.bf16_mxfp4w_moe_mlp1_swiglu(xn, ids, b1, s1, bias1, ALPHA, LIMIT)
+        x = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, b2, s2, bias2, x)
+        routes.add(tuple(sorted(ids.tolist())))
+    assert np.isfinite(x).all()
+    assert len(routes) > 1, "every layer took the same experts: stale ids would go unnoticed"
+    assert np.array_equal(chained.view(np.uint32), x.view(np.uint32))
+
+
 def router_reference(gate_w, gate_b, xn_bits, k):
     """float64 logits from the kernel's own x_normed (its bf16 rounding is checked separately)."""
     logits = from_bf16(gate_w) @ from_bf16(xn_bits) + from_bf16(gate_b)
