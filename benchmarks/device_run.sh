@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The one script to run on a GPU machine: build, CUDA tests, decode benchmark, per-kernel profile.
-#   bash benchmarks/device_run.sh [quick|full]
-# quick: 20b at contexts 1k and 8k, 120b at 1k; full: both at 1k, 8k and 32k. Then an ncu profile of one
-# decode step (2-layer 20b-shaped model). Weights are built in host memory (decode.py --source memory); pass
-# DECODE_SOURCE=disk to write the 20b checkpoint with write_random_checkpoint and load it with load_checkpoint
-# (~13 GB of disk, a minute more).
+# The one script to run on a GPU machine: build, CUDA tests, decode and prefill benchmarks, per-kernel profile.
+#   bash benchmarks/device_run.sh [quick|full|tests|bench]
+# tests: CUDA tests only (the decode end-to-end tests twice: with the per-token prefill replay, which isolates
+#   the decode kernels, and with the default batched prefill). bench: benchmarks only. quick: both, 20b at
+#   contexts 1k and 8k and 120b at 1k; full: both, each model at 1k, 8k and 32k. Then an ncu profile of one
+#   decode step (2-layer 20b-shaped model). Weights are built in host memory (decode.py --source memory); pass
+#   DECODE_SOURCE=disk to write the 20b checkpoint with write_random_checkpoint and load it with load_checkpoint
+#   (~13 GB of disk, a minute more).
+# A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
+# instead of building here, which saves the device minutes of a build.
 # Logs go to $OUT (the device tool's output folder; /tmp/gpt_oss_device_out elsewhere). Wheels in .whl/
 # (pure-Python test dependencies the device image lacks, e.g. the gpt-oss reference) are installed first.
 set -uo pipefail
@@ -18,7 +22,9 @@ PY=python3
 stage() { echo; echo "=== $* ($(date -u +%T))"; }
 
 stage device
-nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,clocks.mem --format=csv 2>&1 \
+  | tee "$OUT/device.txt"
+nvcc --version | tail -n 2 | tee -a "$OUT/device.txt"
 
 if compgen -G ".whl/*.whl" > /dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -26,14 +32,25 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 
 stage build
-if ! $PY -m pip install --no-build-isolation --no-deps . -q 2>&1 | tee "$OUT/build.log"; then
+if compgen -G ".devwheel/*.whl" > /dev/null; then
+  $PY -m pip install -q --no-deps --force-reinstall .devwheel/*.whl 2>&1 | tee "$OUT/build.log"
+else
+  $PY -m pip install --no-build-isolation --no-deps . -q 2>&1 | tee "$OUT/build.log"
+fi
+if ! (cd /tmp && $PY -c "from gpt_oss_native import _C; assert _C.built_with_cuda and _C.cuda_devices()"); then
   echo "BUILD FAILED"; exit 1
 fi
 
-stage "pytest -m cuda"
-# Other modules may import packages the device image lacks (openai, pexpect): collect past them.
-timeout 240 $PY -m pytest -m cuda -q -rfE --durations=12 -p no:cacheprovider --continue-on-collection-errors tests \
-  2>&1 | tail -n 150 | tee "$OUT/pytest.log"
+if [ "$MODE" != bench ]; then
+  stage "pytest -m cuda, prefill by per-token replay"
+  # Other modules may import packages the device image lacks (openai, pexpect): collect past them.
+  GPT_OSS_NATIVE_CUDA_PREFILL=replay timeout 300 $PY -m pytest -m cuda -q -rfE --durations=12 -p no:cacheprovider \
+    --continue-on-collection-errors tests 2>&1 | tail -n 150 | tee "$OUT/pytest.log"
+  stage "end-to-end tests, batched prefill (default)"
+  timeout 200 $PY -m pytest -q -rfE --durations=8 -p no:cacheprovider tests/test_cuda_end_to_end.py \
+    2>&1 | tail -n 80 | tee "$OUT/pytest_batched_prefill.log"
+fi
+[ "$MODE" = tests ] && { stage done; exit 0; }
 
 stage benchmark
 if [ "$MODE" = full ]; then
