@@ -187,11 +187,13 @@ class CudaBackend final : public Backend {
     device_name_ = prop.name;
     multiprocessors_ = prop.multiProcessorCount;
     cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, embedding_gather_kernel) != cudaSuccess) {
+    if (const cudaError_t e = cudaFuncGetAttributes(&attr, embedding_gather_kernel); e != cudaSuccess) {
       cudaGetLastError();
-      throw std::runtime_error("this build has no kernels for " + device_name_ + " (sm_" + std::to_string(prop.major) +
-                               std::to_string(prop.minor) +
-                               "): rebuild with -DCMAKE_CUDA_ARCHITECTURES set for it (the default is 90a, Hopper)");
+      const std::string device = device_name_ + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ")";
+      if (e == cudaErrorInvalidDeviceFunction || e == cudaErrorNoKernelImageForDevice)
+        throw std::runtime_error("this build has no kernels for " + device +
+                                 ": rebuild with -DCMAKE_CUDA_ARCHITECTURES set for it (the default is 90a, Hopper)");
+      throw std::runtime_error("cannot load the CUDA kernels on " + device + ": " + cudaGetErrorString(e));
     }
     cudaStream_t s = nullptr;
     CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
