@@ -42,13 +42,16 @@ if ! (cd /tmp && $PY -c "from gpt_oss_native import _C; assert _C.built_with_cud
 fi
 
 if [ "$MODE" != bench ]; then
+  # Full logs go to $OUT; the console gets the summaries.
   stage "pytest -m cuda, prefill by per-token replay"
   # Other modules may import packages the device image lacks (openai, pexpect): collect past them.
   GPT_OSS_NATIVE_CUDA_PREFILL=replay timeout 300 $PY -m pytest -m cuda -q -rfE --durations=12 -p no:cacheprovider \
-    --continue-on-collection-errors tests 2>&1 | tail -n 150 | tee "$OUT/pytest.log"
+    --continue-on-collection-errors tests > "$OUT/pytest.log" 2>&1
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest.log" | tail -n 60
   stage "end-to-end tests, batched prefill (default)"
   timeout 200 $PY -m pytest -q -rfE --durations=8 -p no:cacheprovider tests/test_cuda_end_to_end.py \
-    2>&1 | tail -n 80 | tee "$OUT/pytest_batched_prefill.log"
+    > "$OUT/pytest_batched_prefill.log" 2>&1
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_batched_prefill.log" | tail -n 20
 fi
 [ "$MODE" = tests ] && { stage done; exit 0; }
 
