@@ -5,7 +5,9 @@ For each model: build the weights, load them into `_C.Model(..., backend="cuda")
 tokens and time `--tokens` decode steps through forward_sample (greedy: the product's own path, sampler and
 Python call included). Reports tok/s, ms/token, the bytes one token must read (weights of the 4 routed experts,
 attention, router, unembedding, the KV cache at that context) over the time, and that rate as a share of the
-device-to-device copy bandwidth measured in the same run. Prints a table; the last line is JSON.
+device-to-device copy bandwidth measured in the same run. Before that, the prefill A/B: `--prefill-lengths`
+prompts (1k by default) on a fresh sequence through the batched prefill and through the per-token decode-graph
+replay (GPT_OSS_NATIVE_CUDA_PREFILL=batched / replay), tok/s each. Prints tables; the last line is JSON.
 
 Weights (say which in any report):
   --source disk    write_random_checkpoint to --workdir, then load_checkpoint (the product's loading path)
@@ -25,6 +27,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -38,6 +41,8 @@ from gpt_oss_native.random_checkpoint import _draw, write_random_checkpoint
 
 MODELS = {"20b": GPT_OSS_20B, "120b": GPT_OSS_120B}
 GB = 1e9
+PREFILL_ENV = "GPT_OSS_NATIVE_CUDA_PREFILL"
+PREFILL_MODES = ("batched", "replay")
 
 
 def memory_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -131,11 +136,42 @@ def extend(model: _C.Model, seq: int, target: int, vocab: int, rng: np.random.Ge
     return n / (time.perf_counter() - start)
 
 
-def bench_model(name: str, config: ModelConfig, args: argparse.Namespace, copy_gbs: float | None) -> list[dict]:
+def prefill_ab(name: str, model: _C.Model, config: ModelConfig, lengths: list[int]) -> list[dict]:
+    """Prefill tok/s of each length on a fresh sequence, batched and per-token replay. Each mode is warmed up
+    first (scratch allocation, graph capture, module loading)."""
+    rng = np.random.default_rng(2)
+    previous = os.environ.get(PREFILL_ENV)
+    rows = []
+    try:
+        for mode in PREFILL_MODES:
+            os.environ[PREFILL_ENV] = mode
+            for i, n in enumerate([16, *lengths]):  # the first, short prompt only warms the mode up
+                seq = model.new_sequence()
+                tokens = rng.integers(0, config.vocab_size, n).astype(np.int32)
+                start = time.perf_counter()
+                model.forward(seq, tokens)
+                elapsed = time.perf_counter() - start
+                model.free_sequence(seq)
+                if i > 0:
+                    rows.append({"model": name, "mode": mode, "tokens": n, "tok_s": n / elapsed, "s": elapsed})
+                    print(f"[{name}] prefill {n} tokens, {mode}: {n / elapsed:.0f} tok/s ({elapsed * 1e3:.1f} ms)",
+                          flush=True)
+    finally:
+        if previous is None:
+            os.environ.pop(PREFILL_ENV, None)
+        else:
+            os.environ[PREFILL_ENV] = previous
+    return rows
+
+
+def bench_model(
+    name: str, config: ModelConfig, args: argparse.Namespace, copy_gbs: float | None
+) -> tuple[list[dict], list[dict]]:
     contexts = sorted(args.contexts)
-    max_context = contexts[-1] + args.warmup + args.tokens + 8
+    max_context = max([contexts[-1] + args.warmup + args.tokens + 8, *args.prefill_lengths])
     model, _weights = build_model(name, config, args.source if name == "20b" else "memory", args.workdir,
                                   max_context)
+    prefill_rows = prefill_ab(name, model, config, args.prefill_lengths) if args.prefill_lengths else []
     rng = np.random.default_rng(1)
     seq = model.new_sequence()
     rows = []
@@ -161,7 +197,7 @@ def bench_model(name: str, config: ModelConfig, args: argparse.Namespace, copy_g
         print(f"[{name}] ctx {context}: {row['tok_s']:.1f} tok/s, {row['ms_token']:.3f} ms/token, "
               f"{row['gb_s']:.0f} GB/s" + (f", prefill {prefill:.0f} tok/s" if prefill else ""), flush=True)
     model.free_sequence(seq)
-    return rows
+    return rows, prefill_rows
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -207,6 +243,8 @@ def main() -> None:
     parser.add_argument("--contexts", nargs="+", type=int, default=[1024, 8192, 32768])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--prefill-lengths", nargs="*", type=int, default=[1024],
+                        help="prompt lengths of the batched-vs-replay prefill A/B (none: skip it)")
     parser.add_argument("--source", choices=["disk", "memory"], default="memory", help="for 20b; 120b: memory")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gpt_oss_bench"))
     parser.add_argument("--profile", action="store_true")
@@ -224,9 +262,11 @@ def main() -> None:
     device = _C.cuda_devices()[0]
     copy_gbs = copy_bandwidth()
     print(f"{device['name']}: device-to-device copy {copy_gbs or math.nan:.0f} GB/s (read + write)", flush=True)
-    rows = []
+    rows, prefill_rows = [], []
     for name in args.models:
-        rows += bench_model(name, MODELS[name], args, copy_gbs)
+        decode_rows, ab_rows = bench_model(name, MODELS[name], args, copy_gbs)
+        rows += decode_rows
+        prefill_rows += ab_rows
 
     print(f"\n{'model':<6} {'ctx':>6} {'tok/s':>8} {'ms/tok':>8} {'GB/tok':>7} {'GB/s':>7} {'% copy':>7} "
           f"{'prefill tok/s':>13}")
@@ -235,8 +275,13 @@ def main() -> None:
         prefill = f"{r['prefill_tok_s']:.0f}" if r["prefill_tok_s"] else "-"
         print(f"{r['model']:<6} {r['context']:>6} {r['tok_s']:>8.1f} {r['ms_token']:>8.3f} {r['gb_token']:>7.2f} "
               f"{r['gb_s']:>7.0f} {pct:>7} {prefill:>13}")
+    if prefill_rows:
+        print(f"\n{'model':<6} {'prompt':>6} {'mode':>8} {'tok/s':>8} {'ms':>9}")
+        for r in prefill_rows:
+            print(f"{r['model']:<6} {r['tokens']:>6} {r['mode']:>8} {r['tok_s']:>8.0f} {r['s'] * 1e3:>9.1f}")
     print(json.dumps({"device": device["name"], "copy_gb_s": copy_gbs, "tokens": args.tokens,
-                      "source_20b": args.source, "source_120b": "memory", "results": rows}))
+                      "source_20b": args.source, "source_120b": "memory", "results": rows,
+                      "prefill": prefill_rows}))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@
 #include "cuda/moe_mxfp4.h"
 #include "cuda/sampling.h"
 
+// ---- batched prefill kernels ----
+#include "cuda/prefill.h"
+
 namespace nb = nanobind;
 
 namespace gpt_oss {
@@ -462,6 +465,229 @@ double time_sample(Array<float> logits, float temperature, float top_p, int top_
 
 }  // namespace weight_kernel_tests
 
+// ---- batched prefill kernels: prefill.h and the grouped expert GEMMs of moe_mxfp4.h ----
+namespace prefill_kernel_tests {
+
+template <typename T>
+using Array = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
+
+template <typename T>
+DeviceBuffer upload(const Array<T>& a) {
+  return DeviceBuffer::from_host(a.data(), a.size() * sizeof(T));
+}
+
+// 0xFF bytes: NaN for fp32 / bf16 / fp16, -1 for int32, so an unwritten output never passes for a result.
+DeviceBuffer poisoned(size_t bytes) {
+  DeviceBuffer d(bytes);
+  CUDA_CHECK(cudaMemset(d.get(), 0xFF, bytes));
+  return d;
+}
+
+// A NumPy array of `shape` filled by fill(dst, count).
+template <typename T, typename Fill>
+nb::ndarray<nb::numpy, T> numpy_array(std::vector<size_t> shape, Fill fill) {
+  size_t n = 1;
+  for (size_t s : shape) n *= s;
+  auto host = std::make_unique<T[]>(std::max<size_t>(n, 1));
+  fill(host.get(), n);
+  T* raw = host.release();
+  nb::capsule owner(raw, [](void* p) noexcept { delete[] static_cast<T*>(p); });
+  return nb::ndarray<nb::numpy, T>(raw, shape.size(), shape.data(), owner);
+}
+
+template <typename T>
+nb::ndarray<nb::numpy, T> download(const DeviceBuffer& d, std::vector<size_t> shape) {
+  return numpy_array<T>(std::move(shape), [&](T* dst, size_t n) {
+    CUDA_CHECK(cudaMemcpy(dst, d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  });
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+// y fp32 [T, rows] after launch_prefill_gemm_bf16(w [rows, cols], bias [rows] or empty, x [T, cols], x_lo [T, cols]
+// or empty) on y_in.
+nb::ndarray<nb::numpy, float> gemm_bf16(Array<uint16_t> w, Array<uint16_t> bias, Array<uint16_t> x, Array<uint16_t> x_lo,
+                                        Array<float> y_in, bool accumulate) {
+  require(w.ndim() == 2 && x.ndim() == 2 && x.shape(1) == w.shape(1) && y_in.ndim() == 2 &&
+              y_in.shape(0) == x.shape(0) && y_in.shape(1) == w.shape(0) &&
+              (bias.size() == 0 || bias.size() == w.shape(0)) && (x_lo.size() == 0 || x_lo.size() == x.size()),
+          "w must be [rows, cols], x [T, cols], x_lo [T, cols] or empty, y [T, rows], bias [rows] or empty");
+  const int rows = static_cast<int>(w.shape(0)), cols = static_cast<int>(w.shape(1)), T = static_cast<int>(x.shape(0));
+  DeviceBuffer d_w = upload(w), d_x = upload(x), d_xl = upload(x_lo), d_y = upload(y_in), d_b = upload(bias);
+  launch_prefill_gemm_bf16(d_w.get<bf16>(), bias.size() ? d_b.get<bf16>() : nullptr, d_x.get<bf16>(),
+                           x_lo.size() ? d_xl.get<bf16>() : nullptr, rows, cols, T,
+                           d_y.get<float>(), rows, accumulate, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return download<float>(d_y, {static_cast<size_t>(T), static_cast<size_t>(rows)});
+}
+
+// rmsnorm → qkv GEMM + bias → RoPE at pos0 + t for x fp32 [T, hidden]: (q fp32 [T, q_heads, 64], k, v bf16
+// [T, kv_heads, 64]), all poisoned before the launches.
+nb::tuple qkv_rope(Array<float> x, Array<float> norm_scale, Array<uint16_t> w, Array<uint16_t> bias, int q_heads,
+                   int kv_heads, int pos0, float rope_theta, float rope_scaling_factor, int initial_context_length,
+                   float rope_ntk_alpha, float rope_ntk_beta, float eps) {
+  require(x.ndim() == 2 && norm_scale.size() == x.shape(1), "x must be [T, hidden] and norm_scale [hidden]");
+  const int T = static_cast<int>(x.shape(0)), hidden = static_cast<int>(x.shape(1));
+  const int rows = (q_heads + 2 * kv_heads) * kAttentionHeadDim;
+  require(w.size() == static_cast<size_t>(rows) * hidden && bias.size() == static_cast<size_t>(rows),
+          "w must be [(q_heads + 2 kv_heads) * 64, hidden] and bias its rows");
+  ModelConfig rope_config;
+  rope_config.head_dim = kAttentionHeadDim;
+  rope_config.rope_theta = rope_theta;
+  rope_config.rope_scaling_factor = rope_scaling_factor;
+  rope_config.initial_context_length = initial_context_length;
+  rope_config.rope_ntk_alpha = rope_ntk_alpha;
+  rope_config.rope_ntk_beta = rope_ntk_beta;
+  const std::vector<float> table = yarn_rope_table(rope_config, pos0 + T);
+  DeviceBuffer d_rope = DeviceBuffer::from_host(table.data(), table.size() * sizeof(float));
+  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_w = upload(w), d_b = upload(bias);
+  DeviceBuffer xn = poisoned(sizeof(bf16) * T * hidden), xn_lo = poisoned(sizeof(bf16) * T * hidden),
+               qkv = poisoned(sizeof(float) * T * rows);
+  DeviceBuffer q = poisoned(sizeof(float) * T * q_heads * kAttentionHeadDim);
+  DeviceBuffer k = poisoned(sizeof(bf16) * T * kv_heads * kAttentionHeadDim);
+  DeviceBuffer v = poisoned(sizeof(bf16) * T * kv_heads * kAttentionHeadDim);
+  launch_prefill_rmsnorm(d_x.get<float>(), d_s.get<float>(), T, hidden, eps, xn.get<bf16>(), xn_lo.get<bf16>(), nullptr);
+  launch_prefill_gemm_bf16(d_w.get<bf16>(), d_b.get<bf16>(), xn.get<bf16>(), xn_lo.get<bf16>(), rows, hidden, T,
+                           qkv.get<float>(), rows,
+                           false, nullptr);
+  launch_prefill_rope(qkv.get<float>(), d_rope.get<float2>(), pos0, T, q_heads, kv_heads, q.get<float>(),
+                      k.get<bf16>(), v.get<bf16>(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const size_t t = T, d = kAttentionHeadDim;
+  return nb::make_tuple(download<float>(q, {t, static_cast<size_t>(q_heads), d}),
+                        download<uint16_t>(k, {t, static_cast<size_t>(kv_heads), d}),
+                        download<uint16_t>(v, {t, static_cast<size_t>(kv_heads), d}));
+}
+
+// launch_prefill_attention then launch_prefill_kv_commit: (out bf16 [T, q_heads * 64], k_cache, v_cache after
+// the commit). q fp32 [T, q_heads, 64]; k/v_chunk bf16 [T, kv_heads, 64]; caches bf16 [kv_heads, capacity, 64]
+// holding positions < pos0.
+nb::tuple attention(Array<float> q, Array<uint16_t> k_chunk, Array<uint16_t> v_chunk, Array<uint16_t> k_cache,
+                    Array<uint16_t> v_cache, Array<float> sinks, int pos0, int window) {
+  require(q.ndim() == 3 && q.shape(2) == kAttentionHeadDim && k_chunk.ndim() == 3 && k_chunk.shape(0) == q.shape(0) &&
+              k_chunk.shape(2) == kAttentionHeadDim && v_chunk.size() == k_chunk.size() && k_cache.ndim() == 3 &&
+              k_cache.shape(0) == k_chunk.shape(1) && k_cache.shape(2) == kAttentionHeadDim &&
+              v_cache.size() == k_cache.size() && sinks.size() == q.shape(1),
+          "q must be [T, q_heads, 64], k/v_chunk [T, kv_heads, 64], caches [kv_heads, capacity, 64], sinks [q_heads]");
+  const int T = static_cast<int>(q.shape(0)), q_heads = static_cast<int>(q.shape(1));
+  const int kv_heads = static_cast<int>(k_chunk.shape(1)), capacity = static_cast<int>(k_cache.shape(1));
+  DeviceBuffer d_q = upload(q), d_kc = upload(k_chunk), d_vc = upload(v_chunk), d_k = upload(k_cache),
+               d_v = upload(v_cache), d_s = upload(sinks);
+  DeviceBuffer out = poisoned(sizeof(bf16) * T * q_heads * kAttentionHeadDim);
+  PrefillAttentionParams p;
+  p.q = d_q.get<float>();
+  p.k_chunk = d_kc.get<bf16>();
+  p.v_chunk = d_vc.get<bf16>();
+  p.cache = KvLayerCache{d_k.get<bf16>(), d_v.get<bf16>(), capacity};
+  p.sinks = d_s.get<float>();
+  p.out = out.get<bf16>();
+  p.pos0 = pos0;
+  p.T = T;
+  p.q_heads = q_heads;
+  p.kv_heads = kv_heads;
+  p.window = window;
+  p.sm_scale = 1.0f / 8.0f;
+  launch_prefill_attention(p, nullptr);
+  launch_prefill_kv_commit(d_kc.get<bf16>(), d_vc.get<bf16>(), pos0, T, kv_heads, p.cache, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const std::vector<size_t> cache_shape{k_cache.shape(0), k_cache.shape(1), k_cache.shape(2)};
+  return nb::make_tuple(download<uint16_t>(out, {static_cast<size_t>(T), static_cast<size_t>(q_heads) * 64}),
+                        download<uint16_t>(d_k, cache_shape), download<uint16_t>(d_v, cache_shape));
+}
+
+// rmsnorm → gate GEMM + bias → top-k + softmax for x fp32 [T, hidden]: (x_normed bf16 [T, hidden],
+// ids [T, k], weights [T, k]).
+nb::tuple router(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b, int k,
+                 float eps) {
+  require(x.ndim() == 2 && gate_w.ndim() == 2 && gate_w.shape(1) == x.shape(1) && gate_b.size() == gate_w.shape(0) &&
+              norm_scale.size() == x.shape(1),
+          "x must be [T, hidden], gate_w [experts, hidden], gate_b [experts], norm_scale [hidden]");
+  const int T = static_cast<int>(x.shape(0)), hidden = static_cast<int>(x.shape(1));
+  const int experts = static_cast<int>(gate_w.shape(0));
+  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_w = upload(gate_w), d_b = upload(gate_b);
+  DeviceBuffer xn = poisoned(sizeof(bf16) * T * hidden), logits = poisoned(sizeof(float) * T * experts);
+  DeviceBuffer ids = poisoned(sizeof(int32_t) * T * k), w = poisoned(sizeof(float) * T * k);
+  launch_prefill_rmsnorm(d_x.get<float>(), d_s.get<float>(), T, hidden, eps, xn.get<bf16>(), nullptr, nullptr);
+  launch_prefill_gemm_bf16(d_w.get<bf16>(), d_b.get<bf16>(), xn.get<bf16>(), nullptr, experts, hidden, T, logits.get<float>(),
+                           experts, false, nullptr);
+  launch_prefill_topk_softmax(logits.get<float>(), T, experts, k, ids.get<int32_t>(), w.get<float>(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const size_t t = T, kk = k;
+  return nb::make_tuple(download<uint16_t>(xn, {t, static_cast<size_t>(hidden)}), download<int32_t>(ids, {t, kk}),
+                        download<float>(w, {t, kk}));
+}
+
+Mxfp4Experts experts_from(const Array<uint8_t>& blocks, const Array<uint8_t>& scales, const Array<uint16_t>& bias) {
+  require(blocks.ndim() == 4 && blocks.shape(3) == 16 && scales.ndim() == 3 && bias.ndim() == 2 &&
+              scales.shape(0) == blocks.shape(0) && scales.shape(1) == blocks.shape(1) &&
+              scales.shape(2) == blocks.shape(2) && bias.shape(0) == blocks.shape(0) && bias.shape(1) == blocks.shape(1),
+          "blocks must be [E, rows, cols/32, 16], scales [E, rows, cols/32], bias [E, rows]");
+  return upload_mxfp4_experts(blocks.data(), scales.data(), bias.data(), static_cast<int>(blocks.shape(0)),
+                              static_cast<int>(blocks.shape(1)), static_cast<int>(blocks.shape(2)) * 32);
+}
+
+// The MoE of one chunk as the backend runs it: group → stage → mlp1 + SwiGLU → stage → mlp2 → combine into the
+// residual. x_normed bf16 [T, hidden], ids / weights [T, k], residual fp32 [T, hidden]. Returns (residual,
+// act bf16 [T, k, intermediate] in pair order, sorted_of [T, k], tile entries [tile_count, 3]).
+nb::tuple moe(Array<uint16_t> x_normed, Array<int32_t> ids, Array<float> weights, Array<uint8_t> blocks1,
+              Array<uint8_t> scales1, Array<uint16_t> bias1, Array<uint8_t> blocks2, Array<uint8_t> scales2,
+              Array<uint16_t> bias2, float alpha, float limit, Array<float> residual) {
+  const Mxfp4Experts m1 = experts_from(blocks1, scales1, bias1), m2 = experts_from(blocks2, scales2, bias2);
+  require(x_normed.ndim() == 2 && ids.ndim() == 2 && ids.shape(0) == x_normed.shape(0) &&
+              weights.size() == ids.size() && residual.size() == x_normed.size(),
+          "x_normed must be [T, hidden], ids and weights [T, k], residual [T, hidden]");
+  const int T = static_cast<int>(x_normed.shape(0)), hidden = static_cast<int>(x_normed.shape(1));
+  const int k = static_cast<int>(ids.shape(1)), pairs = T * k, inter = m1.rows / 2, E = m1.experts;
+  require(m1.cols == hidden && m2.cols == inter && m2.rows == hidden && m2.experts == E,
+          "mlp1 must be [E, 2 I, hidden] and mlp2 [E, hidden, I]");
+  for (size_t i = 0; i < ids.size(); ++i) require(ids.data()[i] >= 0 && ids.data()[i] < E, "ids must be in [0, E)");
+  const int max_tiles = prefill_group_max_tiles(pairs, E, kMoePrefillTileTokens);
+  const size_t staged_cols = static_cast<size_t>(ceil_div(std::max(hidden, inter), 64)) * 64;
+  DeviceBuffer d_x = upload(x_normed), d_ids = upload(ids), d_w = upload(weights), d_r = upload(residual);
+  DeviceBuffer order = poisoned(sizeof(int32_t) * pairs), sorted_of = poisoned(sizeof(int32_t) * pairs);
+  DeviceBuffer tiles = poisoned(sizeof(int4) * max_tiles), tile_count = poisoned(sizeof(int32_t));
+  DeviceBuffer staged = poisoned(sizeof(__half) * std::max(T, pairs) * staged_cols);
+  DeviceBuffer up = poisoned(sizeof(float) * std::max(T, pairs));
+  DeviceBuffer act = poisoned(sizeof(bf16) * pairs * inter), y = poisoned(sizeof(float) * pairs * hidden);
+  launch_prefill_group_experts(d_ids.get<int32_t>(), pairs, E, kMoePrefillTileTokens, order.get<int32_t>(),
+                               sorted_of.get<int32_t>(), tiles.get<int4>(), tile_count.get<int32_t>(), nullptr);
+  launch_moe_prefill_stage(d_x.get<bf16>(), T, hidden, staged.get<__half>(), up.get<float>(), nullptr);
+  launch_bf16_mxfp4w_moe_prefill_mlp1_swiglu(staged.get<__half>(), up.get<float>(), order.get<int32_t>(), k,
+                                             tiles.get<int4>(), tile_count.get<int32_t>(), max_tiles, m1, alpha, limit,
+                                             act.get<bf16>(), nullptr);
+  launch_moe_prefill_stage(act.get<bf16>(), pairs, inter, staged.get<__half>(), up.get<float>(), nullptr);
+  launch_bf16_mxfp4w_moe_prefill_mlp2(staged.get<__half>(), up.get<float>(), tiles.get<int4>(),
+                                      tile_count.get<int32_t>(), max_tiles, m2, y.get<float>(), nullptr);
+  launch_prefill_moe_combine(y.get<float>(), sorted_of.get<int32_t>(), d_w.get<float>(), T, k, hidden,
+                             d_r.get<float>(), nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  // act rows back into pair order, so the test needs no knowledge of the grouping.
+  std::vector<int32_t> h_sorted(pairs);
+  CUDA_CHECK(cudaMemcpy(h_sorted.data(), sorted_of.get(), sizeof(int32_t) * pairs, cudaMemcpyDeviceToHost));
+  std::vector<uint16_t> h_act(static_cast<size_t>(pairs) * inter);
+  CUDA_CHECK(cudaMemcpy(h_act.data(), act.get(), h_act.size() * sizeof(uint16_t), cudaMemcpyDeviceToHost));
+  for (int p = 0; p < pairs; ++p) require(h_sorted[p] >= 0 && h_sorted[p] < pairs, "sorted_of is out of range");
+  int32_t n_tiles = 0;
+  CUDA_CHECK(cudaMemcpy(&n_tiles, tile_count.get(), sizeof(int32_t), cudaMemcpyDeviceToHost));
+  require(n_tiles >= 0 && n_tiles <= max_tiles, "tile_count is out of range");
+  std::vector<int4> h_tiles(std::max(n_tiles, 1));
+  CUDA_CHECK(cudaMemcpy(h_tiles.data(), tiles.get(), sizeof(int4) * n_tiles, cudaMemcpyDeviceToHost));
+  const size_t t = T, kk = k, in = inter;
+  auto act_by_pair = numpy_array<uint16_t>({t, kk, in}, [&](uint16_t* dst, size_t) {
+    for (int p = 0; p < pairs; ++p)
+      std::copy_n(h_act.data() + static_cast<size_t>(h_sorted[p]) * inter, inter, dst + static_cast<size_t>(p) * inter);
+  });
+  auto tile_rows = numpy_array<int32_t>({static_cast<size_t>(n_tiles), 3}, [&](int32_t* dst, size_t) {
+    for (int n = 0; n < n_tiles; ++n) dst[3 * n] = h_tiles[n].x, dst[3 * n + 1] = h_tiles[n].y, dst[3 * n + 2] = h_tiles[n].z;
+  });
+  return nb::make_tuple(download<float>(d_r, {t, static_cast<size_t>(hidden)}), act_by_pair,
+                        download<int32_t>(sorted_of, {t, kk}), tile_rows);
+}
+
+}  // namespace prefill_kernel_tests
+
 void register_cuda_kernel_tests(nb::module_& m) {
   m.doc() = "CUDA kernel test entry points (host arrays in, host arrays out)";
   // Entries are added below, one block per kernel family, each named by the kernel's stem.
@@ -492,6 +718,19 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("time_bf16_gemv_bias_residual", &wk::time_gemv_bias_residual, "w"_a, "copies"_a, "reps"_a);
     m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "reps"_a);
     m.def("time_sample", &wk::time_sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "reps"_a);
+  }
+  {  // ---- batched prefill kernels ----
+    using namespace nb::literals;
+    namespace pk = prefill_kernel_tests;
+    m.def("prefill_gemm_bf16", &pk::gemm_bf16, "w"_a, "bias"_a, "x"_a, "x_lo"_a, "y"_a, "accumulate"_a);
+    m.def("prefill_qkv_rope", &pk::qkv_rope, "x"_a, "norm_scale"_a, "w"_a, "bias"_a, "q_heads"_a, "kv_heads"_a,
+          "pos0"_a, "rope_theta"_a, "rope_scaling_factor"_a, "initial_context_length"_a, "rope_ntk_alpha"_a,
+          "rope_ntk_beta"_a, "eps"_a);
+    m.def("prefill_attention", &pk::attention, "q"_a, "k_chunk"_a, "v_chunk"_a, "k_cache"_a, "v_cache"_a, "sinks"_a,
+          "pos0"_a, "window"_a);
+    m.def("prefill_router", &pk::router, "x"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a, "k"_a, "eps"_a);
+    m.def("prefill_moe", &pk::moe, "x_normed"_a, "ids"_a, "weights"_a, "blocks1"_a, "scales1"_a, "bias1"_a,
+          "blocks2"_a, "scales2"_a, "bias2"_a, "alpha"_a, "limit"_a, "residual"_a);
   }
 }
 

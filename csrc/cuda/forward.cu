@@ -7,8 +7,16 @@
 //   per layer: norm_qkv_rope (q, KV append) → attention_decode → x += Wo·attn + bo
 //              → moe_router → mlp1 + SwiGLU → x += Σ_k w_k (W2·act_k + b2)
 //   unembedding with the final norm fused (only when logits are needed) → fp32 logits → device sampler.
-// Prefill runs the decode step once per token (graph replays) and skips the unembedding except where logits
-// are returned.
+// Prefill (n ≥ kBatchedPrefillMinTokens tokens) runs in chunks of up to kPrefillChunk tokens through the batched
+// kernels of prefill.h / moe_mxfp4.h, which read every weight matrix once per chunk instead of once per token:
+//   embedding gather [T, hidden]
+//   per layer: rmsnorm → qkv GEMM + bias → RoPE (q; k, v to a chunk scratch) → causal attention (chunk keys
+//              from the scratch, earlier ones from the cache) → commit the chunk's k, v to the cache
+//              → x += Wo·attn + bo (GEMM) → rmsnorm → gate GEMM → top-k → group the (token, expert) pairs by
+//              expert → mlp1 + SwiGLU and mlp2 per expert over its tokens → x += Σ_k w_k (…) in a fixed order
+//   unembedding only for the rows whose logits are returned.
+// Shorter inputs, and all of them with GPT_OSS_NATIVE_CUDA_PREFILL=replay, run the decode step once per token
+// (graph replays). GPT_OSS_NATIVE_CUDA_PREFILL=batched uses the batched path for any n ≥ 2 (tests, A/B).
 //
 // KV cache of a slot: one allocation, per layer K then V, each bf16 [kv_heads][capacity][head_dim]; sliding
 // layers hold a ring of min(sliding_window, max_context) slots, full layers max_context slots. Slots are
@@ -17,11 +25,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
@@ -30,12 +41,31 @@
 #include "cuda/gemv_bf16.h"
 #include "cuda/moe_mxfp4.h"
 #include "cuda/norm_rope.h"
+#include "cuda/prefill.h"
 #include "cuda/sampling.h"
 
 namespace gpt_oss {
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// Tokens per batched prefill chunk: each chunk streams every expert the chunk routes to (at 512 tokens all of
+// them, ~10 GB for 20b), so longer chunks amortise the MoE weights better; 512 keeps the scratch near 80 MB.
+constexpr int kPrefillChunk = 512;
+// Inputs shorter than this replay the decode graph per token. Below ~8 tokens the batched kernels, tuned for
+// tens of tokens (64-token tiles, no graph: 15 launches a layer), cost about as much as the replays they save.
+constexpr int kBatchedPrefillMinTokens = 8;
+
+enum class PrefillMode { automatic, batched, replay };
+
+PrefillMode prefill_mode() {
+  const char* v = std::getenv("GPT_OSS_NATIVE_CUDA_PREFILL");
+  const std::string mode = v ? v : "";
+  if (mode.empty() || mode == "auto") return PrefillMode::automatic;
+  if (mode == "batched") return PrefillMode::batched;
+  if (mode == "replay") return PrefillMode::replay;
+  throw std::invalid_argument("GPT_OSS_NATIVE_CUDA_PREFILL must be auto, batched or replay, got '" + mode + "'");
+}
 
 std::string gib(size_t bytes) {
   char buf[32];
@@ -134,6 +164,11 @@ class CudaBackend final : public Backend {
     use_device();
     Slot& slot = live_slot(seq);
     check_tokens(slot, seq, tokens, n);
+    if (use_batched_prefill(n)) {
+      prefill(slot, tokens, n, logits, all_logits);
+      CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+      return;
+    }
     for (int i = 0; i < n; ++i) {
       const bool wants_logits = all_logits || i == n - 1;
       decode_step(slot, tokens[i], i, wants_logits);
@@ -152,7 +187,11 @@ class CudaBackend final : public Backend {
     use_device();
     Slot& slot = live_slot(seq);
     check_tokens(slot, seq, tokens, n);
-    for (int i = 0; i < n; ++i) decode_step(slot, tokens[i], i, i == n - 1);
+    if (use_batched_prefill(n)) {
+      prefill(slot, tokens, n, nullptr, false);  // leaves the last token's logits in logits_
+    } else {
+      for (int i = 0; i < n; ++i) decode_step(slot, tokens[i], i, i == n - 1);
+    }
     launch_sample(logits_.get<float>(), cfg_.vocab_size, params, draw, sample_workspace_.get(), sampled_.get<int32_t>(),
                   stream_.get());
     CUDA_CHECK(cudaMemcpyAsync(host_sampled_.get(), sampled_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost,
@@ -376,6 +415,145 @@ class CudaBackend final : public Backend {
                          cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), stream_.get());
   }
 
+  bool use_batched_prefill(int n) {
+    const PrefillMode mode = prefill_mode();
+    if (mode == PrefillMode::replay || n < (mode == PrefillMode::batched ? 2 : kBatchedPrefillMinTokens)) return false;
+    return allocate_prefill_scratch();
+  }
+
+  // The batched path's scratch, sized for kPrefillChunk tokens, allocated on its first use. Where it does not
+  // fit (a cache sized to the last GiB), prefill replays the decode graph per token instead, saying so once.
+  bool allocate_prefill_scratch() {
+    if (prefill_ready_) return true;
+    if (prefill_unavailable_) return false;
+    const ModelConfig& c = cfg_;
+    const size_t C = kPrefillChunk, H = c.hidden_size, I = c.intermediate_size, Q = c.num_attention_heads * c.head_dim;
+    const size_t KV = static_cast<size_t>(c.num_key_value_heads) * c.head_dim, pairs = C * c.experts_per_token;
+    const size_t staged_cols = static_cast<size_t>(ceil_div(std::max(c.hidden_size, c.intermediate_size), 64)) * 64;
+    const size_t max_tiles = prefill_group_max_tiles(static_cast<int>(pairs), c.num_experts, kMoePrefillTileTokens);
+    const std::pair<DeviceBuffer*, size_t> buffers[] = {
+        {&prefill_tokens_, C * sizeof(int32_t)},
+        {&prefill_x_, C * H * sizeof(float)},
+        {&prefill_xn_, C * H * sizeof(bf16)},
+        {&prefill_xn_lo_, C * H * sizeof(bf16)},
+        {&prefill_qkv_, C * c.qkv_dim() * sizeof(float)},
+        {&prefill_q_, C * Q * sizeof(float)},
+        {&prefill_k_, C * KV * sizeof(bf16)},
+        {&prefill_v_, C * KV * sizeof(bf16)},
+        {&prefill_attn_, C * Q * sizeof(bf16)},
+        {&prefill_gate_, C * c.num_experts * sizeof(float)},
+        {&prefill_ids_, pairs * sizeof(int32_t)},
+        {&prefill_weights_, pairs * sizeof(float)},
+        {&prefill_order_, pairs * sizeof(int32_t)},
+        {&prefill_sorted_of_, pairs * sizeof(int32_t)},
+        {&prefill_up_, std::max(C, pairs) * sizeof(float)},
+        {&prefill_tiles_, max_tiles * sizeof(int4)},
+        {&prefill_tile_count_, sizeof(int32_t)},
+        {&prefill_staged_, std::max(C, pairs) * staged_cols * sizeof(__half)},
+        {&prefill_act_, pairs * I * sizeof(bf16)},
+        {&prefill_y_, pairs * H * sizeof(float)},
+    };
+    size_t bytes = 0;
+    for (const auto& [buffer, size] : buffers) bytes += size;
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (bytes + (64u << 20) > free_bytes) {  // leave room for the decode path's own small allocations
+      std::fprintf(stderr, "gpt_oss_native: the batched prefill needs %s of GPU scratch and %s is free: prompts "
+                   "are prefilled token by token (lower max_context for the fast path)\n", gib(bytes).c_str(),
+                   gib(free_bytes).c_str());
+      prefill_unavailable_ = true;
+      return false;
+    }
+    for (const auto& [buffer, size] : buffers) *buffer = DeviceBuffer(size);
+    prefill_ready_ = true;
+    return true;
+  }
+
+  // n tokens at the slot's end through the batched kernels, kPrefillChunk at a time. Logits of the rows asked
+  // for (every row with all_logits, else the last) land in logits_ and, when host_logits is given, there.
+  void prefill(Slot& slot, const int32_t* tokens, int n, float* host_logits, bool all_logits) {
+    cudaStream_t s = stream_.get();
+    for (int c0 = 0; c0 < n; c0 += kPrefillChunk) {
+      const int T = std::min(kPrefillChunk, n - c0);
+      // Pageable source: the copy has read it when the call returns, so `tokens` may go away afterwards.
+      CUDA_CHECK(cudaMemcpyAsync(prefill_tokens_.get(), tokens + c0, sizeof(int32_t) * T, cudaMemcpyHostToDevice, s));
+      enqueue_prefill_chunk(slot, slot.length, T);
+      slot.length += T;
+      const int first_row = all_logits ? 0 : (c0 + T == n ? T - 1 : T);  // else only the last chunk's last row
+      for (int t = first_row; t < T; ++t) {
+        launch_unembedding(unembedding_.get<bf16>(), final_norm_.get<float>(),
+                           prefill_x_.get<float>() + static_cast<size_t>(t) * cfg_.hidden_size, cfg_.vocab_size,
+                           cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), s);
+        if (host_logits) {
+          float* dst = host_logits + (all_logits ? static_cast<size_t>(c0 + t) * cfg_.vocab_size : 0);
+          // Pageable destination: returns once the row is on the host, so logits_ may be reused next.
+          CUDA_CHECK(cudaMemcpyAsync(dst, logits_.get(), sizeof(float) * cfg_.vocab_size, cudaMemcpyDeviceToHost, s));
+        }
+      }
+    }
+  }
+
+  // One chunk of T tokens at positions pos0 .. pos0 + T - 1 through every layer (prefill_x_ holds the final
+  // residual stream afterwards).
+  void enqueue_prefill_chunk(const Slot& slot, int pos0, int T) {
+    const ModelConfig& c = cfg_;
+    cudaStream_t s = stream_.get();
+    const int H = c.hidden_size, k = c.experts_per_token, E = c.num_experts, pairs = T * k;
+    const int Q = c.num_attention_heads, KV = c.num_key_value_heads;
+    const int max_tiles = prefill_group_max_tiles(pairs, E, kMoePrefillTileTokens);
+    float* x = prefill_x_.get<float>();
+    bf16* xn = prefill_xn_.get<bf16>();
+    bf16* xn_lo = prefill_xn_lo_.get<bf16>();
+    launch_prefill_embedding(embedding_.get<bf16>(), prefill_tokens_.get<int32_t>(), T, H, x, s);
+    for (int l = 0; l < c.num_layers; ++l) {
+      const LayerWeights& L = layers_[l];
+      // The qkv input keeps ~16 bits (xn + xn_lo), as decode's norm_qkv_rope keeps it in fp32.
+      launch_prefill_rmsnorm(x, L.attn_norm.get<float>(), T, H, c.norm_eps, xn, xn_lo, s);
+      launch_prefill_gemm_bf16(L.qkv_w.get<bf16>(), L.qkv_b.get<bf16>(), xn, xn_lo, c.qkv_dim(), H, T,
+                               prefill_qkv_.get<float>(), c.qkv_dim(), /*accumulate=*/false, s);
+      launch_prefill_rope(prefill_qkv_.get<float>(), rope_.get<float2>(), pos0, T, Q, KV, prefill_q_.get<float>(),
+                          prefill_k_.get<bf16>(), prefill_v_.get<bf16>(), s);
+      PrefillAttentionParams ap;
+      ap.q = prefill_q_.get<float>();
+      ap.k_chunk = prefill_k_.get<bf16>();
+      ap.v_chunk = prefill_v_.get<bf16>();
+      ap.cache = slot.layers[l];
+      ap.sinks = L.sinks.get<float>();
+      ap.out = prefill_attn_.get<bf16>();
+      ap.pos0 = pos0;
+      ap.T = T;
+      ap.q_heads = Q;
+      ap.kv_heads = KV;
+      ap.window = c.layer_is_sliding(l) ? c.sliding_window : 0;
+      ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+      launch_prefill_attention(ap, s);
+      launch_prefill_kv_commit(prefill_k_.get<bf16>(), prefill_v_.get<bf16>(), pos0, T, KV, slot.layers[l], s);
+      launch_prefill_gemm_bf16(L.out_w.get<bf16>(), L.out_b.get<bf16>(), prefill_attn_.get<bf16>(), nullptr, H, Q * c.head_dim,
+                               T, x, H, /*accumulate=*/true, s);
+
+      launch_prefill_rmsnorm(x, L.mlp_norm.get<float>(), T, H, c.norm_eps, xn, nullptr, s);  // bf16, as the router
+      launch_prefill_gemm_bf16(L.gate_w.get<bf16>(), L.gate_b.get<bf16>(), xn, nullptr, E, H, T, prefill_gate_.get<float>(), E,
+                               /*accumulate=*/false, s);
+      launch_prefill_topk_softmax(prefill_gate_.get<float>(), T, E, k, prefill_ids_.get<int32_t>(),
+                                  prefill_weights_.get<float>(), s);
+      launch_prefill_group_experts(prefill_ids_.get<int32_t>(), pairs, E, kMoePrefillTileTokens,
+                                   prefill_order_.get<int32_t>(), prefill_sorted_of_.get<int32_t>(),
+                                   prefill_tiles_.get<int4>(), prefill_tile_count_.get<int32_t>(), s);
+      launch_moe_prefill_stage(xn, T, H, prefill_staged_.get<__half>(), prefill_up_.get<float>(), s);
+      launch_bf16_mxfp4w_moe_prefill_mlp1_swiglu(prefill_staged_.get<__half>(), prefill_up_.get<float>(),
+                                                 prefill_order_.get<int32_t>(), k, prefill_tiles_.get<int4>(),
+                                                 prefill_tile_count_.get<int32_t>(), max_tiles, L.mlp1,
+                                                 c.swiglu_alpha, c.swiglu_limit, prefill_act_.get<bf16>(), s);
+      launch_moe_prefill_stage(prefill_act_.get<bf16>(), pairs, c.intermediate_size, prefill_staged_.get<__half>(),
+                               prefill_up_.get<float>(), s);
+      launch_bf16_mxfp4w_moe_prefill_mlp2(prefill_staged_.get<__half>(), prefill_up_.get<float>(),
+                                          prefill_tiles_.get<int4>(), prefill_tile_count_.get<int32_t>(), max_tiles,
+                                          L.mlp2, prefill_y_.get<float>(), s);
+      launch_prefill_moe_combine(prefill_y_.get<float>(), prefill_sorted_of_.get<int32_t>(),
+                                 prefill_weights_.get<float>(), T, k, H, x, s);
+    }
+  }
+
   void capture(Slot& slot) {
     cudaGraph_t graph = nullptr;
     CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
@@ -461,6 +639,11 @@ class CudaBackend final : public Backend {
   DeviceBuffer x_, q_, attn_, x_normed_, expert_ids_, expert_weights_, act_, logits_;
   DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, sampled_, d_step_;
   std::unique_ptr<void, PinnedDeleter> host_steps_, host_sampled_;
+
+  DeviceBuffer prefill_tokens_, prefill_x_, prefill_xn_, prefill_xn_lo_, prefill_qkv_, prefill_q_, prefill_k_, prefill_v_, prefill_attn_;
+  DeviceBuffer prefill_gate_, prefill_ids_, prefill_weights_, prefill_order_, prefill_sorted_of_, prefill_up_;
+  DeviceBuffer prefill_tiles_, prefill_tile_count_, prefill_staged_, prefill_act_, prefill_y_;
+  bool prefill_ready_ = false, prefill_unavailable_ = false;
 
   std::vector<Slot> slots_;
   bool warmed_up_ = false;

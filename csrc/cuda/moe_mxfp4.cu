@@ -510,6 +510,136 @@ __global__ void __launch_bounds__(kRouterThreads)
   cluster.sync();  // CTA 0 has read every CTA's logits; they may exit
 }
 
+// ---- batched prefill: grouped expert GEMMs ------------------------------------------------------------------
+//
+// Grid (ceil(row tiles / 4), tile list entry); a CTA's 4 warps each own one 16-row tile of the repacked layout
+// × the entry's ≤ 64 tokens (8 n8 tiles, 32 accumulators a lane). Per 64-value chunk a lane loads its 16 B of
+// codes and 4 B of scales (one full line per warp, exactly the decode kernels' fragments) and, per n8 tile,
+// 2 × 16 B of token g's staged fp16 input: the same k permutation as chunk_dot, with token g as column g.
+// Block scales and the per-token staging factor are applied to the fp32 mma results. The weight tile streams
+// from HBM once per 64 tokens of an expert; every output belongs to one lane: deterministic.
+
+constexpr int kPrefillWarps = 4;
+constexpr int kPrefillNTiles = kMoePrefillTileTokens / 8;
+constexpr int kStageThreads = 256;
+
+__global__ void __launch_bounds__(kStageThreads)
+    moe_prefill_stage_kernel(const bf16* __restrict__ in, int cols, int stride, __half* __restrict__ staged,
+                             float* __restrict__ up) {
+  __shared__ float s_red[kStageThreads / 32];
+  __shared__ float s_down;
+  const int r = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const bf16* row = in + static_cast<int64_t>(r) * cols;
+  float m = 0.f;
+  for (int i = threadIdx.x; i < cols; i += kStageThreads) m = fmaxf(m, fabsf(__bfloat162float(row[i])));
+  m = warp_max(m);
+  if (lane == 0) s_red[warp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float mx = 0.f;
+    for (int w = 0; w < kStageThreads / 32; ++w) mx = fmaxf(mx, s_red[w]);
+    // As stage_inputs: NaN / inf stay NaN / inf; tiny rows are scaled up rather than becoming fp16 subnormals.
+    const int e = (mx == mx) ? static_cast<int>((__float_as_uint(mx) >> 23) & 0xFF) - 127 : 127;
+    const int p = min(113, max(-100, e - 14));
+    s_down = __uint_as_float(static_cast<uint32_t>(127 - p) << 23);
+    up[r] = __uint_as_float(static_cast<uint32_t>(127 + 14 + p) << 23);
+  }
+  __syncthreads();
+  const float down = s_down;
+  __half* out = staged + static_cast<int64_t>(r) * stride;
+  for (int i = threadIdx.x; i < stride; i += kStageThreads)
+    out[i] = __float2half_rn(i < cols ? __bfloat162float(row[i]) * down : 0.f);
+}
+
+// mlp1 (kSwiglu) or mlp2 for one (row-tile group, tile entry). x rows: order[i] / k for mlp1 (the token of
+// sorted pair i), i itself for mlp2 (order == nullptr).
+template <bool kSwiglu>
+__global__ void __launch_bounds__(kPrefillWarps * 32)
+    moe_prefill_gemm_kernel(const __half* __restrict__ staged, const float* __restrict__ up,
+                            const int32_t* __restrict__ order, int k, const int4* __restrict__ tiles,
+                            const int32_t* __restrict__ tile_count, StreamArgs a, const bf16* __restrict__ bias,
+                            int rows, float alpha, float limit, bf16* __restrict__ act, float* __restrict__ y) {
+  if (static_cast<int>(blockIdx.y) >= *tile_count) return;
+  const int4 entry = tiles[blockIdx.y];
+  const int expert = entry.x, first = entry.y, count = entry.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int tile = blockIdx.x * kPrefillWarps + warp;
+  if (tile >= a.tiles) return;  // no barrier in this kernel
+  const int stride = a.chunks * kChunkValues;
+  auto x_row = [&](int col) { return order ? order[first + col] / k : first + col; };
+  const __half* x_n[kPrefillNTiles];
+  bool ok_n[kPrefillNTiles];
+#pragma unroll
+  for (int n = 0; n < kPrefillNTiles; ++n) {
+    const int col = n * 8 + g;
+    ok_n[n] = col < count;
+    x_n[n] = staged + static_cast<int64_t>(ok_n[n] ? x_row(col) : x_row(0)) * stride + 8 * t;
+  }
+  // Per (expert, tile, chunk) line: 32 lanes × 16 B of codes and 8 row pairs × 4 B of scales (see stream_tile).
+  const int64_t line0 = (static_cast<int64_t>(expert) * a.tiles + tile) * a.chunks;
+  const uint4* codes = a.codes + line0 * 32 + lane;
+  const uint32_t* scales = a.scales + line0 * 8 + g;
+  float acc[kPrefillNTiles][4] = {};
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  uint4 code = ld_stream(codes);
+  uint32_t sc = ld_stream_u32(scales);
+  for (int c = 0; c < a.chunks; ++c) {
+    const uint4 cur = code;
+    const uint32_t cur_sc = sc;
+    if (c + 1 < a.chunks) {  // the next chunk's weights are in flight during this one's mma
+      code = ld_stream(codes + (c + 1) * 32);
+      sc = ld_stream_u32(scales + (c + 1) * 8);
+    }
+    uint32_t ag0[4], ag80[4], ag1[4], ag81[4];
+    fp4x8_to_f16(cur.x, ag0[0], ag0[1], ag0[2], ag0[3]);    // row g, block 0
+    fp4x8_to_f16(cur.y, ag80[0], ag80[1], ag80[2], ag80[3]);  // row g + 8, block 0
+    fp4x8_to_f16(cur.z, ag1[0], ag1[1], ag1[2], ag1[3]);    // row g, block 1
+    fp4x8_to_f16(cur.w, ag81[0], ag81[1], ag81[2], ag81[3]);  // row g + 8, block 1
+    const float s_g0 = __uint_as_float((cur_sc & 0xFFu) << 23), s_g80 = __uint_as_float((cur_sc & 0xFF00u) << 15);
+    const float s_g1 = __uint_as_float((cur_sc & 0xFF0000u) << 7), s_g81 = __uint_as_float((cur_sc >> 1) & 0x7F800000u);
+#pragma unroll
+    for (int n = 0; n < kPrefillNTiles; ++n) {
+      const uint4 x0 = ok_n[n] ? __ldg(reinterpret_cast<const uint4*>(x_n[n] + c * kChunkValues)) : zero;
+      const uint4 x1 = ok_n[n] ? __ldg(reinterpret_cast<const uint4*>(x_n[n] + c * kChunkValues + 32)) : zero;
+      float d0[4] = {0.f, 0.f, 0.f, 0.f}, d1[4] = {0.f, 0.f, 0.f, 0.f};
+      mma_f16(d0, ag0[0], ag80[0], ag0[1], ag80[1], x0.x, x0.y);
+      mma_f16(d0, ag0[2], ag80[2], ag0[3], ag80[3], x0.z, x0.w);
+      mma_f16(d1, ag1[0], ag81[0], ag1[1], ag81[1], x1.x, x1.y);
+      mma_f16(d1, ag1[2], ag81[2], ag1[3], ag81[3], x1.z, x1.w);
+      acc[n][0] = fmaf(d0[0], s_g0, fmaf(d1[0], s_g1, acc[n][0]));
+      acc[n][1] = fmaf(d0[1], s_g0, fmaf(d1[1], s_g1, acc[n][1]));
+      acc[n][2] = fmaf(d0[2], s_g80, fmaf(d1[2], s_g81, acc[n][2]));
+      acc[n][3] = fmaf(d0[3], s_g80, fmaf(d1[3], s_g81, acc[n][3]));
+    }
+  }
+  // Accumulator (n, h) / (n, 2 + h): tile rows ρ = g / g + 8 for column 8n + 2t + h. mlp1: ρ g is glu row 2g,
+  // ρ g + 8 its linear partner 2g + 1 (tile_row_offset), so a lane holds both halves of one activation.
+  const bf16* b = bias + static_cast<int64_t>(expert) * rows;
+  const int row_g = tile * kTileRows + tile_row_offset(g), row_g8 = tile * kTileRows + tile_row_offset(g + 8);
+#pragma unroll
+  for (int n = 0; n < kPrefillNTiles; ++n) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int col = n * 8 + 2 * t + h;
+      if (col >= count) continue;
+      const float u = up[x_row(col)];
+      const int64_t pair = first + col;
+      if constexpr (kSwiglu) {
+        const int inter = rows / 2, i = tile * 8 + g;
+        if (i >= inter) continue;
+        float glu = acc[n][h] * u + __bfloat162float(b[2 * i]);
+        float lin = acc[n][2 + h] * u + __bfloat162float(b[2 * i + 1]);
+        glu = glu > limit ? limit : glu;  // comparisons, not fminf: a NaN stays NaN
+        lin = lin > limit ? limit : (lin < -limit ? -limit : lin);
+        act[pair * inter + i] = __float2bfloat16(glu / (1.f + __expf(-alpha * glu)) * (lin + 1.f));
+      } else {
+        if (row_g < rows) y[pair * rows + row_g] = acc[n][h] * u + __bfloat162float(b[row_g]);
+        if (row_g8 < rows) y[pair * rows + row_g8] = acc[n][2 + h] * u + __bfloat162float(b[row_g8]);
+      }
+    }
+  }
+}
+
 int row_tiles(const Mxfp4Experts& m) { return ceil_div(m.rows, kTileRows); }
 
 void check_moe_shapes(const Mxfp4Experts& m, int k, const char* who) {
@@ -621,6 +751,49 @@ void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, c
   allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
   launch_pdl(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2)), dim3(kMlp2Warps * 32), smem, stream, act, ids, weights, k,
              stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual);
+}
+
+void launch_moe_prefill_stage(const bf16* in, int n_rows, int cols, __half* staged, float* up, cudaStream_t stream) {
+  if (n_rows < 1 || cols < 1)
+    throw std::invalid_argument("launch_moe_prefill_stage: need n_rows >= 1 and cols >= 1");
+  moe_prefill_stage_kernel<<<n_rows, kStageThreads, 0, stream>>>(in, cols, ceil_div(cols, kChunkValues) * kChunkValues,
+                                                                 staged, up);
+  CUDA_CHECK_LAUNCH();
+}
+
+namespace {
+void check_prefill_tiles(const Mxfp4Experts& m, int max_tiles, const char* who) {
+  if (m.rows == 0) throw std::invalid_argument(std::string(who) + ": the experts were not uploaded");
+  if (max_tiles < 1 || max_tiles > 65535)
+    throw std::invalid_argument(std::string(who) + ": max_tiles must be in [1, 65535], got " +
+                                std::to_string(max_tiles));
+}
+}  // namespace
+
+void launch_bf16_mxfp4w_moe_prefill_mlp1_swiglu(const __half* staged, const float* up, const int32_t* order, int k,
+                                                const int4* tiles, const int32_t* tile_count, int max_tiles,
+                                                const Mxfp4Experts& mlp1, float alpha, float limit, bf16* act,
+                                                cudaStream_t stream) {
+  const char* who = "launch_bf16_mxfp4w_moe_prefill_mlp1_swiglu";
+  check_prefill_tiles(mlp1, max_tiles, who);
+  if (mlp1.rows % 2 != 0) throw std::invalid_argument(std::string(who) + ": mlp1 rows must be even");
+  if (k < 1 || !order) throw std::invalid_argument(std::string(who) + ": need k >= 1 and the pair order");
+  const dim3 grid(ceil_div(row_tiles(mlp1), kPrefillWarps), max_tiles);
+  moe_prefill_gemm_kernel<true><<<grid, kPrefillWarps * 32, 0, stream>>>(
+      staged, up, order, k, tiles, tile_count, stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.rows, alpha, limit,
+      act, nullptr);
+  CUDA_CHECK_LAUNCH();
+}
+
+void launch_bf16_mxfp4w_moe_prefill_mlp2(const __half* staged, const float* up, const int4* tiles,
+                                         const int32_t* tile_count, int max_tiles, const Mxfp4Experts& mlp2, float* y,
+                                         cudaStream_t stream) {
+  check_prefill_tiles(mlp2, max_tiles, "launch_bf16_mxfp4w_moe_prefill_mlp2");
+  const dim3 grid(ceil_div(row_tiles(mlp2), kPrefillWarps), max_tiles);
+  moe_prefill_gemm_kernel<false><<<grid, kPrefillWarps * 32, 0, stream>>>(
+      staged, up, nullptr, 1, tiles, tile_count, stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.rows, 0.f, 0.f,
+      nullptr, y);
+  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace gpt_oss

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include <cuda_fp16.h>
+
 #include "cuda/common.cuh"
 
 namespace gpt_oss {
@@ -35,5 +37,30 @@ void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids
 // residual[h] += Σ_j weights[j] · (W2[ids[j]] · act[j] + b2[ids[j]])[h]   (fp32 residual, in place).
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
                                           const Mxfp4Experts& mlp2, float* residual, cudaStream_t);
+
+// ---- batched prefill (T tokens; see prefill.h for the grouping) ----------------------------------------------
+
+// Tokens per expert GEMM tile of the prefill kernels (the tile_tokens of launch_prefill_group_experts).
+constexpr int kMoePrefillTileTokens = 64;
+
+// Row r of `in` (bf16 [n_rows, cols]) → fp16 [n_rows, ceil(cols / 64) · 64] scaled by 2^-p_r so its largest
+// magnitude lands in [2^14, 2^15) (zero padded), and up[r] = 2^(14 + p_r): the inputs of the prefill expert
+// GEMMs, staged once per chunk instead of once per CTA.
+void launch_moe_prefill_stage(const bf16* in, int n_rows, int cols, __half* staged, float* up, cudaStream_t);
+
+// For each tile n < *tile_count (tiles from launch_prefill_group_experts: expert, first sorted pair, count):
+// act[i, :] = swiglu(W1[expert] · x[order[i] / k] + b1[expert]) for the tile's sorted pairs i; staged / up: the
+// chunk's normed tokens through launch_moe_prefill_stage (cols = mlp1.cols). act bf16 [T·k, rows / 2].
+void launch_bf16_mxfp4w_moe_prefill_mlp1_swiglu(const __half* staged, const float* up, const int32_t* order, int k,
+                                                const int4* tiles, const int32_t* tile_count, int max_tiles,
+                                                const Mxfp4Experts& mlp1, float alpha, float limit, bf16* act,
+                                                cudaStream_t);
+
+// y[i, :] = W2[expert] · act[i] + b2[expert] for the tiles' sorted pairs i (fp32 [T·k, rows]); staged / up: act
+// through launch_moe_prefill_stage (cols = mlp2.cols). The routing weights and the sum over experts are
+// launch_prefill_moe_combine's.
+void launch_bf16_mxfp4w_moe_prefill_mlp2(const __half* staged, const float* up, const int4* tiles,
+                                         const int32_t* tile_count, int max_tiles, const Mxfp4Experts& mlp2, float* y,
+                                         cudaStream_t);
 
 }  // namespace gpt_oss
