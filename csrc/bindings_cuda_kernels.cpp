@@ -28,43 +28,59 @@
 namespace nb = nanobind;
 
 namespace gpt_oss {
+namespace {
 
-// ---- forward-path kernels (cuda-forward): norm_rope, attention_decode ----
-namespace forward_kernel_tests {
+// Host <-> device plumbing shared by every kernel-test entry below.
+template <typename T>
+using Array = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
 
 template <typename T>
-using HostArray = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
-
-template <typename T>
-DeviceBuffer to_device(const HostArray<T>& a) {
+DeviceBuffer upload(const Array<T>& a) {
   return DeviceBuffer::from_host(a.data(), a.size() * sizeof(T));
 }
 
-// A device buffer full of NaN-ish bytes (0xFF: NaN for fp32 and bf16), so unwritten outputs are caught.
+// 0xFF bytes: NaN for fp32 / bf16 / fp16, -1 for int32, so an unwritten output never passes for a result.
 DeviceBuffer poisoned(size_t bytes) {
   DeviceBuffer d(bytes);
   CUDA_CHECK(cudaMemset(d.get(), 0xFF, bytes));
   return d;
 }
 
-template <typename T>
-nb::ndarray<nb::numpy, T> to_host(const DeviceBuffer& d, std::vector<size_t> shape) {
+// A NumPy array of `shape` filled by fill(dst, count).
+template <typename T, typename Fill>
+nb::ndarray<nb::numpy, T> numpy_array(std::vector<size_t> shape, Fill fill) {
   size_t n = 1;
   for (size_t s : shape) n *= s;
-  auto host = std::make_unique<T[]>(n);
-  CUDA_CHECK(cudaMemcpy(host.get(), d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  auto host = std::make_unique<T[]>(std::max<size_t>(n, 1));
+  fill(host.get(), n);
   T* raw = host.release();
   nb::capsule owner(raw, [](void* p) noexcept { delete[] static_cast<T*>(p); });
   return nb::ndarray<nb::numpy, T>(raw, shape.size(), shape.data(), owner);
 }
 
+template <typename T>
+nb::ndarray<nb::numpy, T> download(const DeviceBuffer& d, std::vector<size_t> shape) {
+  return numpy_array<T>(std::move(shape), [&](T* dst, size_t n) {
+    CUDA_CHECK(cudaMemcpy(dst, d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
+  });
+}
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+}  // namespace
+
+// ---- forward-path kernels (cuda-forward): norm_rope, attention_decode ----
+namespace forward_kernel_tests {
+
 DeviceBuffer device_int(int value) { return DeviceBuffer::from_host(&value, sizeof(int)); }
 
 // q fp32 [q_heads * head_dim], k_cache and v_cache (bf16 as uint16 [kv_heads, capacity, head_dim]) after one
 // launch of launch_norm_qkv_rope at `pos`; the caches come back whole so tests see every slot.
-nb::tuple norm_qkv_rope(HostArray<float> x, HostArray<float> norm_scale, HostArray<uint16_t> w,
-                        HostArray<uint16_t> bias, int q_heads, int kv_heads, int head_dim, int pos,
-                        HostArray<uint16_t> k_cache, HostArray<uint16_t> v_cache, float rope_theta,
+nb::tuple norm_qkv_rope(Array<float> x, Array<float> norm_scale, Array<uint16_t> w,
+                        Array<uint16_t> bias, int q_heads, int kv_heads, int head_dim, int pos,
+                        Array<uint16_t> k_cache, Array<uint16_t> v_cache, float rope_theta,
                         float rope_scaling_factor, int initial_context_length, float rope_ntk_alpha,
                         float rope_ntk_beta, float eps) {
   if (k_cache.ndim() != 3 || v_cache.ndim() != 3 || k_cache.shape(0) != static_cast<size_t>(kv_heads) ||
@@ -83,8 +99,8 @@ nb::tuple norm_qkv_rope(HostArray<float> x, HostArray<float> norm_scale, HostArr
   rope_config.rope_ntk_beta = rope_ntk_beta;
   const std::vector<float> table = yarn_rope_table(rope_config, pos + 1);
 
-  DeviceBuffer d_x = to_device(x), d_scale = to_device(norm_scale), d_w = to_device(w), d_bias = to_device(bias);
-  DeviceBuffer d_k = to_device(k_cache), d_v = to_device(v_cache), d_pos = device_int(pos);
+  DeviceBuffer d_x = upload(x), d_scale = upload(norm_scale), d_w = upload(w), d_bias = upload(bias);
+  DeviceBuffer d_k = upload(k_cache), d_v = upload(v_cache), d_pos = device_int(pos);
   DeviceBuffer d_rope = DeviceBuffer::from_host(table.data(), table.size() * sizeof(float));
   DeviceBuffer d_q = poisoned(sizeof(float) * q_heads * head_dim);
   NormRopeParams p;
@@ -104,14 +120,14 @@ nb::tuple norm_qkv_rope(HostArray<float> x, HostArray<float> norm_scale, HostArr
   launch_norm_qkv_rope(p, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<size_t> cache_shape{k_cache.shape(0), k_cache.shape(1), k_cache.shape(2)};
-  return nb::make_tuple(to_host<float>(d_q, {static_cast<size_t>(q_heads) * head_dim}),
-                        to_host<uint16_t>(d_k, cache_shape), to_host<uint16_t>(d_v, cache_shape));
+  return nb::make_tuple(download<float>(d_q, {static_cast<size_t>(q_heads) * head_dim}),
+                        download<uint16_t>(d_k, cache_shape), download<uint16_t>(d_v, cache_shape));
 }
 
 // out bf16 (as uint16) [q_heads * 64] of launch_attention_decode, launched twice on the same counters (the
 // second launch checks that the in-launch combine re-arms them); returns (first, second).
-nb::tuple attention_decode(HostArray<float> q, HostArray<uint16_t> k_cache, HostArray<uint16_t> v_cache,
-                           HostArray<float> sinks, int pos, int max_splits) {
+nb::tuple attention_decode(Array<float> q, Array<uint16_t> k_cache, Array<uint16_t> v_cache,
+                           Array<float> sinks, int pos, int max_splits) {
   if (k_cache.ndim() != 3 || v_cache.size() != k_cache.size() || k_cache.shape(2) != kAttentionHeadDim)
     throw std::invalid_argument("k_cache / v_cache must both be [kv_heads, capacity, 64]");
   const int kv_heads = static_cast<int>(k_cache.shape(0)), capacity = static_cast<int>(k_cache.shape(1));
@@ -124,7 +140,7 @@ nb::tuple attention_decode(HostArray<float> q, HostArray<uint16_t> k_cache, Host
     CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     max_splits = attention_decode_max_splits(kv_heads, capacity, sms);
   }
-  DeviceBuffer d_q = to_device(q), d_k = to_device(k_cache), d_v = to_device(v_cache), d_sinks = to_device(sinks);
+  DeviceBuffer d_q = upload(q), d_k = upload(k_cache), d_v = upload(v_cache), d_sinks = upload(sinks);
   DeviceBuffer d_pos = device_int(pos);
   DeviceBuffer workspace = poisoned(attention_decode_workspace_bytes(q_heads, max_splits));
   DeviceBuffer counters(sizeof(int) * kv_heads);
@@ -147,43 +163,13 @@ nb::tuple attention_decode(HostArray<float> q, HostArray<uint16_t> k_cache, Host
   p.out = second.get<bf16>();
   launch_attention_decode(p, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
-  return nb::make_tuple(to_host<uint16_t>(first, {out_elems}), to_host<uint16_t>(second, {out_elems}));
+  return nb::make_tuple(download<uint16_t>(first, {out_elems}), download<uint16_t>(second, {out_elems}));
 }
 
 }  // namespace forward_kernel_tests
 
 // ---- weight-streaming kernels (cuda-weights): moe_mxfp4, gemv_bf16, sampling ----
 namespace weight_kernel_tests {
-
-template <typename T>
-using Array = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
-
-template <typename T>
-DeviceBuffer upload(const Array<T>& a) {
-  return DeviceBuffer::from_host(a.data(), a.size() * sizeof(T));
-}
-
-// 0xFF bytes: NaN for fp32 and bf16, -1 for int32, so an unwritten output never passes for a result.
-DeviceBuffer poisoned(size_t bytes) {
-  DeviceBuffer d(bytes);
-  CUDA_CHECK(cudaMemset(d.get(), 0xFF, bytes));
-  return d;
-}
-
-template <typename T>
-nb::ndarray<nb::numpy, T> download(const DeviceBuffer& d, std::vector<size_t> shape) {
-  size_t n = 1;
-  for (size_t s : shape) n *= s;
-  auto host = std::make_unique<T[]>(n);
-  CUDA_CHECK(cudaMemcpy(host.get(), d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
-  T* raw = host.release();
-  nb::capsule owner(raw, [](void* p) noexcept { delete[] static_cast<T*>(p); });
-  return nb::ndarray<nb::numpy, T>(raw, shape.size(), shape.data(), owner);
-}
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
 
 // blocks [E, rows, cols/32, 16] u8, scales [E, rows, cols/32] u8, bias [E, rows] bf16 → device experts.
 Mxfp4Experts experts_from(const Array<uint8_t>& blocks, const Array<uint8_t>& scales, const Array<uint16_t>& bias) {
@@ -467,44 +453,6 @@ double time_sample(Array<float> logits, float temperature, float top_p, int top_
 
 // ---- batched prefill kernels: prefill.h and the grouped expert GEMMs of moe_mxfp4.h ----
 namespace prefill_kernel_tests {
-
-template <typename T>
-using Array = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
-
-template <typename T>
-DeviceBuffer upload(const Array<T>& a) {
-  return DeviceBuffer::from_host(a.data(), a.size() * sizeof(T));
-}
-
-// 0xFF bytes: NaN for fp32 / bf16 / fp16, -1 for int32, so an unwritten output never passes for a result.
-DeviceBuffer poisoned(size_t bytes) {
-  DeviceBuffer d(bytes);
-  CUDA_CHECK(cudaMemset(d.get(), 0xFF, bytes));
-  return d;
-}
-
-// A NumPy array of `shape` filled by fill(dst, count).
-template <typename T, typename Fill>
-nb::ndarray<nb::numpy, T> numpy_array(std::vector<size_t> shape, Fill fill) {
-  size_t n = 1;
-  for (size_t s : shape) n *= s;
-  auto host = std::make_unique<T[]>(std::max<size_t>(n, 1));
-  fill(host.get(), n);
-  T* raw = host.release();
-  nb::capsule owner(raw, [](void* p) noexcept { delete[] static_cast<T*>(p); });
-  return nb::ndarray<nb::numpy, T>(raw, shape.size(), shape.data(), owner);
-}
-
-template <typename T>
-nb::ndarray<nb::numpy, T> download(const DeviceBuffer& d, std::vector<size_t> shape) {
-  return numpy_array<T>(std::move(shape), [&](T* dst, size_t n) {
-    CUDA_CHECK(cudaMemcpy(dst, d.get(), n * sizeof(T), cudaMemcpyDeviceToHost));
-  });
-}
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
 
 // y fp32 [T, rows] after launch_prefill_gemm_bf16(w [rows, cols], bias [rows] or empty, x [T, cols], x_lo [T, cols]
 // or empty) on y_in.

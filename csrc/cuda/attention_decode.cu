@@ -122,15 +122,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                               uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -244,8 +235,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int kstep = half * 2 + j;
-          mma_bf16_16816(s[nb], q_hi[kstep][0], 0u, q_hi[kstep][1], 0u, b[2 * j], b[2 * j + 1]);
-          mma_bf16_16816(s[nb], q_lo[kstep][0], 0u, q_lo[kstep][1], 0u, b[2 * j], b[2 * j + 1]);
+          mma_bf16(s[nb], q_hi[kstep][0], 0u, q_hi[kstep][1], 0u, b[2 * j], b[2 * j + 1]);
+          mma_bf16(s[nb], q_lo[kstep][0], 0u, q_lo[kstep][1], 0u, b[2 * j], b[2 * j + 1]);
         }
       }
     }
@@ -288,8 +279,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
       uint32_t b[4];
       const int j = lane / 8;
       ldmatrix_x4_trans(b, vs_smem + ((j & 1) * 8 + lane % 8) * kRowPad + q4 * 16 + (j >> 1) * 8);
-      mma_bf16_16816(o[2 * q4], p_lo, 0u, p_hi, 0u, b[0], b[1]);
-      mma_bf16_16816(o[2 * q4 + 1], p_lo, 0u, p_hi, 0u, b[2], b[3]);
+      mma_bf16(o[2 * q4], p_lo, 0u, p_hi, 0u, b[0], b[1]);
+      mma_bf16(o[2 * q4 + 1], p_lo, 0u, p_hi, 0u, b[2], b[3]);
     }
   }
   cp_async_wait<0>();

@@ -390,10 +390,6 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 2)
 
 // ---- router -------------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
-  return v > bv || (v == bv && i < bi);
-}
-
 __global__ void __launch_bounds__(kRouterThreads)
     moe_router_kernel(const float* __restrict__ x, const float* __restrict__ norm_scale,
                       const bf16* __restrict__ gate_w, const bf16* __restrict__ gate_b, int experts, int hidden, int k,
@@ -715,22 +711,9 @@ void launch_moe_router(const float* x, const float* norm_scale, const bf16* gate
                                 " and 1 <= k <= min(" + std::to_string(kMaxK) + ", experts)");
   if (hidden < 8 || hidden % 8 != 0)
     throw std::invalid_argument("launch_moe_router: hidden must be a positive multiple of 8");
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(kRouterCluster);
-  cfg.blockDim = dim3(kRouterThreads);
-  cfg.dynamicSmemBytes = static_cast<size_t>(hidden) * sizeof(bf16);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2] = {};
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kRouterCluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // see launch_pdl (common.cuh)
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 2;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_router_kernel, x, norm_scale, gate_w, gate_b, experts, hidden, k, eps,
-                                x_normed, ids, weights));
+  launch_kernel(moe_router_kernel, dim3(kRouterCluster), dim3(kRouterThreads), static_cast<size_t>(hidden) * sizeof(bf16),
+                stream, /*pdl=*/true, kRouterCluster, x, norm_scale, gate_w, gate_b, experts, hidden, k, eps, x_normed,
+                ids, weights);
 }
 
 void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids, int k, const Mxfp4Experts& mlp1,

@@ -32,11 +32,6 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kLoadBatch = 3;  // 16-byte chunks per row per lane per batch; two batches in flight (v1: one of 6)
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 __device__ __forceinline__ float dot8(const uint4& w, const float* xn) {
   const float4 a = *reinterpret_cast<const float4*>(xn);
   const float4 b = *reinterpret_cast<const float4*>(xn + 4);

@@ -244,10 +244,6 @@ __global__ void prefill_kv_commit_kernel(const uint4* __restrict__ k_chunk, cons
   }
 }
 
-__device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
-  return v > bv || (v == bv && i < bi);
-}
-
 // One warp per token; the selection and softmax of moe_router_kernel.
 __global__ void prefill_topk_softmax_kernel(const float* __restrict__ logits, int T, int experts, int k,
                                             int32_t* __restrict__ ids, float* __restrict__ weights) {

@@ -80,10 +80,6 @@ __device__ __forceinline__ uint32_t orderable(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__device__ __forceinline__ bool logit_before(float v, int i, float bv, int bi) {
-  return v > bv || (v == bv && i < bi);
-}
-
 template <typename T>
 __device__ __forceinline__ T warp_inclusive_scan(T v, int lane) {
   for (int o = 1; o < 32; o <<= 1) {
@@ -222,19 +218,19 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
     const float v = a.logits[base + i];
     vals[i] = v;
     bad |= (v != v) || (v == INFINITY);
-    if (logit_before(v, base + i, best, best_i)) best = v, best_i = base + i;
+    if (ranks_before(v, base + i, best, best_i)) best = v, best_i = base + i;
   }
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, best, o);
     const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    if (logit_before(ov, oi, best, best_i)) best = ov, best_i = oi;
+    if (ranks_before(ov, oi, best, best_i)) best = ov, best_i = oi;
   }
   bad = __any_sync(0xffffffffu, bad);
   if (lane == 0) s_warp_max[warp] = best, s_warp_arg[warp] = best_i, s_warp_bad[warp] = bad;
   __syncthreads();
   if (tid == 0) {
     for (int w = 1; w < kThreads / 32; ++w) {
-      if (logit_before(s_warp_max[w], s_warp_arg[w], best, best_i)) best = s_warp_max[w], best_i = s_warp_arg[w];
+      if (ranks_before(s_warp_max[w], s_warp_arg[w], best, best_i)) best = s_warp_max[w], best_i = s_warp_arg[w];
       bad |= s_warp_bad[w];
     }
     s_cta_max = best, s_cta_arg = best_i, s_cta_bad = bad;
@@ -247,7 +243,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
       const float v = *cluster.map_shared_rank(&s_cta_max, r);
       const int i = *cluster.map_shared_rank(&s_cta_arg, r);
       mb |= *cluster.map_shared_rank(&s_cta_bad, r);
-      if (logit_before(v, i, m, mi)) m = v, mi = i;
+      if (ranks_before(v, i, m, mi)) m = v, mi = i;
     }
     s_max = m, s_arg = mi, s_bad = mb;
   }
@@ -330,19 +326,7 @@ void launch_sample(const float* logits, int vocab, const SamplingParams& params,
   if (smem + 1024 > static_cast<size_t>(limit))
     throw std::invalid_argument("launch_sample: vocabulary " + std::to_string(vocab) + " is too large for the device sampler");
   CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(kCluster);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kCluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, sample_kernel, a));
+  launch_kernel(sample_kernel, dim3(kCluster), dim3(kThreads), smem, stream, /*pdl=*/false, kCluster, a);
 }
 
 }  // namespace gpt_oss
