@@ -69,6 +69,20 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
 }
 
+// The YaRN table (core/rope.h, the one definition the backends use) for positions [0, positions) on the device.
+DeviceBuffer device_rope_table(int head_dim, float theta, float scaling_factor, int initial_context_length,
+                               float ntk_alpha, float ntk_beta, int positions) {
+  ModelConfig c;
+  c.head_dim = head_dim;
+  c.rope_theta = theta;
+  c.rope_scaling_factor = scaling_factor;
+  c.initial_context_length = initial_context_length;
+  c.rope_ntk_alpha = ntk_alpha;
+  c.rope_ntk_beta = ntk_beta;
+  const std::vector<float> table = yarn_rope_table(c, positions);
+  return DeviceBuffer::from_host(table.data(), table.size() * sizeof(float));
+}
+
 }  // namespace
 
 // ---- forward-path kernels (cuda-forward): norm_rope, attention_decode ----
@@ -90,18 +104,11 @@ nb::tuple norm_qkv_rope(Array<float> x, Array<float> norm_scale, Array<uint16_t>
   const size_t rows = static_cast<size_t>(q_heads + 2 * kv_heads) * head_dim;
   if (w.size() != rows * hidden || bias.size() != rows || norm_scale.size() != static_cast<size_t>(hidden))
     throw std::invalid_argument("w must be [(q_heads + 2 kv_heads) * head_dim, hidden] and bias its rows");
-  ModelConfig rope_config;
-  rope_config.head_dim = head_dim;
-  rope_config.rope_theta = rope_theta;
-  rope_config.rope_scaling_factor = rope_scaling_factor;
-  rope_config.initial_context_length = initial_context_length;
-  rope_config.rope_ntk_alpha = rope_ntk_alpha;
-  rope_config.rope_ntk_beta = rope_ntk_beta;
-  const std::vector<float> table = yarn_rope_table(rope_config, pos + 1);
+  DeviceBuffer d_rope = device_rope_table(head_dim, rope_theta, rope_scaling_factor, initial_context_length,
+                                         rope_ntk_alpha, rope_ntk_beta, pos + 1);
 
   DeviceBuffer d_x = upload(x), d_scale = upload(norm_scale), d_w = upload(w), d_bias = upload(bias);
   DeviceBuffer d_k = upload(k_cache), d_v = upload(v_cache), d_pos = device_int(pos);
-  DeviceBuffer d_rope = DeviceBuffer::from_host(table.data(), table.size() * sizeof(float));
   DeviceBuffer d_q = poisoned(sizeof(float) * q_heads * head_dim);
   NormRopeParams p;
   p.x = d_x.get<float>();
@@ -481,15 +488,8 @@ nb::tuple qkv_rope(Array<float> x, Array<float> norm_scale, Array<uint16_t> w, A
   const int rows = (q_heads + 2 * kv_heads) * kAttentionHeadDim;
   require(w.size() == static_cast<size_t>(rows) * hidden && bias.size() == static_cast<size_t>(rows),
           "w must be [(q_heads + 2 kv_heads) * 64, hidden] and bias its rows");
-  ModelConfig rope_config;
-  rope_config.head_dim = kAttentionHeadDim;
-  rope_config.rope_theta = rope_theta;
-  rope_config.rope_scaling_factor = rope_scaling_factor;
-  rope_config.initial_context_length = initial_context_length;
-  rope_config.rope_ntk_alpha = rope_ntk_alpha;
-  rope_config.rope_ntk_beta = rope_ntk_beta;
-  const std::vector<float> table = yarn_rope_table(rope_config, pos0 + T);
-  DeviceBuffer d_rope = DeviceBuffer::from_host(table.data(), table.size() * sizeof(float));
+  DeviceBuffer d_rope = device_rope_table(kAttentionHeadDim, rope_theta, rope_scaling_factor, initial_context_length,
+                                         rope_ntk_alpha, rope_ntk_beta, pos0 + T);
   DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_w = upload(w), d_b = upload(bias);
   DeviceBuffer xn = poisoned(sizeof(bf16) * T * hidden), xn_lo = poisoned(sizeof(bf16) * T * hidden),
                qkv = poisoned(sizeof(float) * T * rows);

@@ -24,26 +24,16 @@ if not _C.cuda_devices():
 
 pytest.importorskip("torch")
 pytest.importorskip("gpt_oss.torch.model")
+from cuda_cases import CASES as ALL_CASES
 from router_ties import MAX_SWAPS, Reference, check_against_reference, relative_errors
 
 pytestmark = pytest.mark.cuda
 ENV = "GPT_OSS_NATIVE_CUDA_PREFILL"
 AB_TOLERANCE = 1e-2
 
-CASES = {
-    # gpt-oss's attention (64 q heads, 8 KV heads, window 128) and the 20b's expert count.
-    "gpt-oss-heads-32-experts": {
-        "num_layers": 2, "num_experts": 32, "experts_per_token": 4, "vocab_size": 4099, "hidden_size": 320,
-        "intermediate_size": 192, "head_dim": 64, "num_attention_heads": 64, "num_key_value_heads": 8,
-        "sliding_window": 128,
-    },
-    # The 120b's expert count, 3 layers (sliding, full, sliding), small GQA, a window far shorter than a chunk.
-    "128-experts-window-16": {
-        "num_layers": 3, "num_experts": 128, "experts_per_token": 4, "vocab_size": 3001, "hidden_size": 192,
-        "intermediate_size": 320, "head_dim": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "sliding_window": 16,
-    },
-}
+# The two small cases: gpt-oss's attention with the 20b's expert count, and the 120b's expert count with a
+# window far shorter than a chunk.
+CASES = {name: ALL_CASES[name] for name in ("gpt-oss-heads-32-experts", "128-experts-window-16")}
 
 
 @pytest.fixture(scope="module", params=CASES.keys())
