@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The one script to run on a GPU machine: build, CUDA tests, decode and prefill benchmarks, per-kernel profile.
-#   bash benchmarks/device_run.sh [quick|full|tests|bench]
+#   bash benchmarks/device_run.sh [quick|full|tests|bench|bench-full]
 # tests: CUDA tests only (the decode end-to-end tests twice: with the per-token prefill replay, which isolates
-#   the decode kernels, and with the default batched prefill). bench: benchmarks only. quick: both, 20b at
-#   contexts 1k and 8k and 120b at 1k; full: both, each model at 1k, 8k and 32k. Then an ncu profile of one
-#   decode step (2-layer 20b-shaped model). Weights are built in host memory (decode.py --source memory); pass
-#   DECODE_SOURCE=disk to write the 20b checkpoint with write_random_checkpoint and load it with load_checkpoint
-#   (~13 GB of disk, a minute more).
+#   the decode kernels, and with the default batched prefill; ~2 min). quick: tests, then 20b at contexts 1k and
+#   8k and 120b at 1k; full: tests, then each model at 1k, 8k and 32k. bench / bench-full: the quick / full
+#   benchmarks without the tests. Every benchmark mode also times the batched prefill against the per-token
+#   replay (20b, prompts of 128 / 1024 / 4096) and ends with an ncu profile of one decode step (2-layer
+#   20b-shaped model). `full` takes more than the device tool's 10 minutes a call: run `tests`, then
+#   `bench-full`. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
+#   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
 # instead of building here, which saves the device minutes of a build.
 # Logs go to $OUT (the device tool's output folder; /tmp/gpt_oss_device_out elsewhere). Wheels in .whl/
@@ -41,7 +43,7 @@ if ! (cd /tmp && $PY -c "from gpt_oss_native import _C; assert _C.built_with_cud
   echo "BUILD FAILED"; exit 1
 fi
 
-if [ "$MODE" != bench ]; then
+if [ "$MODE" != bench ] && [ "$MODE" != bench-full ]; then
   # Full logs go to $OUT; the console gets the summaries.
   stage "pytest -m cuda, prefill by per-token replay"
   # Other modules may import packages the device image lacks (openai, pexpect): collect past them.
@@ -56,13 +58,16 @@ fi
 [ "$MODE" = tests ] && { stage done; exit 0; }
 
 stage benchmark
-if [ "$MODE" = full ]; then
+if [ "$MODE" = full ] || [ "$MODE" = bench-full ]; then
   timeout 330 $PY benchmarks/decode.py --models 20b 120b --contexts 1024 8192 32768 --source "${DECODE_SOURCE:-memory}" \
     2>&1 | tee "$OUT/decode.log"
 else
   timeout 120 $PY benchmarks/decode.py --models 20b --contexts 1024 8192 2>&1 | tee "$OUT/decode.log"
   timeout 120 $PY benchmarks/decode.py --models 120b --contexts 1024 2>&1 | tee -a "$OUT/decode.log"
 fi
+stage "prefill: batched vs per-token replay, 20b"
+timeout 150 $PY benchmarks/decode.py --models 20b --contexts 1024 --tokens 32 --prefill-lengths 128 1024 4096 \
+  2>&1 | tail -n 12 | tee "$OUT/prefill.log"
 
 if command -v ncu > /dev/null; then
   stage "ncu: one decode step of a 2-layer 20b-shaped model"
