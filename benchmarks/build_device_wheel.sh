@@ -1,11 +1,29 @@
 #!/usr/bin/env bash
 # Builds the cp312 CUDA wheel for the device machine here on the CPU machine (nvcc, sm_90a), into .devwheel/,
 # so benchmarks/device_run.sh installs it instead of spending device minutes on a build. Carry ".devwheel".
-#   bash benchmarks/build_device_wheel.sh [python3.12]
+# Each NAME=PATCH argument also builds HEAD + that patch into .devwheel/NAME/, for `device_run.sh ab`, which
+# times every variant against the baseline in one device call.
+#   bash benchmarks/build_device_wheel.sh [NAME=PATCH ...]
+# PY312 (default /work/venv312/bin/python): a Python 3.12 with scikit-build-core and nanobind, as on the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY312="${1:-/work/venv312/bin/python}"  # a Python 3.12 with scikit-build-core and nanobind (the device's)
+ROOT=$PWD
+PY312="${PY312:-/work/venv312/bin/python}"
+
+build() {  # SOURCE_DIR OUT_DIR BUILD_DIR
+  "$PY312" -m pip wheel --no-build-isolation --no-deps "$1" -w "$2" -q -Cbuild-dir="$3" \
+    -Ccmake.define.GPT_OSS_NATIVE_CUDA=ON -Ccmake.define.GPT_OSS_NATIVE_MARCH_NATIVE=OFF
+}
+
 rm -rf .devwheel && mkdir -p .devwheel
-"$PY312" -m pip wheel --no-build-isolation --no-deps . -w .devwheel -q -Cbuild-dir=build/wheel312 \
-  -Ccmake.define.GPT_OSS_NATIVE_CUDA=ON -Ccmake.define.GPT_OSS_NATIVE_MARCH_NATIVE=OFF
-ls -la .devwheel
+build "$ROOT" .devwheel build/wheel312
+for spec in "$@"; do
+  name="${spec%%=*}" patch="${spec#*=}"
+  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && -f "$patch" ]] || { echo "want NAME=PATCH (an existing file), got '$spec'" >&2; exit 2; }
+  tree="$(mktemp -d)/$name"
+  git worktree add -q --detach "$tree" HEAD
+  git -C "$tree" apply "$ROOT/$patch" || { git worktree remove --force "$tree"; echo "$patch does not apply" >&2; exit 1; }
+  build "$tree" ".devwheel/$name" "build/wheel312-$name"
+  git worktree remove --force "$tree"
+done
+ls -laR .devwheel

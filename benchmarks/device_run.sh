@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The one script to run on a GPU machine: build, CUDA tests, decode and prefill benchmarks, per-kernel profile.
-#   bash benchmarks/device_run.sh [quick|full|tests|bench|bench-full]
+#   bash benchmarks/device_run.sh [quick|full|tests|bench|bench-full|ab]
 # tests: CUDA tests only (the decode end-to-end tests twice: with the per-token prefill replay, which isolates
 #   the decode kernels, and with the default batched prefill; ~2 min). quick: tests, then 20b at contexts 1k and
 #   8k and 120b at 1k; full: tests, then each model at 1k, 8k and 32k. bench / bench-full: the quick / full
 #   benchmarks without the tests. Every benchmark mode also times the batched prefill against the per-token
 #   replay (20b, prompts of 128 / 1024 / 4096) and ends with an ncu profile of one decode step (2-layer
 #   20b-shaped model). `full` takes more than the device tool's 10 minutes a call: run `tests`, then
-#   `bench-full`. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
+#   `bench-full`. ab: 20b decode (AB_CONTEXTS, default 1024) and the graph-timed weight kernels for the
+#   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), no tests. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
 # instead of building here, which saves the device minutes of a build.
@@ -56,6 +57,22 @@ if [ "$MODE" != bench ] && [ "$MODE" != bench-full ]; then
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest_batched_prefill.log" | tail -n 20
 fi
 [ "$MODE" = tests ] && { stage done; exit 0; }
+
+if [ "$MODE" = ab ]; then
+  for dir in .devwheel .devwheel/*/; do
+    compgen -G "$dir/*.whl" > /dev/null || continue
+    name=$(basename "$dir"); [ "$dir" = .devwheel ] && name=baseline; site=/tmp/ab/$name
+    rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
+    stage "variant $name"
+    PYTHONPATH=$site:${PYTHONPATH:-} timeout 90 $PY benchmarks/bench_kernels_weights.py --reps 10 2>&1 \
+      | grep -E "^(moe|bf16_gemv|unembedding)" | tee "$OUT/ab_kernels_$name.log"
+    # shellcheck disable=SC2086
+    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/decode.py --models 20b --contexts ${AB_CONTEXTS:-1024} \
+      2>&1 | grep -E "^20b +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
+  done
+  stage done
+  exit 0
+fi
 
 stage benchmark
 if [ "$MODE" = full ] || [ "$MODE" = bench-full ]; then
