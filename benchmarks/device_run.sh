@@ -8,7 +8,8 @@
 #   replay (20b, prompts of 128 / 1024 / 4096) and ends with an ncu profile of one decode step (2-layer
 #   20b-shaped model). `full` takes more than the device tool's 10 minutes a call: run `tests`, then
 #   `bench-full`. ab: 20b decode (AB_CONTEXTS, default 1024) and the graph-timed weight kernels for the
-#   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), no tests. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
+#   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH); AB_TESTS="FILES"
+#   also runs those test files against each variant. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
 # instead of building here, which saves the device minutes of a build.
@@ -64,6 +65,12 @@ if [ "$MODE" = ab ]; then
     name=$(basename "$dir"); [ "$dir" = .devwheel ] && name=baseline; site=/tmp/ab/$name
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
     stage "variant $name"
+    if [ -n "${AB_TESTS:-}" ]; then  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
+      # shellcheck disable=SC2086
+      PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $AB_TESTS \
+        > "$OUT/ab_tests_$name.log" 2>&1
+      grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ab_tests_$name.log" | tail -n 12
+    fi
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 90 $PY benchmarks/bench_kernels_weights.py --reps 10 2>&1 \
       | grep -E "^(moe|bf16_gemv|unembedding)" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
