@@ -6,7 +6,11 @@ median over replays; the kernels use programmatic dependent launch, so each laun
 one's tail as in decode. The chained MoE row times router → mlp1 → mlp2 in decode order. MoE launches rotate through every expert and the out-projection through 8 copies of its
 matrix, so no weight is served from L2. Prints one table; the last line is JSON.
 
-    python benchmarks/bench_kernels_weights.py [--reps 20]
+    python benchmarks/bench_kernels_weights.py [--reps 20] [--sweep]
+
+--sweep adds the fixed-cost probes: mlp1 / mlp2 (20b) at k = 1, 2, 4, 8 experts and a graph-timed copy of
+8..128 MB. A straight line through time against bytes separates a kernel's per-byte rate (the slope) from
+its fixed cost per launch (the intercept: ramp, first-load latency, tail).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ def row(name: str, shape: str, nbytes: float, us: float, copy_gbps: float) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--sweep", action="store_true", help="fixed-cost probes (see the module docstring)")
     args = parser.parse_args()
     kernels = _C.cuda_kernels
     device = _C.cuda_devices()[0]
@@ -132,6 +137,9 @@ def main() -> None:
         us = kernels.time_sample(sample_logits, temperature, top_p, top_k, args.reps)
         rows.append(row("sample", label, VOCAB * 4, us, copy_gbps))
 
+    if args.sweep:
+        sweep(kernels, rng, args.reps)
+
     print(f"device: {device['name']}  copy (read + write, 1 GiB): cudaMemcpy {memcpy_gbps:.0f} GB/s, "
           f"torch {torch_gbps or float('nan'):.0f} GB/s; % copy below uses {copy_gbps:.0f} GB/s")
     print(f"{'kernel':<26}{'shape':<24}{'MB':>9}{'floor µs':>10}{'µs':>10}{'GB/s':>8}{'% copy':>8}")
@@ -142,6 +150,38 @@ def main() -> None:
     print(json.dumps({"device": device["name"], "copy_gbps": copy_gbps, "memcpy_gbps": memcpy_gbps,
                       "torch_copy_gbps": torch_gbps, "rows": rows,
                       "unembedding_rel_err": unembedding_rel_err}))
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    slope, intercept = np.polyfit(np.asarray(xs), np.asarray(ys), 1)
+    return float(slope), float(intercept)
+
+
+def sweep(kernels, rng: np.random.Generator, reps: int) -> None:
+    """Time against bytes for the MoE kernels (k experts) and a plain copy: slope and intercept of each."""
+    experts = MODELS["20b"]
+    x = (rng.standard_normal(HIDDEN) * 3).astype(np.float32)
+    norm_scale = rng.uniform(0.5, 2.0, HIDDEN).astype(np.float32)
+    gate_w = random_bf16_bits(rng, experts * HIDDEN).reshape(experts, HIDDEN)
+    gate_b = random_bf16_bits(rng, experts)
+    b1, s1, bias1 = mxfp4_experts(rng, experts, 2 * INTER, HIDDEN)
+    b2, s2, bias2 = mxfp4_experts(rng, experts, HIDDEN, INTER)
+    row_bytes = HIDDEN // 2 + HIDDEN // 32 + 2
+    series: dict[str, tuple[list[float], list[float]]] = {"mlp1": ([], []), "mlp2": ([], []), "copy": ([], [])}
+    for k in (1, 2, 4, 8):
+        t = kernels.time_moe(x, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, k, reps)
+        for name, rows_per_expert in (("mlp1", 2 * INTER), ("mlp2", HIDDEN)):
+            mb = k * rows_per_expert * row_bytes / 1e6
+            series[name][0].append(mb)
+            series[name][1].append(t[f"{name}_us"])
+    for mb in (8, 16, 32, 64, 128):
+        series["copy"][0].append(float(mb))  # read + write bytes moved
+        series["copy"][1].append(kernels.time_copy(mb * 500_000, reps))
+    print("sweep (graph-timed µs at MB moved; fit: µs = intercept + MB / slope)")
+    for name, (mbs, us) in series.items():
+        slope, intercept = fit_line(mbs, us)
+        points = "  ".join(f"{m:.1f} MB {u:.2f}" for m, u in zip(mbs, us))
+        print(f"  sweep {name:<5} {points}  | fit: {intercept:.2f} µs + MB at {1e-3 / slope:.2f} TB/s")
 
 
 if __name__ == "__main__":

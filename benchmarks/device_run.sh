@@ -8,8 +8,9 @@
 #   replay (20b, prompts of 128 / 1024 / 4096) and ends with an ncu profile of one decode step (2-layer
 #   20b-shaped model). `full` takes more than the device tool's 10 minutes a call: run `tests`, then
 #   `bench-full`. ab: 20b decode (AB_CONTEXTS, default 1024) and the graph-timed weight kernels for the
-#   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH); AB_TESTS="FILES"
-#   also runs those test files against each variant. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
+#   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus the
+#   baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
+#   each variant (not the baseline: `tests` mode covers main). Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
 # instead of building here, which saves the device minutes of a build.
@@ -45,7 +46,7 @@ if ! (cd /tmp && $PY -c "from gpt_oss_native import _C; assert _C.built_with_cud
   echo "BUILD FAILED"; exit 1
 fi
 
-if [ "$MODE" != bench ] && [ "$MODE" != bench-full ]; then
+if [ "$MODE" != bench ] && [ "$MODE" != bench-full ] && [ "$MODE" != ab ]; then
   # Full logs go to $OUT; the console gets the summaries.
   stage "pytest -m cuda, prefill by per-token replay"
   # Other modules may import packages the device image lacks (openai, pexpect): collect past them.
@@ -65,14 +66,15 @@ if [ "$MODE" = ab ]; then
     name=$(basename "$dir"); [ "$dir" = .devwheel ] && name=baseline; site=/tmp/ab/$name
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
     stage "variant $name"
-    if [ -n "${AB_TESTS:-}" ]; then  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
+    if [ -n "${AB_TESTS:-}" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
       # shellcheck disable=SC2086
       PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $AB_TESTS \
         > "$OUT/ab_tests_$name.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ab_tests_$name.log" | tail -n 12
     fi
-    PYTHONPATH=$site:${PYTHONPATH:-} timeout 90 $PY benchmarks/bench_kernels_weights.py --reps 10 2>&1 \
-      | grep -E "^(moe|bf16_gemv|unembedding)" | tee "$OUT/ab_kernels_$name.log"
+    sweep=""; [ "$name" = baseline ] && sweep=--sweep
+    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/bench_kernels_weights.py --reps 10 $sweep 2>&1 \
+      | grep -E "^(moe|bf16_gemv|unembedding)|sweep" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/decode.py --models 20b --contexts ${AB_CONTEXTS:-1024} \
       2>&1 | grep -E "^20b +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
