@@ -181,7 +181,7 @@ def sweep(kernels, rng: np.random.Generator, reps: int) -> None:
     for name, (mbs, us) in series.items():
         slope, intercept = fit_line(mbs, us)
         points = "  ".join(f"{m:.1f} MB {u:.2f}" for m, u in zip(mbs, us))
-        print(f"  sweep {name:<5} {points}  | fit: {intercept:.2f} µs + MB at {1e-3 / slope:.2f} TB/s")
+        print(f"  sweep {name:<5} {points}  | fit: {intercept:.2f} µs + MB at {1 / slope:.2f} TB/s")
 
 
 if __name__ == "__main__":
