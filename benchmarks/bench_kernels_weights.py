@@ -3,7 +3,7 @@ share of the device-to-device copy bandwidth measured in the same run.
 
 Each launch is timed inside a CUDA graph of several launches (the decode path runs them that way), taking the
 median over replays; the kernels use programmatic dependent launch, so each launch's ramp overlaps the previous
-one's tail as in decode. The chained MoE row times router → mlp1 → mlp2 in decode order. MoE launches rotate through every expert and the out-projection through 8 copies of its
+one's tail as in decode. The chained row times out-projection + router → mlp1 → mlp2 in decode order. MoE launches rotate through every expert and the out-projection through 8 copies of its
 matrix, so no weight is served from L2. Prints one table; the last line is JSON.
 
     python benchmarks/bench_kernels_weights.py [--reps 20] [--sweep]
@@ -96,26 +96,25 @@ def main() -> None:
 
     x = (rng.standard_normal(HIDDEN) * 3).astype(np.float32)
     norm_scale = rng.uniform(0.5, 2.0, HIDDEN).astype(np.float32)
+    w_o = random_bf16_bits(rng, HIDDEN * Q_DIM).reshape(HIDDEN, Q_DIM)
+    rows.append(row("bf16_gemv_bias_residual", "2880x4096", HIDDEN * Q_DIM * 2,
+                    kernels.time_bf16_gemv_bias_residual(w_o, 8, args.reps), copy_gbps))
     for model, experts in MODELS.items():
         gate_w = random_bf16_bits(rng, experts * HIDDEN).reshape(experts, HIDDEN)
         gate_b = random_bf16_bits(rng, experts)
         b1, s1, bias1 = mxfp4_experts(rng, experts, 2 * INTER, HIDDEN)
         b2, s2, bias2 = mxfp4_experts(rng, experts, HIDDEN, INTER)
-        t = kernels.time_moe(x, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, K, args.reps)
+        t = kernels.time_moe(x, norm_scale, w_o, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, K, args.reps)
         row_bytes1, row_bytes2 = HIDDEN // 2 + HIDDEN // 32, INTER // 2 + INTER // 32
-        rows.append(row("moe_router", f"{model} E={experts}", experts * HIDDEN * 2 + experts * 2, t["router_us"],
-                        copy_gbps))
+        rows.append(row("out-proj + router", f"{model} E={experts}", HIDDEN * Q_DIM * 2 + experts * (HIDDEN + 1) * 2,
+                        t["outproj_router_us"], copy_gbps))
         rows.append(row("moe_mlp1_swiglu", f"{model} k=4 5760x2880",
                         K * 2 * INTER * (row_bytes1 + 2), t["mlp1_us"], copy_gbps))
         rows.append(row("moe_mlp2_residual", f"{model} k=4 2880x2880",
                         K * HIDDEN * (row_bytes2 + 2), t["mlp2_us"], copy_gbps))
-        rows.append(row("moe (router→mlp1→mlp2)", f"{model} chained", sum(r["bytes"] for r in rows[-3:]),
+        rows.append(row("out-proj+router→mlp1→mlp2", f"{model} chained", sum(r["bytes"] for r in rows[-3:]),
                         t["chain_us"], copy_gbps))
         del b1, s1, bias1, b2, s2, bias2
-
-    w_o = random_bf16_bits(rng, HIDDEN * Q_DIM).reshape(HIDDEN, Q_DIM)
-    rows.append(row("bf16_gemv_bias_residual", "2880x4096", HIDDEN * Q_DIM * 2,
-                    kernels.time_bf16_gemv_bias_residual(w_o, 8, args.reps), copy_gbps))
 
     w_u = random_bf16_bits(rng, VOCAB * HIDDEN).reshape(VOCAB, HIDDEN)
     rows.append(row("unembedding", "201088x2880", VOCAB * HIDDEN * 2 + VOCAB * 4,
@@ -138,7 +137,7 @@ def main() -> None:
         rows.append(row("sample", label, VOCAB * 4, us, copy_gbps))
 
     if args.sweep:
-        sweep(kernels, rng, args.reps)
+        sweep(kernels, rng, w_o, args.reps)
 
     print(f"device: {device['name']}  copy (read + write, 1 GiB): cudaMemcpy {memcpy_gbps:.0f} GB/s, "
           f"torch {torch_gbps or float('nan'):.0f} GB/s; % copy below uses {copy_gbps:.0f} GB/s")
@@ -157,7 +156,7 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def sweep(kernels, rng: np.random.Generator, reps: int) -> None:
+def sweep(kernels, rng: np.random.Generator, w_o: np.ndarray, reps: int) -> None:
     """Time against bytes for the MoE kernels (k experts) and a plain copy: slope and intercept of each."""
     experts = MODELS["20b"]
     x = (rng.standard_normal(HIDDEN) * 3).astype(np.float32)
@@ -169,7 +168,7 @@ def sweep(kernels, rng: np.random.Generator, reps: int) -> None:
     row_bytes = HIDDEN // 2 + HIDDEN // 32 + 2
     series: dict[str, tuple[list[float], list[float]]] = {"mlp1": ([], []), "mlp2": ([], []), "copy": ([], [])}
     for k in (1, 2, 4, 8):
-        t = kernels.time_moe(x, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, k, reps)
+        t = kernels.time_moe(x, norm_scale, w_o, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, k, reps)
         for name, rows_per_expert in (("mlp1", 2 * INTER), ("mlp2", HIDDEN)):
             mb = k * rows_per_expert * row_bytes / 1e6
             series[name][0].append(mb)

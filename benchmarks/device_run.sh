@@ -74,7 +74,7 @@ if [ "$MODE" = ab ]; then
     fi
     sweep=""; [ "$name" = baseline ] && sweep=--sweep
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/bench_kernels_weights.py --reps 10 $sweep 2>&1 \
-      | grep -E "^(moe|bf16_gemv|unembedding)|sweep" | tee "$OUT/ab_kernels_$name.log"
+      | grep -E "^(moe|bf16_gemv|unembedding|out-proj)|sweep" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/decode.py --models 20b --contexts ${AB_CONTEXTS:-1024} \
       2>&1 | grep -E "^20b +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"

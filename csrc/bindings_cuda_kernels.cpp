@@ -196,21 +196,49 @@ DeviceBuffer checked_ids(const Array<int32_t>& ids, int experts) {
   return upload(ids);
 }
 
-nb::tuple moe_router(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b, int k,
-                     float eps) {
-  const int hidden = static_cast<int>(x.size());
-  require(gate_w.ndim() == 2 && gate_w.shape(1) == x.size() && gate_b.size() == gate_w.shape(0) &&
-              norm_scale.size() == x.size(),
-          "gate_w must be [experts, hidden], gate_b [experts], norm_scale [hidden]");
-  const int experts = static_cast<int>(gate_w.shape(0));
-  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_w = upload(gate_w), d_b = upload(gate_b);
-  DeviceBuffer xn = poisoned(sizeof(uint16_t) * hidden), ids = poisoned(sizeof(int32_t) * k),
-               w = poisoned(sizeof(float) * k);
-  launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_w.get<bf16>(), d_b.get<bf16>(), experts, hidden, k, eps,
-                    xn.get<bf16>(), ids.get<int32_t>(), w.get<float>(), nullptr);
+// The router's device side for one hidden size: gate, norm scale, workspace (zeroed) and outputs (poisoned).
+struct RouterBuffers {
+  DeviceBuffer norm_scale, gate_w, gate_b, workspace, x_normed, ids, weights;
+  int experts = 0, k = 0;
+  float eps = 0.f;
+
+  RouterBuffers(const Array<float>& ns, const Array<uint16_t>& gw, const Array<uint16_t>& gb, int k_, float eps_)
+      : k(k_), eps(eps_) {
+    require(gw.ndim() == 2 && gw.shape(1) == ns.size() && gb.size() == gw.shape(0),
+            "gate_w must be [experts, hidden], gate_b [experts], norm_scale [hidden]");
+    experts = static_cast<int>(gw.shape(0));
+    const int hidden = static_cast<int>(ns.size());
+    norm_scale = upload(ns), gate_w = upload(gw), gate_b = upload(gb);
+    workspace = DeviceBuffer(router_tail_workspace_bytes(hidden, experts));
+    CUDA_CHECK(cudaMemset(workspace.get(), 0, workspace.bytes()));
+    x_normed = poisoned(sizeof(uint16_t) * hidden);
+    ids = poisoned(sizeof(int32_t) * std::max(k, 1));
+    weights = poisoned(sizeof(float) * std::max(k, 1));
+  }
+  RouterTail tail() const {
+    return RouterTail{norm_scale.get<float>(), gate_w.get<bf16>(), gate_b.get<bf16>(), experts, k, eps,
+                      workspace.get(), x_normed.get<bf16>(), ids.get<int32_t>(), weights.get<float>()};
+  }
+};
+
+// residual += W · x + bias, then the MoE router of the new residual: (residual, x_normed, ids, weights).
+nb::tuple gemv_bias_residual_router(Array<uint16_t> w, Array<uint16_t> bias, Array<uint16_t> x, Array<float> residual,
+                                    Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b, int k,
+                                    float eps) {
+  require(w.ndim() == 2 && w.shape(1) == x.size() && bias.size() == w.shape(0) && residual.size() == w.shape(0) &&
+              norm_scale.size() == w.shape(0),
+          "w must be [hidden, cols], bias, residual and norm_scale [hidden], x [cols]");
+  const int rows = static_cast<int>(w.shape(0)), cols = static_cast<int>(w.shape(1));
+  DeviceBuffer d_w = upload(w), d_b = upload(bias), d_x = upload(x), d_r = upload(residual);
+  const RouterBuffers router(norm_scale, gate_w, gate_b, k, eps);
+  const RouterTail tail = router.tail();
+  launch_bf16_gemv_bias_residual(d_w.get<bf16>(), d_b.get<bf16>(), d_x.get<bf16>(), rows, cols, d_r.get<float>(),
+                                 &tail, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
-  return nb::make_tuple(download<uint16_t>(xn, {static_cast<size_t>(hidden)}),
-                        download<int32_t>(ids, {static_cast<size_t>(k)}), download<float>(w, {static_cast<size_t>(k)}));
+  const size_t kk = static_cast<size_t>(k);
+  return nb::make_tuple(download<float>(d_r, {static_cast<size_t>(rows)}),
+                        download<uint16_t>(router.x_normed, {static_cast<size_t>(rows)}),
+                        download<int32_t>(router.ids, {kk}), download<float>(router.weights, {kk}));
 }
 
 nb::ndarray<nb::numpy, uint16_t> mlp1_swiglu(Array<uint16_t> x_normed, Array<int32_t> ids, Array<uint8_t> blocks,
@@ -241,10 +269,12 @@ nb::ndarray<nb::numpy, float> mlp2_residual(Array<uint16_t> act, Array<int32_t> 
   return download<float>(d_r, {static_cast<size_t>(m.rows)});
 }
 
-// `layers` MoE blocks on x (fp32 residual, updated in place) the way forward.cu launches them: router → mlp1 →
-// mlp2 per layer on one stream, no host sync in between, each launch overlapping the previous one's tail
-// (programmatic dependent launch). The same experts serve every layer; x changes, so the routes do.
-nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w,
+// `layers` blocks of [out-projection + router → mlp1 → mlp2] on x (fp32 residual, updated in place) the way
+// forward.cu launches them: one stream, no host sync in between, each launch overlapping the previous one's tail
+// (programmatic dependent launch). The same weights and attention output serve every layer; x changes, so the
+// routes do.
+nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<uint16_t> w_o, Array<uint16_t> b_o,
+                                         Array<uint16_t> attn, Array<float> norm_scale, Array<uint16_t> gate_w,
                                          Array<uint16_t> gate_b, Array<uint8_t> blocks1, Array<uint8_t> scales1,
                                          Array<uint16_t> bias1, Array<uint8_t> blocks2, Array<uint8_t> scales2,
                                          Array<uint16_t> bias2, int k, float alpha, float limit, float eps,
@@ -252,21 +282,23 @@ nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<float> norm_scale
   const Mxfp4Experts m1 = experts_from(blocks1, scales1, bias1), m2 = experts_from(blocks2, scales2, bias2);
   const int E = m1.experts, hidden = static_cast<int>(x.size()), inter = m1.rows / 2;
   require(m2.experts == E && m2.cols == inter && m2.rows == hidden && m1.cols == hidden &&
-              gate_w.size() == static_cast<size_t>(E) * hidden && gate_b.size() == static_cast<size_t>(E) &&
-              norm_scale.size() == x.size(),
-          "mlp1 must be [E, 2I, H], mlp2 [E, H, I], gate_w [E, H], gate_b [E], norm_scale [H]");
-  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_gw = upload(gate_w), d_gb = upload(gate_b);
-  DeviceBuffer xn = poisoned(sizeof(uint16_t) * hidden), act = poisoned(sizeof(uint16_t) * k * inter),
-               ids = poisoned(sizeof(int32_t) * k), w = poisoned(sizeof(float) * k);
+              gate_w.size() == static_cast<size_t>(E) * hidden && norm_scale.size() == x.size() &&
+              w_o.ndim() == 2 && w_o.shape(0) == x.size() && w_o.shape(1) == attn.size() && b_o.size() == x.size(),
+          "mlp1 must be [E, 2I, H], mlp2 [E, H, I], gate_w [E, H], norm_scale and b_o [H], w_o [H, attn]");
+  DeviceBuffer d_x = upload(x), d_wo = upload(w_o), d_bo = upload(b_o), d_attn = upload(attn);
+  const RouterBuffers router(norm_scale, gate_w, gate_b, k, eps);
+  const RouterTail tail = router.tail();
+  DeviceBuffer act = poisoned(sizeof(uint16_t) * k * inter);
   cudaStream_t s = nullptr;
   CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   std::unique_ptr<std::remove_pointer_t<cudaStream_t>, void (*)(cudaStream_t)> stream(s, [](cudaStream_t p) { cudaStreamDestroy(p); });
   for (int l = 0; l < layers; ++l) {
-    launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, eps,
-                      xn.get<bf16>(), ids.get<int32_t>(), w.get<float>(), s);
-    launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), ids.get<int32_t>(), k, m1, alpha, limit, act.get<bf16>(), s);
-    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), ids.get<int32_t>(), w.get<float>(), k, m2,
-                                         d_x.get<float>(), s);
+    launch_bf16_gemv_bias_residual(d_wo.get<bf16>(), d_bo.get<bf16>(), d_attn.get<bf16>(), hidden,
+                                   static_cast<int>(attn.size()), d_x.get<float>(), &tail, s);
+    launch_bf16_mxfp4w_moe_mlp1_swiglu(router.x_normed.get<bf16>(), router.ids.get<int32_t>(), k, m1, alpha, limit,
+                                       act.get<bf16>(), s);
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), router.ids.get<int32_t>(), router.weights.get<float>(), k,
+                                         m2, d_x.get<float>(), s);
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
   return download<float>(d_x, {static_cast<size_t>(hidden)});
@@ -279,7 +311,7 @@ nb::ndarray<nb::numpy, float> gemv_bias_residual(Array<uint16_t> w, Array<uint16
   const int rows = static_cast<int>(w.shape(0)), cols = static_cast<int>(w.shape(1));
   DeviceBuffer d_w = upload(w), d_b = upload(bias), d_x = upload(x), d_r = upload(residual);
   launch_bf16_gemv_bias_residual(d_w.get<bf16>(), d_b.get<bf16>(), d_x.get<bf16>(), rows, cols, d_r.get<float>(),
-                                 nullptr);
+                                 nullptr, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   return download<float>(d_r, {static_cast<size_t>(rows)});
 }
@@ -360,59 +392,55 @@ double time_copy(size_t bytes, int reps) {
                   1, reps);
 }
 
-// Router, mlp1 and mlp2 of one layer (µs each, and chained). Launch i uses experts {k·i, .., k·i + k - 1} mod E,
-// so a graph of E / k launches streams every expert once and the data never sits in L2.
-nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b,
-                  Array<uint8_t> blocks1, Array<uint8_t> scales1, Array<uint16_t> bias1, Array<uint8_t> blocks2,
-                  Array<uint8_t> scales2, Array<uint16_t> bias2, int k, int reps) {
+// Out-projection + router, mlp1 and mlp2 of one layer (µs each, and chained). Launch i uses experts
+// {k·i, .., k·i + k - 1} mod E and its own copy of the out-projection, so a graph of E / k launches streams every
+// expert once and no weight sits in L2.
+nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> w_o, Array<uint16_t> gate_w,
+                  Array<uint16_t> gate_b, Array<uint8_t> blocks1, Array<uint8_t> scales1, Array<uint16_t> bias1,
+                  Array<uint8_t> blocks2, Array<uint8_t> scales2, Array<uint16_t> bias2, int k, int reps) {
   const Mxfp4Experts m1 = experts_from(blocks1, scales1, bias1), m2 = experts_from(blocks2, scales2, bias2);
   const int E = m1.experts, hidden = static_cast<int>(x.size()), inter = m1.rows / 2;
   require(m2.experts == E && m2.cols == inter && m2.rows == hidden && m1.cols == hidden &&
-              gate_w.size() == static_cast<size_t>(E) * hidden,
-          "mlp1 must be [E, 2I, H], mlp2 [E, H, I], gate [E, H]");
-  const int per_graph = std::max(1, E / k);
+              gate_w.size() == static_cast<size_t>(E) * hidden && w_o.ndim() == 2 && w_o.shape(0) == x.size(),
+          "mlp1 must be [E, 2I, H], mlp2 [E, H, I], gate [E, H], w_o [H, cols]");
+  const int per_graph = std::max(1, E / k), cols = static_cast<int>(w_o.shape(1));
   std::vector<int32_t> ids(static_cast<size_t>(per_graph) * k);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i % E);
   std::vector<float> w(ids.size(), 1.0f / k);
   DeviceBuffer d_ids = DeviceBuffer::from_host(ids.data(), ids.size() * sizeof(int32_t));
   DeviceBuffer d_w = DeviceBuffer::from_host(w.data(), w.size() * sizeof(float));
-  DeviceBuffer d_x = upload(x), d_s = upload(norm_scale), d_gw = upload(gate_w), d_gb = upload(gate_b);
-  DeviceBuffer xn(sizeof(uint16_t) * hidden), act(sizeof(uint16_t) * k * inter), r_ids(sizeof(int32_t) * k),
-      r_w(sizeof(float) * k), residual(sizeof(float) * hidden);
-  CUDA_CHECK(cudaMemset(residual.get(), 0, residual.bytes()));
-  launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, 1e-5f,
-                    xn.get<bf16>(), r_ids.get<int32_t>(), r_w.get<float>(), nullptr);
-  launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), d_ids.get<int32_t>(), k, m1, 1.702f, 7.0f, act.get<bf16>(), nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<DeviceBuffer> w_os;
+  for (int i = 0; i < per_graph; ++i) w_os.push_back(upload(w_o));
+  const RouterBuffers router(norm_scale, gate_w, gate_b, k, 1e-5f);
+  const RouterTail tail = router.tail();
+  DeviceBuffer b_o(sizeof(uint16_t) * hidden), attn(sizeof(uint16_t) * cols), act(sizeof(uint16_t) * k * inter);
+  DeviceBuffer residual = DeviceBuffer::from_host(x.data(), sizeof(float) * hidden);
+  CUDA_CHECK(cudaMemset(b_o.get(), 0, b_o.bytes()));
+  CUDA_CHECK(cudaMemset(attn.get(), 0, attn.bytes()));  // the residual stays x: routes stay finite
+  CUDA_CHECK(cudaMemset(act.get(), 0, act.bytes()));
+  auto outproj_router = [&](cudaStream_t s, int i) {
+    launch_bf16_gemv_bias_residual(w_os[i].get<bf16>(), b_o.get<bf16>(), attn.get<bf16>(), hidden, cols,
+                                   residual.get<float>(), &tail, s);
+  };
+  auto mlp1 = [&](cudaStream_t s, int i) {
+    launch_bf16_mxfp4w_moe_mlp1_swiglu(router.x_normed.get<bf16>(), d_ids.get<int32_t>() + k * i, k, m1, 1.702f,
+                                       7.0f, act.get<bf16>(), s);
+  };
+  auto mlp2 = [&](cudaStream_t s, int i) {
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), d_ids.get<int32_t>() + k * i, d_w.get<float>() + k * i, k,
+                                         m2, residual.get<float>(), s);
+  };
   nb::dict out;
-  out["router_us"] = graph_us(
-      [&](cudaStream_t s, int) {
-        launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, 1e-5f,
-                          xn.get<bf16>(), r_ids.get<int32_t>(), r_w.get<float>(), s);
-      },
-      per_graph, reps);
-  out["mlp1_us"] = graph_us(
-      [&](cudaStream_t s, int i) {
-        launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), d_ids.get<int32_t>() + k * i, k, m1, 1.702f, 7.0f,
-                                           act.get<bf16>(), s);
-      },
-      per_graph, reps);
-  out["mlp2_us"] = graph_us(
-      [&](cudaStream_t s, int i) {
-        launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), d_ids.get<int32_t>() + k * i, d_w.get<float>() + k * i,
-                                             k, m2, residual.get<float>(), s);
-      },
-      per_graph, reps);
-  // The three in decode order (router → mlp1 → mlp2, as forward.cu launches them): what a layer's MoE costs
+  out["outproj_router_us"] = graph_us(outproj_router, per_graph, reps);
+  out["mlp1_us"] = graph_us(mlp1, per_graph, reps);
+  out["mlp2_us"] = graph_us(mlp2, per_graph, reps);
+  // The three in decode order, as forward.cu launches them: what the attention block's tail and the MoE cost
   // once each launch overlaps the previous one's tail (programmatic dependent launch).
   out["chain_us"] = graph_us(
       [&](cudaStream_t s, int i) {
-        launch_moe_router(d_x.get<float>(), d_s.get<float>(), d_gw.get<bf16>(), d_gb.get<bf16>(), E, hidden, k, 1e-5f,
-                          xn.get<bf16>(), r_ids.get<int32_t>(), r_w.get<float>(), s);
-        launch_bf16_mxfp4w_moe_mlp1_swiglu(xn.get<bf16>(), d_ids.get<int32_t>() + k * i, k, m1, 1.702f, 7.0f,
-                                           act.get<bf16>(), s);
-        launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), d_ids.get<int32_t>() + k * i, d_w.get<float>() + k * i,
-                                             k, m2, residual.get<float>(), s);
+        outproj_router(s, i);
+        mlp1(s, i);
+        mlp2(s, i);
       },
       per_graph, reps);
   return out;
@@ -431,7 +459,7 @@ double time_gemv_bias_residual(Array<uint16_t> w, int copies, int reps) {
   return graph_us(
       [&](cudaStream_t s, int i) {
         launch_bf16_gemv_bias_residual(ws[i].get<bf16>(), bias.get<bf16>(), x.get<bf16>(), rows, cols,
-                                       residual.get<float>(), s);
+                                       residual.get<float>(), nullptr, s);
       },
       copies, reps);
 }
@@ -650,19 +678,21 @@ void register_cuda_kernel_tests(nb::module_& m) {
   {  // ---- weight-streaming kernels (cuda-weights) ----
     using namespace nb::literals;
     namespace wk = weight_kernel_tests;
-    m.def("moe_router", &wk::moe_router, "x"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a, "k"_a, "eps"_a);
+    m.def("bf16_gemv_bias_residual_router", &wk::gemv_bias_residual_router, "w"_a, "bias"_a, "x"_a, "residual"_a,
+          "norm_scale"_a, "gate_w"_a, "gate_b"_a, "k"_a, "eps"_a);
     m.def("bf16_mxfp4w_moe_mlp1_swiglu", &wk::mlp1_swiglu, "x_normed"_a, "ids"_a, "blocks"_a, "scales"_a, "bias"_a,
           "alpha"_a, "limit"_a);
     m.def("bf16_mxfp4w_moe_mlp2_residual", &wk::mlp2_residual, "act"_a, "ids"_a, "weights"_a, "blocks"_a,
           "scales"_a, "bias"_a, "residual"_a);
-    m.def("moe_layers", &wk::moe_layers, "x"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a, "scales1"_a,
-          "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "alpha"_a, "limit"_a, "eps"_a, "layers"_a);
+    m.def("moe_layers", &wk::moe_layers, "x"_a, "w_o"_a, "b_o"_a, "attn"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a,
+          "blocks1"_a, "scales1"_a, "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "alpha"_a, "limit"_a,
+          "eps"_a, "layers"_a);
     m.def("bf16_gemv_bias_residual", &wk::gemv_bias_residual, "w"_a, "bias"_a, "x"_a, "residual"_a);
     m.def("unembedding", &wk::unembedding, "w"_a, "norm_scale"_a, "x"_a, "eps"_a);
     m.def("sample", &wk::sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "seed"_a, "draws"_a);
     m.def("time_copy", &wk::time_copy, "bytes"_a, "reps"_a);
-    m.def("time_moe", &wk::time_moe, "x"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a, "scales1"_a,
-          "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "reps"_a);
+    m.def("time_moe", &wk::time_moe, "x"_a, "norm_scale"_a, "w_o"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a,
+          "scales1"_a, "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "reps"_a);
     m.def("time_bf16_gemv_bias_residual", &wk::time_gemv_bias_residual, "w"_a, "copies"_a, "reps"_a);
     m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "reps"_a);
     m.def("time_sample", &wk::time_sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "reps"_a);

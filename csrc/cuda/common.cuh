@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -131,6 +132,54 @@ __device__ __forceinline__ float warp_max(float v) {
 // The one ranking of logits (router top-k, sampler): larger value first, ties to the lower index.
 __device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
+}
+
+// The MoE routing of one token by one warp: the k ≤ kMaxK largest of n ≤ 32 · kPerLane logits (ranks_before
+// order) and a softmax over those k. logit(e) gives expert e's logit and is called once for each e < n, by lane
+// e % 32. Lane 0 writes ids[s] and weights[s] for s < k, in rank order.
+constexpr int kRouteMaxExperts = 256;
+constexpr int kRouteMaxK = 8;
+
+template <typename Logit>
+__device__ __forceinline__ void warp_route(int n, int k, Logit logit, int32_t* ids, float* weights) {
+  constexpr int kPerLane = kRouteMaxExperts / 32;
+  const int lane = threadIdx.x % 32;
+  float v[kPerLane];
+  uint32_t taken = 0;  // bit q: lane + 32 q is chosen or does not exist
+#pragma unroll
+  for (int q = 0; q < kPerLane; ++q) {
+    const int e = lane + 32 * q;
+    v[q] = e < n ? logit(e) : -INFINITY;
+    if (e >= n) taken |= 1u << q;
+  }
+  float top_v[kRouteMaxK];
+  int top_i[kRouteMaxK];
+#pragma unroll
+  for (int s = 0; s < kRouteMaxK; ++s) {
+    if (s >= k) break;
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+#pragma unroll
+    for (int q = 0; q < kPerLane; ++q)
+      if (!((taken >> q) & 1u) && ranks_before(v[q], lane + 32 * q, bv, bi)) bv = v[q], bi = lane + 32 * q;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ranks_before(ov, oi, bv, bi)) bv = ov, bi = oi;
+    }
+    if (bi % 32 == lane) taken |= 1u << (bi / 32);
+    top_v[s] = bv;
+    top_i[s] = bi;
+  }
+  if (lane == 0) {
+    float sum = 0.f, e[kRouteMaxK];
+#pragma unroll
+    for (int s = 0; s < kRouteMaxK; ++s)
+      if (s < k) e[s] = __expf(top_v[s] - top_v[0]), sum += e[s];
+#pragma unroll
+    for (int s = 0; s < kRouteMaxK; ++s)
+      if (s < k) ids[s] = top_i[s], weights[s] = e[s] / sum;
+  }
 }
 #endif
 

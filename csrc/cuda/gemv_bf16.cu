@@ -1,5 +1,5 @@
-// bf16-weight GEMVs for batch-1 decode: the attention out-projection (+ bias + fp32 residual) and the
-// unembedding with the final RMSNorm fused.
+// bf16-weight GEMVs for batch-1 decode: the attention out-projection (+ bias + fp32 residual, and the MoE router
+// of the updated residual in its tail: RouterTail) and the unembedding with the final RMSNorm fused.
 //
 // Floors (bytes / 3.0 TB/s):
 //   out-projection  2880 × 4096 bf16 = 23.6 MB                   → 7.9 µs
@@ -15,7 +15,8 @@
 //     in a fixed order and the CTA adds bias and residual (deterministic, no atomics). Launched with
 //     programmatic dependent launch: its CTAs become resident while attention drains and each warp's first
 //     weight batch is in flight before pdl_wait(). (A bulk L2 prefetch of each warp's whole share before the
-//     wait was tried and measured slower on the H100: 12.15 vs 10.9 µs.)
+//     wait was tried and measured slower on the H100: 12.15 vs 10.9 µs.) With a router, each CTA then adds its
+//     rows' share of the gate dots, and the last CTA to finish routes (router_tail).
 //   unembedding: a persistent grid (SMs × resident CTAs); each CTA normalises x into shared bf16 once, then
 //     each warp walks tiles gw, gw + warps, ... over all columns.
 //
@@ -82,15 +83,109 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
   }
 }
 
-__global__ void __launch_bounds__(kWarps * 32, 2)
+constexpr int kThreads = kWarps * 32;
+constexpr int kRouteWorkspaceHeader = 16;  // bytes before the partials: the arrival counter, padded to 16
+
+// Partials per tile: the experts' gate dots, then the sum of squares, padded to whole float4s.
+__host__ __device__ inline int route_cols_padded(int experts) { return (experts + 1 + 3) / 4 * 4; }
+
+// The router in the out-projection's tail. Every CTA owns 16 rows of the new residual x: it adds its share of
+// each expert's gate dot, Σ_r gate_w[e, r] · x_r · norm_scale_r, and of Σ_r x_r², into its row of partials.
+// rmsnorm's 1 / rms is one factor common to the whole vector, so it is applied after the sum: logits =
+// inv_rms · Σ_tiles partial + bias. The last CTA to arrive (an arrival counter) adds the partials in a fixed
+// order (deterministic), routes (warp_route) and writes x_normed, while the other CTAs have already exited.
+// This replaced a separate router launch (6.1 µs on the H100, graph-timed, for 0.18 MB).
+__device__ __forceinline__ void router_tail(const RouterTail& rt, const float* __restrict__ residual, int hidden,
+                                            int tile, uint4 gate_lo, uint4 gate_hi, const float* s_xs,
+                                            const float* s_sq) {
+  __shared__ float s_red[kThreads * 4];
+  __shared__ float s_total[kRouteMaxExperts + 1];
+  __shared__ int s_last;
+  const int tid = threadIdx.x, experts = rt.experts, cols_pad = route_cols_padded(experts);
+  int* arrivals = static_cast<int*>(rt.workspace);
+  float* partials = reinterpret_cast<float*>(static_cast<char*>(rt.workspace) + kRouteWorkspaceHeader);
+  __syncthreads();  // s_xs, s_sq
+  float p = 0.f;
+  if (tid < experts) {
+    const uint32_t w[8] = {gate_lo.x, gate_lo.y, gate_lo.z, gate_lo.w, gate_hi.x, gate_hi.y, gate_hi.z, gate_hi.w};
+#pragma unroll
+    for (int h = 0; h < 8; ++h) {
+      p = fmaf(__uint_as_float(w[h] << 16), s_xs[2 * h], p);
+      p = fmaf(__uint_as_float(w[h] & 0xFFFF0000u), s_xs[2 * h + 1], p);
+    }
+  } else if (tid == experts) {
+#pragma unroll
+    for (int r = 0; r < kTileRows; ++r) p += s_sq[r];
+  }
+  if (tid <= experts) partials[static_cast<int64_t>(tile) * cols_pad + tid] = p;
+  __threadfence();  // this CTA's residual rows and partials are visible device-wide before its arrival counts
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(arrivals, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // every other CTA's writes (fenced before its arrival) are read after the count
+
+  // Thread (group, quad) sums float4 column quad `quad` over tiles group, group + groups, ...; then thread c
+  // sums column c over the groups: one fixed order whatever the arrival order.
+  const int quads = cols_pad / 4, groups = kThreads / quads, quad = tid % quads, group = tid / quads;
+  if (group < groups) {
+    const float4* p4 = reinterpret_cast<const float4*>(partials) + quad;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+    for (int t = group; t < static_cast<int>(gridDim.x); t += groups) {
+      const float4 v = __ldcg(p4 + static_cast<int64_t>(t) * quads);
+      acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+    }
+    reinterpret_cast<float4*>(s_red)[group * quads + quad] = acc;
+  }
+  __syncthreads();
+  if (tid <= experts) {
+    float total = 0.f;
+    for (int gi = 0; gi < groups; ++gi) total += s_red[gi * cols_pad + tid];
+    s_total[tid] = total;
+  }
+  __syncthreads();
+  const float inv_rms = rsqrtf(s_total[experts] / static_cast<float>(hidden) + rt.eps);
+  if (tid < 32) {
+    warp_route(
+        experts, rt.k, [&](int e) { return fmaf(s_total[e], inv_rms, __bfloat162float(rt.gate_b[e])); }, rt.ids,
+        rt.weights);
+    if (tid == 0) *arrivals = 0;  // ready for the next launch
+  } else {
+    constexpr int kUnroll = 4, kStride = kThreads - 32;
+    for (int base = tid - 32; base < hidden; base += kUnroll * kStride) {
+      float v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) v[u] = base + u * kStride < hidden ? __ldcg(residual + base + u * kStride) : 0.f;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * kStride;
+        if (i < hidden) rt.x_normed[i] = __float2bfloat16(v[u] * inv_rms * rt.norm_scale[i]);
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 2)
     bf16_gemv_bias_residual_kernel(const bf16* __restrict__ W, const bf16* __restrict__ bias,
-                                   const bf16* __restrict__ in, int rows, int cols, float* __restrict__ residual) {
+                                   const bf16* __restrict__ in, int rows, int cols, float* __restrict__ residual,
+                                   RouterTail rt) {
   __shared__ float s_sum[kWarps][kTileRows];
+  __shared__ float s_xs[kTileRows], s_sq[kTileRows];
   const int tile = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const int chunks = (cols + kChunkCols - 1) / kChunkCols;
   const int per_warp = (chunks + kWarps - 1) / kWarps;
   const int c_begin = min(chunks, warp * per_warp), c_end = min(chunks, c_begin + per_warp);
-  const int rg = min(tile * kTileRows + g, rows - 1), rg8 = min(tile * kTileRows + g + 8, rows - 1);
+  const int row0 = tile * kTileRows;
+  const int rg = min(row0 + g, rows - 1), rg8 = min(row0 + g + 8, rows - 1);
+  const bool route = rt.gate_w != nullptr;
+  // Router: thread e's 16 gate weights of this tile's rows stream in with the first weight batch.
+  uint4 gate_lo = make_uint4(0, 0, 0, 0), gate_hi = gate_lo;
+  if (route && static_cast<int>(threadIdx.x) < rt.experts) {
+    const bf16* gw = rt.gate_w + static_cast<int64_t>(threadIdx.x) * rows + row0;  // rows % 8 == 0
+    gate_lo = ld_stream(gw);
+    if (row0 + 8 < rows) gate_hi = ld_stream(gw + 8);
+  }
   float d[4] = {0.f, 0.f, 0.f, 0.f};
   // The weights need no earlier kernel: the first batch is in flight before the wait; the input (attention)
   // and the residual are read only after it, and through L2 (ld.cg): under PDL the producer may still have been
@@ -104,12 +199,18 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
       d);
   if (lane % 4 == 0) s_sum[warp][g] = d[0], s_sum[warp][g + 8] = d[2];
   __syncthreads();
-  const int row = tile * kTileRows + threadIdx.x;
-  if (threadIdx.x < kTileRows && row < rows) {
-    float sum = 0.f;
-    for (int w = 0; w < kWarps; ++w) sum += s_sum[w][threadIdx.x];
-    residual[row] = __ldcg(residual + row) + (sum + __bfloat162float(bias[row]));  // L2, see rows_dot
+  const int row = row0 + threadIdx.x;
+  if (threadIdx.x < kTileRows) {
+    float x = 0.f;
+    if (row < rows) {
+      float sum = 0.f;
+      for (int w = 0; w < kWarps; ++w) sum += s_sum[w][threadIdx.x];
+      x = __ldcg(residual + row) + (sum + __bfloat162float(bias[row]));  // L2, see rows_dot
+      residual[row] = x;
+    }
+    if (route) s_xs[threadIdx.x] = row < rows ? x * rt.norm_scale[row] : 0.f, s_sq[threadIdx.x] = x * x;
   }
+  if (route) router_tail(rt, residual, rows, tile, gate_lo, gate_hi, s_xs, s_sq);
 }
 
 __global__ void __launch_bounds__(kWarps * 32, 2)
@@ -155,13 +256,32 @@ void check_gemv(const void* W, int rows, int cols, const char* who) {
 
 }  // namespace
 
+size_t router_tail_workspace_bytes(int hidden, int experts) {
+  return kRouteWorkspaceHeader +
+         static_cast<size_t>(ceil_div(hidden, kTileRows)) * route_cols_padded(experts) * sizeof(float);
+}
+
 void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16* in, int rows, int cols,
-                                    float* residual, cudaStream_t stream) {
+                                    float* residual, const RouterTail* router, cudaStream_t stream) {
   check_gemv(W, rows, cols, "launch_bf16_gemv_bias_residual");
   if (reinterpret_cast<uintptr_t>(in) % 16 != 0)
     throw std::invalid_argument("launch_bf16_gemv_bias_residual: the input vector must be 16-byte aligned");
-  launch_pdl(bf16_gemv_bias_residual_kernel, dim3(ceil_div(rows, kTileRows)), dim3(kWarps * 32), 0, stream, W, bias,
-             in, rows, cols, residual);
+  RouterTail rt = {};
+  if (router) {
+    rt = *router;
+    if (rt.experts < 1 || rt.experts > kRouteMaxExperts || rt.k < 1 || rt.k > kRouteMaxK || rt.k > rt.experts)
+      throw std::invalid_argument("launch_bf16_gemv_bias_residual: the router needs 1 <= experts <= " +
+                                  std::to_string(kRouteMaxExperts) + " and 1 <= k <= min(" +
+                                  std::to_string(kRouteMaxK) + ", experts) (got experts " +
+                                  std::to_string(rt.experts) + ", k " + std::to_string(rt.k) + ")");
+    if (rows % 8 != 0 || reinterpret_cast<uintptr_t>(rt.gate_w) % 16 != 0 || !rt.workspace || !rt.norm_scale ||
+        !rt.gate_b || !rt.x_normed || !rt.ids || !rt.weights)
+      throw std::invalid_argument(
+          "launch_bf16_gemv_bias_residual: the router needs hidden (rows) a multiple of 8, a 16-byte aligned gate "
+          "matrix, and every buffer");
+  }
+  launch_pdl(bf16_gemv_bias_residual_kernel, dim3(ceil_div(rows, kTileRows)), dim3(kThreads), 0, stream, W, bias,
+             in, rows, cols, residual, rt);
 }
 
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,

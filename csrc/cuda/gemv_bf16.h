@@ -1,13 +1,37 @@
 // Public launchers of the bf16 GEMV family (gemv_bf16.cu): attention output projection and unembedding.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+
 #include "cuda/common.cuh"
 
 namespace gpt_oss {
 
+// The MoE router of the block after the attention, run in the out-projection's tail (gemv_bf16.cu says how):
+// with x the updated residual [rows = hidden],
+//   x_normed = bf16(rmsnorm(x) · norm_scale)            (mlp1's input)
+//   logits   = gate_w · (rmsnorm(x) · norm_scale) + gate_b  (fp32, from the unrounded normed x)
+//   ids / weights = the top k of the logits (ties → lower id), softmax over those k.
+// The workspace (router_tail_workspace_bytes) must be zero before the first launch; each launch leaves it so.
+// Launches sharing a workspace must be stream-ordered.
+struct RouterTail {
+  const float* norm_scale;
+  const bf16* gate_w;  // [experts, hidden]
+  const bf16* gate_b;  // [experts]
+  int experts, k;
+  float eps;
+  void* workspace;
+  bf16* x_normed;   // [hidden]
+  int32_t* ids;     // [k]
+  float* weights;   // [k]
+};
+size_t router_tail_workspace_bytes(int hidden, int experts);
+
 // residual[r] += W[r, :] · in + bias[r];  W bf16 [rows, cols] row-major, in bf16 [cols], residual fp32 [rows].
+// With a router (not null), then the MoE routing of the updated residual (RouterTail).
 void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16* in, int rows, int cols,
-                                    float* residual, cudaStream_t);
+                                    float* residual, const RouterTail* router, cudaStream_t);
 
 // logits[v] = W[v, :] · (rmsnorm(x) * norm_scale);  W bf16 [vocab, hidden], x fp32 [hidden], logits fp32 [vocab].
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,

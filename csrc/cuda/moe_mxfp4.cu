@@ -1,31 +1,30 @@
-// MXFP4 mixture of experts for batch-1 decode: router, mlp1 + SwiGLU, mlp2 + weighted sum + residual.
+// MXFP4 mixture of experts for batch-1 decode: mlp1 + SwiGLU, mlp2 + weighted sum + residual. (The router runs
+// in the out-projection's tail: RouterTail in gemv_bf16.cu.)
 //
 // Floors (bytes / 3.0 TB/s; gpt-oss hidden = intermediate = 2880, k = 4; 1530 B a row: 1440 codes + 90 scales):
-//   router  E × 2880 bf16 = 184 KB (20b, E = 32) / 737 KB (120b, E = 128)  → 0.06 / 0.25 µs (latency-bound)
 //   mlp1    4 experts × 5760 rows × 1530 B = 35.3 MB                        → 11.8 µs
 //   mlp2    4 experts × 2880 rows × 1530 B = 17.6 MB                        → 5.9 µs
 // Measured (H100 SXM, graph-timed with successive launches overlapping through PDL, every expert streamed from
-// HBM, 2026-11-25 13:02 UTC): router 5.7 / 6.2 µs (E = 32 / 128; launch- and barrier-bound), mlp1 20.2 µs
-// (1.75 TB/s of the 35.3 MB floor bytes), mlp2 14.3 µs (1.24 TB/s), router → mlp1 → mlp2 chained 39.7 µs
-// (floor 17.7). Before the scale dedup, PDL and the unrolled staging: 6.4 / 7.3, 21.6, 16.5 µs. Both MLP
-// kernels are latency-bound (a warp's batches are serial and the input staging delays them), not issue-bound
-// (mlp1 SASS: ~3 instructions per weight, 4.9 available at 3 TB/s).
+// HBM, session 3): mlp1 21.6 µs, mlp2 12.9 µs. Time against bytes (bench_kernels_weights --sweep, k = 1..8):
+// mlp1 ≈ 6.0 µs + bytes at 2.2 TB/s, mlp2 (whole-tile CTAs) ≈ 2.8 µs + bytes at 1.5 TB/s. Both are
+// latency-bound: a warp's weight batches are serial, each round trip ~3 µs under load, so what counts is how
+// many warps' batches are in flight (registers), not the instruction count (mlp1 SASS: ~3 instructions per
+// weight, 4.9 available at 3 TB/s).
 //
-// All three launch with programmatic dependent launch (launch_pdl): a kernel becomes resident while the
-// previous one drains and waits (pdl_wait) only before reading what earlier kernels wrote (always through
-// L2 with ld.cg: a producer that ran during this kernel's lifetime breaks the ld.global.nc contract); mlp2 reads the
+// Both launch with programmatic dependent launch (launch_pdl): a kernel becomes resident while the previous
+// one drains and waits (pdl_wait) only before reading what earlier kernels wrote (always through L2 with
+// ld.cg: a producer that ran during this kernel's lifetime breaks the ld.global.nc contract); mlp2 reads the
 // router's ids and issues its first weight batch before the wait. Tried on the H100 and dropped (same DRAM
-// bytes, slower): a bulk L2 prefetch of each CTA's whole tile (mlp1 21.6 → 25.6 µs), and streaming through
-// a ring of cp.async slots in shared memory, 8 / 12 items in flight a warp (mlp1 20.2 → 24.7 µs, mlp2 equal).
+// bytes, slower): a bulk L2 prefetch of each CTA's whole tile (mlp1 21.6 → 25.6 µs), streaming through a ring
+// of cp.async slots in shared memory, 8 / 12 items in flight a warp (mlp1 20.2 → 24.7 µs, mlp2 equal), and a
+// persistent TMA-fed MoE (benchmarks/NOTES.md).
 //
-// Steps of one layer's MoE (three launches, no host sync; expert ids live in device memory):
-//   1. router (one cluster of 8 CTAs): xn = bf16(rmsnorm(x) · scale); each CTA: E/8 gate rows · xn + bias;
-//      CTA 0 gathers the E logits through distributed shared memory: top-k (ties → lower id), softmax over k.
-//   2. mlp1: grid (row tile, expert slot j); each CTA streams one 16-row tile of expert ids[j] over all of K,
-//      its 4 warps splitting K; epilogue: bias, clamped interleaved SwiGLU → act[j] bf16.
-//   3. mlp2: grid (row tile); each CTA streams one 16-row tile of all k experts, its 16 warps splitting
-//      (expert, K chunk) pairs; Σ_j w_j (W2 act_j + b2) is reduced in shared memory in a fixed order and added
-//      to the fp32 residual by the owning CTA: no atomics, no partials in global memory, deterministic.
+// Steps of one layer's MoE (two launches after the out-projection + router, no host sync; ids stay on the GPU):
+//   1. mlp1: grid (row tile, expert slot j); each CTA streams one 16-row tile of expert ids[j] over all of K,
+//      its 2 warps splitting K; epilogue: bias, clamped interleaved SwiGLU → act[j] bf16.
+//   2. mlp2: grid (row tile, split); each CTA streams one 16-row tile of half the k experts, its 8 warps
+//      splitting (expert, K chunk) pairs; partial sums meet in shared memory in a fixed order, and the last CTA
+//      of a tile adds both splits, the routing-weighted biases and the fp32 residual: deterministic.
 //
 // Repacked layout (upload_mxfp4_experts, a device kernel): rows in tiles of 16, K in chunks of 64 values (two
 // MXFP4 blocks). Tile row ρ < 8 is row 2ρ of the tile's 16, ρ ≥ 8 is row 2(ρ-8)+1, so a lane holds a glu row
@@ -44,8 +43,6 @@
 // makes the launch write NaN, never read out of bounds.
 #include "cuda/moe_mxfp4.h"
 
-#include <cooperative_groups.h>
-
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -53,8 +50,6 @@
 #include "cuda/weight_stream.cuh"
 
 namespace gpt_oss {
-
-namespace cg = cooperative_groups;
 
 namespace {
 
@@ -68,12 +63,6 @@ constexpr int kMlp2Splits = 2;  // CTAs per mlp2 tile (see moe_mlp2_residual_ker
 // 132-SM H100 (mlp1: 1440 CTAs of 2 warps at ≤ 85 registers; mlp2: 360 CTAs of 8 warps, ≤ 3 an SM).
 constexpr int kMlp1Batch = 6;
 constexpr int kMlp2Batch = 6;
-
-constexpr int kRouterCluster = 8;
-constexpr int kRouterThreads = 512;
-constexpr int kRouterMaxExperts = 256;
-constexpr int kRouterRowsPerCta = kRouterMaxExperts / kRouterCluster;
-constexpr int kRouterLoads = 12;
 
 __host__ __device__ inline int tile_row_offset(int rho) { return rho < 8 ? 2 * rho : 2 * (rho - 8) + 1; }
 
@@ -306,7 +295,7 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12)
   __shared__ float s_factor[1], s_up[1], s_red[kMaxK * 32 + kMaxK];
   __shared__ float s_sum[kMlp1Warps][kTileRows];
   const int tile = blockIdx.x, j = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Every weight depends on the router's ids (the kernel right before): nothing to stream before the wait.
+  // Every weight depends on the router's ids (the out-projection's tail, right before): nothing to stream before the wait.
   // Dependents are released only after it, so mlp2 may read the ids before its own wait.
   pdl_wait();
   pdl_launch_dependents();
@@ -409,124 +398,6 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
     residual[row] = __ldcg(residual + row) + (s_bad ? __int_as_float(0x7fc00000) : sum);  // L2: see pdl_wait
   }
   if (threadIdx.x == 0) arrivals[tile] = 0;  // ready for the next launch (stream order separates launches)
-}
-
-// ---- router -------------------------------------------------------------------------------------------------
-
-__global__ void __launch_bounds__(kRouterThreads)
-    moe_router_kernel(const float* __restrict__ x, const float* __restrict__ norm_scale,
-                      const bf16* __restrict__ gate_w, const bf16* __restrict__ gate_b, int experts, int hidden, int k,
-                      float eps, bf16* __restrict__ x_normed, int32_t* __restrict__ ids, float* __restrict__ weights) {
-  extern __shared__ uint4 dyn_smem[];
-  bf16* xn = reinterpret_cast<bf16*>(dyn_smem);
-  __shared__ float s_logits[kRouterRowsPerCta];
-  __shared__ float s_red[kRouterThreads / 32];
-  cg::cluster_group cluster = cg::this_cluster();
-  const int rank = static_cast<int>(cluster.block_rank());
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, nwarps = kRouterThreads / 32;
-  const int per_cta = (experts + kRouterCluster - 1) / kRouterCluster;
-  const int first_row = rank * per_cta, n_rows = max(0, min(per_cta, experts - first_row));
-
-  const int groups = hidden / 8;
-  // The first gate row of each warp streams in while the norm is computed (hidden ≤ 32 · 8 · kRouterLoads in
-  // one go; longer rows finish with plain loads).
-  uint4 wv[kRouterLoads];
-  auto load_row = [&](int r) {
-    const bf16* w_row = gate_w + static_cast<int64_t>(first_row + r) * hidden;
-#pragma unroll
-    for (int q = 0; q < kRouterLoads; ++q)
-      if (lane + 32 * q < groups) wv[q] = ld_stream(w_row + 8 * (lane + 32 * q));
-  };
-  if (warp < n_rows) load_row(warp);
-  pdl_wait();  // x comes from the out-projection (gate rows need no earlier kernel)
-  pdl_launch_dependents();
-
-  float ss = 0.f;
-  for (int i = tid; i < hidden; i += kRouterThreads) {
-    const float xi = __ldcg(x + i);
-    ss = fmaf(xi, xi, ss);
-  }
-  ss = warp_sum(ss);
-  if (lane == 0) s_red[warp] = ss;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < nwarps; ++w) total += s_red[w];
-  const float inv_rms = rsqrtf(total / static_cast<float>(hidden) + eps);
-  for (int i = tid; i < hidden; i += kRouterThreads) {
-    const bf16 v = __float2bfloat16(__ldcg(x + i) * inv_rms * norm_scale[i]);
-    xn[i] = v;
-    if (rank == 0) x_normed[i] = v;
-  }
-  __syncthreads();
-
-  auto dot8 = [&](uint4 wq, int gidx, float dot) {
-    const uint4 xv = reinterpret_cast<const uint4*>(xn)[gidx];
-    const uint32_t ww[4] = {wq.x, wq.y, wq.z, wq.w}, xw[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-    for (int h = 0; h < 4; ++h) {
-      dot = fmaf(__uint_as_float(ww[h] << 16), __uint_as_float(xw[h] << 16), dot);
-      dot = fmaf(__uint_as_float(ww[h] & 0xFFFF0000u), __uint_as_float(xw[h] & 0xFFFF0000u), dot);
-    }
-    return dot;
-  };
-  for (int r = warp; r < n_rows; r += nwarps) {
-    if (r != warp) load_row(r);
-    float dot = 0.f;
-#pragma unroll
-    for (int q = 0; q < kRouterLoads; ++q)
-      if (lane + 32 * q < groups) dot = dot8(wv[q], lane + 32 * q, dot);
-    const bf16* w_row = gate_w + static_cast<int64_t>(first_row + r) * hidden;
-    for (int gidx = lane + 32 * kRouterLoads; gidx < groups; gidx += 32) dot = dot8(ld_stream(w_row + 8 * gidx), gidx, dot);
-    dot = warp_sum(dot);
-    if (lane == 0) s_logits[r] = dot + __bfloat162float(gate_b[first_row + r]);
-  }
-  cluster.sync();
-
-  if (rank == 0 && warp == 0) {
-    constexpr int kPerLane = kRouterMaxExperts / 32;
-    float v[kPerLane];
-    uint32_t taken = 0;
-#pragma unroll
-    for (int q = 0; q < kPerLane; ++q) {
-      const int e = lane + 32 * q;
-      v[q] = -INFINITY;
-      if (e < experts) {
-        const float* remote = cluster.map_shared_rank(&s_logits[e % per_cta], e / per_cta);
-        v[q] = *remote;
-      } else {
-        taken |= 1u << q;
-      }
-    }
-    float top_v[kMaxK];
-    int top_i[kMaxK];
-#pragma unroll
-    for (int s = 0; s < kMaxK; ++s) {
-      if (s >= k) break;
-      float bv = -INFINITY;
-      int bi = 0x7fffffff;
-#pragma unroll
-      for (int q = 0; q < kPerLane; ++q)
-        if (!((taken >> q) & 1u) && ranks_before(v[q], lane + 32 * q, bv, bi)) bv = v[q], bi = lane + 32 * q;
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ranks_before(ov, oi, bv, bi)) bv = ov, bi = oi;
-      }
-      if (bi % 32 == lane) taken |= 1u << (bi / 32);
-      top_v[s] = bv;
-      top_i[s] = bi;
-    }
-    if (lane == 0) {
-      float sum = 0.f, e[kMaxK];
-#pragma unroll
-      for (int s = 0; s < kMaxK; ++s)
-        if (s < k) e[s] = __expf(top_v[s] - top_v[0]), sum += e[s];
-#pragma unroll
-      for (int s = 0; s < kMaxK; ++s)
-        if (s < k) ids[s] = top_i[s], weights[s] = e[s] / sum;
-    }
-  }
-  cluster.sync();  // CTA 0 has read every CTA's logits; they may exit
 }
 
 // ---- batched prefill: grouped expert GEMMs ------------------------------------------------------------------
@@ -728,18 +599,6 @@ Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, 
   }
   CUDA_CHECK(cudaDeviceSynchronize());
   return m;
-}
-
-void launch_moe_router(const float* x, const float* norm_scale, const bf16* gate_w, const bf16* gate_b, int experts,
-                       int hidden, int k, float eps, bf16* x_normed, int32_t* ids, float* weights, cudaStream_t stream) {
-  if (experts < 1 || experts > kRouterMaxExperts || k < 1 || k > kMaxK || k > experts)
-    throw std::invalid_argument("launch_moe_router: need 1 <= experts <= " + std::to_string(kRouterMaxExperts) +
-                                " and 1 <= k <= min(" + std::to_string(kMaxK) + ", experts)");
-  if (hidden < 8 || hidden % 8 != 0)
-    throw std::invalid_argument("launch_moe_router: hidden must be a positive multiple of 8");
-  launch_kernel(moe_router_kernel, dim3(kRouterCluster), dim3(kRouterThreads), static_cast<size_t>(hidden) * sizeof(bf16),
-                stream, /*pdl=*/true, kRouterCluster, x, norm_scale, gate_w, gate_b, experts, hidden, k, eps, x_normed,
-                ids, weights);
 }
 
 void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids, int k, const Mxfp4Experts& mlp1,

@@ -1,5 +1,5 @@
-// Public launchers of the MXFP4 mixture-of-experts family (moe_mxfp4.cu): router, mlp1 + SwiGLU, mlp2 + sum
-// + residual. Decode (one token). Device pointers; every launcher is graph-capturable (no sync, no alloc).
+// Public launchers of the MXFP4 mixture-of-experts family (moe_mxfp4.cu): mlp1 + SwiGLU, mlp2 + sum + residual
+// (the router is the out-projection's tail: RouterTail in gemv_bf16.h). Decode (one token). Device pointers; every launcher is graph-capturable (no sync, no alloc).
 #pragma once
 
 #include <cstdint>
@@ -27,11 +27,6 @@ struct Mxfp4Experts {
 // bias [experts, rows] bf16 (as uint16).
 Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, const uint16_t* bias, int experts,
                                   int rows, int cols);
-
-// x_normed = rmsnorm(x) * norm_scale (bf16, consumed by mlp1); logits = gate_w · x_normed + gate_b;
-// ids/weights = top-k of the logits (ties → lower id) then softmax over those k.
-void launch_moe_router(const float* x, const float* norm_scale, const bf16* gate_w, const bf16* gate_b, int experts,
-                       int hidden, int k, float eps, bf16* x_normed, int32_t* ids, float* weights, cudaStream_t);
 
 // act[j, :] = swiglu(W1[ids[j]] · x_normed + b1[ids[j]]) for j < k; rows of W1 interleave glu (even) and
 // linear (odd); act is bf16 [k, intermediate].

@@ -36,8 +36,6 @@ constexpr int kGemmRows = 16 * kGemmWarps;
 constexpr int kGemmTokens = 64;
 constexpr int kNTiles = kGemmTokens / 8;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kTopkMaxExperts = 256;
-constexpr int kTopkMaxK = 8;
 
 void require(bool ok, const char* who, const std::string& what) {
   if (!ok) throw std::invalid_argument(std::string(who) + ": " + what);
@@ -244,49 +242,14 @@ __global__ void prefill_kv_commit_kernel(const uint4* __restrict__ k_chunk, cons
   }
 }
 
-// One warp per token; the selection and softmax of moe_router_kernel.
+// One warp per token (warp_route, as the decode router in the out-projection's tail).
 __global__ void prefill_topk_softmax_kernel(const float* __restrict__ logits, int T, int experts, int k,
                                             int32_t* __restrict__ ids, float* __restrict__ weights) {
-  constexpr int kPerLane = kTopkMaxExperts / 32;
-  const int lane = threadIdx.x % 32;
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (t >= T) return;
-  float v[kPerLane];
-  uint32_t taken = 0;
-#pragma unroll
-  for (int q = 0; q < kPerLane; ++q) {
-    const int e = lane + 32 * q;
-    v[q] = e < experts ? logits[static_cast<int64_t>(t) * experts + e] : -INFINITY;
-    if (e >= experts) taken |= 1u << q;
-  }
-  float top_v[kTopkMaxK];
-  int top_i[kTopkMaxK];
-#pragma unroll
-  for (int s = 0; s < kTopkMaxK; ++s) {
-    if (s >= k) break;
-    float bv = -INFINITY;
-    int bi = 0x7fffffff;
-#pragma unroll
-    for (int q = 0; q < kPerLane; ++q)
-      if (!((taken >> q) & 1u) && ranks_before(v[q], lane + 32 * q, bv, bi)) bv = v[q], bi = lane + 32 * q;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ranks_before(ov, oi, bv, bi)) bv = ov, bi = oi;
-    }
-    if (bi % 32 == lane) taken |= 1u << (bi / 32);
-    top_v[s] = bv;
-    top_i[s] = bi;
-  }
-  if (lane == 0) {
-    float sum = 0.f, e[kTopkMaxK];
-#pragma unroll
-    for (int s = 0; s < kTopkMaxK; ++s)
-      if (s < k) e[s] = __expf(top_v[s] - top_v[0]), sum += e[s];
-#pragma unroll
-    for (int s = 0; s < kTopkMaxK; ++s)
-      if (s < k) ids[static_cast<int64_t>(t) * k + s] = top_i[s], weights[static_cast<int64_t>(t) * k + s] = e[s] / sum;
-  }
+  const float* row = logits + static_cast<int64_t>(t) * experts;
+  warp_route(experts, k, [row](int e) { return row[e]; }, ids + static_cast<int64_t>(t) * k,
+             weights + static_cast<int64_t>(t) * k);
 }
 
 // One CTA. The ids go to shared memory; thread e counts expert e's pairs, a serial scan gives the offsets, and
@@ -298,7 +261,7 @@ __global__ void __launch_bounds__(kGroupThreads)
                                  int32_t* __restrict__ order, int32_t* __restrict__ sorted_of, int4* __restrict__ tiles,
                                  int32_t* __restrict__ tile_count) {
   extern __shared__ int32_t s_ids[];  // [pairs]
-  __shared__ int s_count[kTopkMaxExperts], s_offset[kTopkMaxExperts], s_tile0[kTopkMaxExperts];
+  __shared__ int s_count[kRouteMaxExperts], s_offset[kRouteMaxExperts], s_tile0[kRouteMaxExperts];
   for (int i = threadIdx.x; i < pairs; i += blockDim.x) s_ids[i] = ids[i];
   __syncthreads();
   for (int e = threadIdx.x; e < experts; e += blockDim.x) {
@@ -411,10 +374,10 @@ void launch_prefill_kv_commit(const bf16* k_chunk, const bf16* v_chunk, int pos0
 
 void launch_prefill_topk_softmax(const float* logits, int T, int experts, int k, int32_t* ids, float* weights,
                                  cudaStream_t stream) {
-  require(T >= 1 && experts >= 1 && experts <= kTopkMaxExperts && k >= 1 && k <= kTopkMaxK && k <= experts,
+  require(T >= 1 && experts >= 1 && experts <= kRouteMaxExperts && k >= 1 && k <= kRouteMaxK && k <= experts,
           "launch_prefill_topk_softmax",
-          "need T >= 1, 1 <= experts <= " + std::to_string(kTopkMaxExperts) + " and 1 <= k <= min(" +
-              std::to_string(kTopkMaxK) + ", experts)");
+          "need T >= 1, 1 <= experts <= " + std::to_string(kRouteMaxExperts) + " and 1 <= k <= min(" +
+              std::to_string(kRouteMaxK) + ", experts)");
   constexpr int warps = 8;
   prefill_topk_softmax_kernel<<<ceil_div(T, warps), warps * 32, 0, stream>>>(logits, T, experts, k, ids, weights);
   CUDA_CHECK_LAUNCH();
@@ -427,8 +390,8 @@ int prefill_group_max_tiles(int pairs, int experts, int tile_tokens) {
 void launch_prefill_group_experts(const int32_t* ids, int pairs, int experts, int tile_tokens, int32_t* order,
                                   int32_t* sorted_of, int4* tiles, int32_t* tile_count, cudaStream_t stream) {
   const char* who = "launch_prefill_group_experts";
-  require(pairs >= 1 && experts >= 1 && experts <= kTopkMaxExperts && tile_tokens >= 1, who,
-          "need pairs >= 1, 1 <= experts <= " + std::to_string(kTopkMaxExperts) + " and tile_tokens >= 1");
+  require(pairs >= 1 && experts >= 1 && experts <= kRouteMaxExperts && tile_tokens >= 1, who,
+          "need pairs >= 1, 1 <= experts <= " + std::to_string(kRouteMaxExperts) + " and tile_tokens >= 1");
   const size_t smem = sizeof(int32_t) * pairs;
   require(smem <= 96 * 1024, who, "at most " + std::to_string(96 * 1024 / 4) + " pairs per chunk");
   if (smem > 48 * 1024)

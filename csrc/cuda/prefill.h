@@ -58,7 +58,7 @@ void launch_prefill_kv_commit(const bf16* k_chunk, const bf16* v_chunk, int pos0
                               const KvLayerCache& cache, cudaStream_t);
 
 // Router tail for T tokens: logits fp32 [T, experts] (gate GEMM + bias already applied) → ids/weights [T, k]:
-// top-k (ties → lower id), softmax over the k. Same rule as launch_moe_router.
+// top-k (ties → lower id), softmax over the k: warp_route (common.cuh), as the decode router.
 void launch_prefill_topk_softmax(const float* logits, int T, int experts, int k, int32_t* ids, float* weights,
                                  cudaStream_t);
 

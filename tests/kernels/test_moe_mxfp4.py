@@ -1,6 +1,7 @@
-"""The MXFP4 MoE launchers (csrc/cuda/moe_mxfp4.cu) against float64 NumPy: router (RMSNorm + gate GEMV + top-k +
-softmax), mlp1 + clamped interleaved SwiGLU, mlp2 + bias + routing weights + sum over experts + fp32 residual.
-References are computed from the same bf16-rounded inputs; outputs are poisoned (NaN) before every launch."""
+"""The MoE launchers against float64 NumPy: the router in the out-projection's tail (csrc/cuda/gemv_bf16.cu:
+RMSNorm + gate GEMV + top-k + softmax of the updated residual), and (csrc/cuda/moe_mxfp4.cu) mlp1 + clamped
+interleaved SwiGLU, mlp2 + bias + routing weights + sum over experts + fp32 residual. References are computed
+from the same bf16-rounded inputs; outputs are poisoned (NaN) before every launch."""
 
 from __future__ import annotations
 
@@ -128,25 +129,44 @@ def test_mlp1_then_mlp2_deterministic() -> None:
     assert np.array_equal(first.view(np.uint32), second.view(np.uint32))
 
 
+def out_projection(rng: np.random.Generator, hidden: int, cols: int = 96):
+    """Random out-projection weights, bias and attention output: the router sees residual + W·attn + b."""
+    return (random_bf16(rng, (hidden, cols), scale=0.05), random_bf16(rng, hidden, scale=0.1),
+            random_bf16(rng, cols))
+
+
+def gate(rng: np.random.Generator, experts: int, hidden: int):
+    return random_bf16(rng, (experts, hidden), scale=0.05), random_bf16(rng, experts, scale=0.5)
+
+
+def route(x, norm_scale, gate_w, gate_b, k, rng):
+    """The out-projection + router kernel: (new residual, x_normed, ids, weights)."""
+    w_o, b_o, attn = out_projection(rng, x.size)
+    return K.bf16_gemv_bias_residual_router(w_o, b_o, attn, x, norm_scale, gate_w, gate_b, k, EPS)
+
+
 @pytest.mark.parametrize(("experts", "inter", "hidden"), [(32, 2880, 2880), (128, 96, 64)])
 def test_layers_chained_match_one_kernel_at_a_time(experts: int, inter: int, hidden: int) -> None:
-    """router → mlp1 → mlp2 launched back to back for several layers, as the decode graph does (each launch may
-    start before the previous one ends: programmatic dependent launch), gives the same bits as the three kernels
-    run one at a time with a host sync after each. mlp2 reads the router's ids before its own dependency wait,
-    and each layer routes differently, so a read of stale ids or activations would show."""
+    """[out-projection + router] → mlp1 → mlp2 launched back to back for several layers, as the decode graph
+    does (each launch may start before the previous one ends: programmatic dependent launch, and the router's
+    arrival counter is reused layer after layer), gives the same bits as the kernels run one at a time with a
+    host sync after each. mlp2 reads the router's ids before its own dependency wait, and each layer routes
+    differently, so a read of stale ids or activations would show."""
     rng = np.random.default_rng(experts + inter + hidden)
     b1, s1 = random_mxfp4(rng, experts, 2 * inter, hidden)
     b2, s2 = random_mxfp4(rng, experts, hidden, inter)
     bias1, bias2 = random_bf16(rng, (experts, 2 * inter)), random_bf16(rng, (experts, hidden))
-    gate_w, gate_b = random_bf16(rng, (experts, hidden), scale=0.05), random_bf16(rng, experts, scale=0.5)
+    gate_w, gate_b = gate(rng, experts, hidden)
+    w_o, b_o, attn = out_projection(rng, hidden)
     norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
     x = (rng.standard_normal(hidden) * 3).astype(np.float32)
     layers = 4
-    chained = K.moe_layers(x, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, 4, ALPHA, LIMIT, EPS, layers)
+    chained = K.moe_layers(x, w_o, b_o, attn, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, 4, ALPHA,
+                           LIMIT, EPS, layers)
 
     routes = set()
     for _ in range(layers):
-        xn, ids, weights = K.moe_router(x, norm_scale, gate_w, gate_b, 4, EPS)
+        x, xn, ids, weights = K.bf16_gemv_bias_residual_router(w_o, b_o, attn, x, norm_scale, gate_w, gate_b, 4, EPS)
         act = K.bf16_mxfp4w_moe_mlp1_swiglu(xn, ids, b1, s1, bias1, ALPHA, LIMIT)
         x = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, b2, s2, bias2, x)
         routes.add(tuple(sorted(ids.tolist())))
@@ -155,31 +175,36 @@ def test_layers_chained_match_one_kernel_at_a_time(experts: int, inter: int, hid
     assert np.array_equal(chained.view(np.uint32), x.view(np.uint32))
 
 
-def router_reference(gate_w, gate_b, xn_bits, k):
-    """float64 logits from the kernel's own x_normed (its bf16 rounding is checked separately)."""
-    logits = from_bf16(gate_w) @ from_bf16(xn_bits) + from_bf16(gate_b)
+def router_reference(x, norm_scale, gate_w, gate_b, k):
+    """float64 logits of gate_w · (rmsnorm(x) · norm_scale) + gate_b (the normed x unrounded, as the kernel
+    takes it) and the top k, ties to the lower id."""
+    xf = x.astype(np.float64)
+    xn = xf / np.sqrt(np.mean(xf * xf) + EPS) * norm_scale
+    logits = from_bf16(gate_w) @ xn + from_bf16(gate_b)
     order = np.lexsort((np.arange(logits.size), -logits))
-    return logits, order[:k]
+    return logits, order[:k], xn
 
 
-@pytest.mark.parametrize(("experts", "hidden"), [(32, 2880), (128, 2880), (128, 64), (32, 96), (4, 8)])
-def test_router(experts: int, hidden: int) -> None:
-    rng = np.random.default_rng(experts + hidden)
-    x = (rng.standard_normal(hidden) * 3).astype(np.float32)
+# (experts, hidden, k): the 20b and 120b shapes, 256 experts (the most), odd tile counts, a hidden size off the
+# 16-row tile (the last tile has 8 rows), and k = 1 and 8.
+@pytest.mark.parametrize(("experts", "hidden", "k"), [(32, 2880, 4), (128, 2880, 4), (128, 64, 4), (32, 96, 4),
+                                                      (4, 8, 4), (256, 72, 8), (33, 2888, 1), (8, 40, 8)])
+def test_router(experts: int, hidden: int, k: int) -> None:
+    rng = np.random.default_rng(experts + hidden + k)
+    residual = (rng.standard_normal(hidden) * 3).astype(np.float32)
     norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
-    gate_w = random_bf16(rng, (experts, hidden), scale=0.05)
-    gate_b = random_bf16(rng, experts, scale=0.5)
-    k = 4
-    xn, ids, weights = K.moe_router(x, norm_scale, gate_w, gate_b, k, EPS)
+    gate_w, gate_b = gate(rng, experts, hidden)
+    x, xn, ids, weights = route(residual, norm_scale, gate_w, gate_b, k, rng)
+    assert np.isfinite(x).all()  # the out-projection itself: test_gemv_bf16.py
 
     ref_xn = rmsnorm_bf16(x, norm_scale, EPS)
     ulps = np.abs(xn.astype(np.int32) - ref_xn.astype(np.int32))
     assert ulps.max() <= 1 and (ulps > 0).mean() < 0.01, "x_normed differs from bf16(rmsnorm) beyond rounding"
 
-    logits, ref_ids = router_reference(gate_w, gate_b, xn, k)
+    logits, ref_ids, xn_exact = router_reference(x, norm_scale, gate_w, gate_b, k)
     sorted_logits = np.sort(logits)[::-1]
     margins = -np.diff(sorted_logits)[:k]  # gaps around the first k ranks
-    tol = 1e-5 * (np.abs(from_bf16(gate_w)) @ np.abs(from_bf16(xn)) + 1).max()
+    tol = 1e-5 * (np.abs(from_bf16(gate_w)) @ np.abs(xn_exact) + 1).max()
     if margins.min() > tol:
         assert ids.tolist() == ref_ids.tolist()
     else:
@@ -194,7 +219,7 @@ def test_router(experts: int, hidden: int) -> None:
 def test_router_ties_prefer_lower_ids(experts: int) -> None:
     rng = np.random.default_rng(3)
     hidden = 2880
-    x = rng.standard_normal(hidden).astype(np.float32)
+    residual = rng.standard_normal(hidden).astype(np.float32)
     norm_scale = np.ones(hidden, np.float32)
     gate_w = random_bf16(rng, (experts, hidden), scale=0.01)
     gate_b = to_bf16(np.zeros(experts, np.float32))
@@ -202,11 +227,28 @@ def test_router_ties_prefer_lower_ids(experts: int) -> None:
     for e in tied:
         gate_w[e] = gate_w[tied[0]]
     gate_b[tied] = to_bf16(np.full(len(tied), 8.0, np.float32))
-    xn, ids, weights = K.moe_router(x, norm_scale, gate_w, gate_b, 4, EPS)
+    x, _, ids, weights = route(residual, norm_scale, gate_w, gate_b, 4, rng)
     assert ids[:3].tolist() == sorted(tied)
     assert weights[0] == weights[1] == weights[2]
-    _, ref_ids = router_reference(gate_w, gate_b, xn, 4)
+    _, ref_ids, _ = router_reference(x, norm_scale, gate_w, gate_b, 4)
     assert ids[3] == ref_ids[3]
+
+
+def test_router_is_deterministic_and_flags_a_non_finite_residual() -> None:
+    rng = np.random.default_rng(11)
+    hidden, experts = 2880, 128
+    residual = (rng.standard_normal(hidden) * 3).astype(np.float32)
+    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
+    gate_w, gate_b = gate(rng, experts, hidden)
+    w_o, b_o, attn = out_projection(rng, hidden)
+    runs = [K.bf16_gemv_bias_residual_router(w_o, b_o, attn, residual, norm_scale, gate_w, gate_b, 4, EPS)
+            for _ in range(3)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    residual[100] = np.nan
+    _, _, ids, _ = K.bf16_gemv_bias_residual_router(w_o, b_o, attn, residual, norm_scale, gate_w, gate_b, 4, EPS)
+    assert ((ids < 0) | (ids >= experts)).all(), "a NaN residual must give ids mlp1 turns into NaN, not a route"
 
 
 def test_bad_arguments_raise() -> None:
@@ -218,6 +260,10 @@ def test_bad_arguments_raise() -> None:
         K.bf16_mxfp4w_moe_mlp1_swiglu(x, np.array([0, 1, 2, 9], np.int32), blocks, scales, bias, ALPHA, LIMIT)
     with pytest.raises(ValueError, match="k = 5"):
         K.bf16_mxfp4w_moe_mlp1_swiglu(x, np.array([0, 1, 2, 3, 0], np.int32), blocks, scales, bias, ALPHA, LIMIT)
-    with pytest.raises(ValueError, match="experts"):
-        K.moe_router(np.ones(64, np.float32), np.ones(64, np.float32), random_bf16(rng, (4, 64)),
-                     random_bf16(rng, 4), 5, EPS)
+    with pytest.raises(ValueError, match="experts"):  # k > experts
+        route(np.ones(64, np.float32), np.ones(64, np.float32), random_bf16(rng, (4, 64)), random_bf16(rng, 4), 5, rng)
+    with pytest.raises(ValueError, match="experts"):  # more experts than the router's 256
+        route(np.ones(64, np.float32), np.ones(64, np.float32), random_bf16(rng, (257, 64)), random_bf16(rng, 257), 4,
+              rng)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        route(np.ones(12, np.float32), np.ones(12, np.float32), random_bf16(rng, (4, 12)), random_bf16(rng, 4), 2, rng)
