@@ -84,7 +84,8 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
 }
 
 constexpr int kThreads = kWarps * 32;
-constexpr int kRouteWorkspaceHeader = 16;  // bytes before the partials: the arrival counter, padded to 16
+constexpr int kRouteWorkspaceHeader = 16;
+static_assert(kRouteMaxExperts <= kThreads, "router_tail: one thread per expert for the bias and gate loads");  // bytes before the partials: the arrival counter, padded to 16
 
 // Partials per tile: the experts' gate dots, then the sum of squares, padded to whole float4s.
 __host__ __device__ inline int route_cols_padded(int experts) { return (experts + 1 + 3) / 4 * 4; }
@@ -99,25 +100,27 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* _
                                             int tile, uint4 gate_lo, uint4 gate_hi, const float* s_xs,
                                             const float* s_sq) {
   __shared__ float s_red[kThreads * 4];
-  __shared__ float s_total[kRouteMaxExperts + 1];
+  __shared__ float s_total[kRouteMaxExperts + 1], s_bias[kRouteMaxExperts];
   __shared__ int s_last;
   const int tid = threadIdx.x, experts = rt.experts, cols_pad = route_cols_padded(experts);
   int* arrivals = static_cast<int*>(rt.workspace);
   float* partials = reinterpret_cast<float*>(static_cast<char*>(rt.workspace) + kRouteWorkspaceHeader);
   __syncthreads();  // s_xs, s_sq
-  float p = 0.f;
-  if (tid < experts) {
-    const uint32_t w[8] = {gate_lo.x, gate_lo.y, gate_lo.z, gate_lo.w, gate_hi.x, gate_hi.y, gate_hi.z, gate_hi.w};
+  for (int c = tid; c <= experts; c += kThreads) {  // column `experts` is the sum of squares
+    float p = 0.f;
+    if (c < experts) {
+      const uint32_t w[8] = {gate_lo.x, gate_lo.y, gate_lo.z, gate_lo.w, gate_hi.x, gate_hi.y, gate_hi.z, gate_hi.w};
 #pragma unroll
-    for (int h = 0; h < 8; ++h) {
-      p = fmaf(__uint_as_float(w[h] << 16), s_xs[2 * h], p);
-      p = fmaf(__uint_as_float(w[h] & 0xFFFF0000u), s_xs[2 * h + 1], p);
+      for (int h = 0; h < 8; ++h) {
+        p = fmaf(__uint_as_float(w[h] << 16), s_xs[2 * h], p);
+        p = fmaf(__uint_as_float(w[h] & 0xFFFF0000u), s_xs[2 * h + 1], p);
+      }
+    } else {
+#pragma unroll
+      for (int r = 0; r < kTileRows; ++r) p += s_sq[r];
     }
-  } else if (tid == experts) {
-#pragma unroll
-    for (int r = 0; r < kTileRows; ++r) p += s_sq[r];
+    partials[static_cast<int64_t>(tile) * cols_pad + c] = p;
   }
-  if (tid <= experts) partials[static_cast<int64_t>(tile) * cols_pad + tid] = p;
   __threadfence();  // this CTA's residual rows and partials are visible device-wide before its arrival counts
   __syncthreads();
   if (tid == 0) s_last = atomicAdd(arrivals, 1) == static_cast<int>(gridDim.x) - 1;
@@ -125,8 +128,19 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* _
   if (!s_last) return;
   __threadfence();  // every other CTA's writes (fenced before its arrival) are read after the count
 
-  // Thread (group, quad) sums float4 column quad `quad` over tiles group, group + groups, ...; then thread c
-  // sums column c over the groups: one fixed order whatever the arrival order.
+  // Everything below reads final data: the residual loads for x_normed go out with the partial loads, one round
+  // trip for both (hidden ≤ kXLoads · kThreads; longer vectors finish in a loop).
+  constexpr int kXLoads = 12;
+  float xv[kXLoads], sv[kXLoads];
+#pragma unroll
+  for (int u = 0; u < kXLoads; ++u) {
+    const int i = tid + u * kThreads;
+    xv[u] = i < hidden ? __ldcg(residual + i) : 0.f;
+    sv[u] = i < hidden ? rt.norm_scale[i] : 0.f;
+  }
+  if (tid < experts) s_bias[tid] = __bfloat162float(rt.gate_b[tid]);  // experts ≤ kThreads
+  // Thread (group, quad) sums float4 column quad `quad` over tiles group, group + groups, ...; then column c is
+  // summed over the groups: one fixed order whatever the arrival order.
   const int quads = cols_pad / 4, groups = kThreads / quads, quad = tid % quads, group = tid / quads;
   if (group < groups) {
     const float4* p4 = reinterpret_cast<const float4*>(partials) + quad;
@@ -139,30 +153,24 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* _
     reinterpret_cast<float4*>(s_red)[group * quads + quad] = acc;
   }
   __syncthreads();
-  if (tid <= experts) {
+  for (int c = tid; c <= experts; c += kThreads) {
     float total = 0.f;
-    for (int gi = 0; gi < groups; ++gi) total += s_red[gi * cols_pad + tid];
-    s_total[tid] = total;
+    for (int gi = 0; gi < groups; ++gi) total += s_red[gi * cols_pad + c];
+    s_total[c] = total;
   }
   __syncthreads();
   const float inv_rms = rsqrtf(s_total[experts] / static_cast<float>(hidden) + rt.eps);
+#pragma unroll
+  for (int u = 0; u < kXLoads; ++u) {
+    const int i = tid + u * kThreads;
+    if (i < hidden) rt.x_normed[i] = __float2bfloat16(xv[u] * inv_rms * sv[u]);
+  }
+  for (int i = tid + kXLoads * kThreads; i < hidden; i += kThreads)
+    rt.x_normed[i] = __float2bfloat16(__ldcg(residual + i) * inv_rms * rt.norm_scale[i]);
   if (tid < 32) {
     warp_route(
-        experts, rt.k, [&](int e) { return fmaf(s_total[e], inv_rms, __bfloat162float(rt.gate_b[e])); }, rt.ids,
-        rt.weights);
+        experts, rt.k, [&](int e) { return fmaf(s_total[e], inv_rms, s_bias[e]); }, rt.ids, rt.weights);
     if (tid == 0) *arrivals = 0;  // ready for the next launch
-  } else {
-    constexpr int kUnroll = 4, kStride = kThreads - 32;
-    for (int base = tid - 32; base < hidden; base += kUnroll * kStride) {
-      float v[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) v[u] = base + u * kStride < hidden ? __ldcg(residual + base + u * kStride) : 0.f;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = base + u * kStride;
-        if (i < hidden) rt.x_normed[i] = __float2bfloat16(v[u] * inv_rms * rt.norm_scale[i]);
-      }
-    }
   }
 }
 
