@@ -2,22 +2,25 @@
 # Builds the cp312 CUDA wheel for the device machine here on the CPU machine (nvcc, sm_90a), into .devwheel/,
 # so benchmarks/device_run.sh installs it instead of spending device minutes on a build. Carry ".devwheel".
 # Each NAME=PATCH argument also builds HEAD + that patch into .devwheel/NAME/, for `device_run.sh ab`, which
-# times every variant against the baseline in one device call.
-#   bash benchmarks/build_device_wheel.sh [NAME=PATCH ...]
+# times every variant against the baseline in one device call. The argument `timeline` builds HEAD with the per-CTA
+# timeline compiled in (-DGPT_OSS_NATIVE_TIMELINE=ON) into .devwheel/timeline/, for benchmarks/timeline.py.
+#   bash benchmarks/build_device_wheel.sh [NAME=PATCH ...] [timeline]
 # PY312 (default /work/venv312/bin/python): a Python 3.12 with scikit-build-core and nanobind, as on the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY312="${PY312:-/work/venv312/bin/python}"
 
-build() {  # SOURCE_DIR OUT_DIR BUILD_DIR
+build() {  # SOURCE_DIR OUT_DIR BUILD_DIR [TIMELINE=OFF]
   "$PY312" -m pip wheel --no-build-isolation --no-deps "$1" -w "$2" -q -Cbuild-dir="$3" \
-    -Ccmake.define.GPT_OSS_NATIVE_CUDA=ON -Ccmake.define.GPT_OSS_NATIVE_MARCH_NATIVE=OFF
+    -Ccmake.define.GPT_OSS_NATIVE_CUDA=ON -Ccmake.define.GPT_OSS_NATIVE_MARCH_NATIVE=OFF \
+    -Ccmake.define.GPT_OSS_NATIVE_TIMELINE="${4:-OFF}"
 }
 
 rm -rf .devwheel && mkdir -p .devwheel
 build "$ROOT" .devwheel build/wheel312
 for spec in "$@"; do
+  if [ "$spec" = timeline ]; then build "$ROOT" .devwheel/timeline build/wheel312-timeline ON; continue; fi
   name="${spec%%=*}" patch="${spec#*=}"
   [[ "$name" =~ ^[A-Za-z0-9_-]+$ && -f "$patch" ]] || { echo "want NAME=PATCH (an existing file), got '$spec'" >&2; exit 2; }
   tree="$(mktemp -d)/$name"

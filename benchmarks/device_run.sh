@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one script to run on a GPU machine: build, CUDA tests, decode and prefill benchmarks, per-kernel profile.
-#   bash benchmarks/device_run.sh [quick|full|tests|bench|bench-full|ab]
+#   bash benchmarks/device_run.sh [quick|full|tests|bench|bench-full|ab|timeline]
 # tests: CUDA tests only (the decode end-to-end tests twice: with the per-token prefill replay, which isolates
 #   the decode kernels, and with the default batched prefill; ~2 min). quick: tests, then 20b at contexts 1k and
 #   8k and 120b at 1k; full: tests, then each model at 1k, 8k and 32k. bench / bench-full: the quick / full
@@ -10,7 +10,8 @@
 #   `bench-full`. ab: 20b decode (AB_CONTEXTS, default 1024) and the graph-timed weight kernels for the
 #   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus the
 #   baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
-#   each variant (not the baseline: `tests` mode covers main). Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
+#   each variant (not the baseline: `tests` mode covers main). timeline: benchmarks/timeline.py (20b, 1k and 8k)
+#   with the profiling wheel of `build_device_wheel.sh timeline`. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
 # instead of building here, which saves the device minutes of a build.
@@ -46,6 +47,17 @@ if ! (cd /tmp && $PY -c "from gpt_oss_native import _C; assert _C.built_with_cud
   echo "BUILD FAILED"; exit 1
 fi
 
+if [ "$MODE" = timeline ]; then  # needs .devwheel/timeline (build_device_wheel.sh timeline)
+  stage "timeline: one 20b decode step at 1k and 8k, kernel by kernel"
+  rm -rf /tmp/ab/timeline && $PY -m pip install -q --no-deps --target /tmp/ab/timeline .devwheel/timeline/*.whl
+  for ctx in 1024 8192; do
+    PYTHONPATH=/tmp/ab/timeline:${PYTHONPATH:-} timeout 120 $PY benchmarks/timeline.py --model 20b --context $ctx \
+      2>&1 | tee "$OUT/timeline_20b_$ctx.log" | grep -v '^{'
+  done
+  stage done
+  exit 0
+fi
+
 if [ "$MODE" != bench ] && [ "$MODE" != bench-full ] && [ "$MODE" != ab ]; then
   # Full logs go to $OUT; the console gets the summaries.
   stage "pytest -m cuda, prefill by per-token replay"
@@ -64,6 +76,7 @@ if [ "$MODE" = ab ]; then
   for dir in .devwheel .devwheel/*/; do
     compgen -G "$dir/*.whl" > /dev/null || continue
     name=$(basename "$dir"); [ "$dir" = .devwheel ] && name=baseline; site=/tmp/ab/$name
+    [ "$name" = timeline ] && continue  # the profiling build: `timeline` mode
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
     stage "variant $name"
     if [ -n "${AB_TESTS:-}" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"

@@ -347,6 +347,49 @@ nb::ndarray<nb::numpy, int32_t> sample(Array<float> logits, float temperature, f
   return download<int32_t>(tokens, {draws.size()});
 }
 
+// ---- per-CTA timeline (a build with -DGPT_OSS_NATIVE_TIMELINE=ON; common.cuh) ----
+struct Timeline {
+  DeviceBuffer records, count;
+  unsigned capacity = 0;
+};
+Timeline& timeline() {
+  static Timeline t;
+  return t;
+}
+
+// Starts recording into a fresh buffer of `capacity` records; 0 stops.
+void timeline_start(int capacity) {
+  require(kTimelineBuilt, "this build records no timeline: configure with -DGPT_OSS_NATIVE_TIMELINE=ON");
+  require(capacity >= 0, "capacity must be >= 0");
+  Timeline& t = timeline();
+  CUDA_CHECK(cudaDeviceSynchronize());
+  TimelineBuffer b;
+  if (capacity > 0) {
+    t.records = DeviceBuffer(sizeof(unsigned long long) * kTimelineWords * capacity);
+    t.count = DeviceBuffer(sizeof(unsigned));
+    CUDA_CHECK(cudaMemset(t.count.get(), 0, sizeof(unsigned)));
+    b = {t.records.get<unsigned long long>(), t.count.get<unsigned>(), static_cast<unsigned>(capacity)};
+  }
+#ifdef GPT_OSS_NATIVE_TIMELINE
+  set_timeline(b);
+#endif
+  t.capacity = static_cast<unsigned>(capacity);
+  if (capacity == 0) t = Timeline{};
+}
+
+// The records so far, [n, kTimelineWords] u64 (common.cuh gives the layout), and resets the count.
+nb::ndarray<nb::numpy, uint64_t> timeline_read() {
+  Timeline& t = timeline();
+  require(t.capacity > 0, "no timeline is recording: call timeline_start first");
+  CUDA_CHECK(cudaDeviceSynchronize());
+  unsigned n = 0;
+  CUDA_CHECK(cudaMemcpy(&n, t.count.get(), sizeof n, cudaMemcpyDeviceToHost));
+  n = std::min(n, t.capacity);
+  auto out = download<uint64_t>(t.records, {static_cast<size_t>(n), static_cast<size_t>(kTimelineWords)});
+  CUDA_CHECK(cudaMemset(t.count.get(), 0, sizeof(unsigned)));
+  return out;
+}
+
 // ---- timing (benchmarks/bench_kernels_weights.py) ----
 
 // Median µs of one launch: `per_graph` calls (call i gets index i) captured into a graph, replayed `reps` times.
@@ -691,6 +734,9 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("unembedding", &wk::unembedding, "w"_a, "norm_scale"_a, "x"_a, "eps"_a);
     m.def("sample", &wk::sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "seed"_a, "draws"_a);
     m.def("time_copy", &wk::time_copy, "bytes"_a, "reps"_a);
+    m.attr("timeline_built") = kTimelineBuilt;
+    m.def("timeline_start", &wk::timeline_start, "capacity"_a);
+    m.def("timeline_read", &wk::timeline_read);
     m.def("time_moe", &wk::time_moe, "x"_a, "norm_scale"_a, "w_o"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a,
           "scales1"_a, "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "reps"_a);
     m.def("time_bf16_gemv_bias_residual", &wk::time_gemv_bias_residual, "w"_a, "copies"_a, "reps"_a);

@@ -139,6 +139,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // Fragment ownership (lane = 4·g + t): row g of A/C is query head g; C columns 2t, 2t+1 are keys (S) or dims
 // (O). Rows 8..15 of the m16 tiles stay zero and are never read back.
 __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p) {
+  TimelineScope timeline(kTlAttention);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* smem = reinterpret_cast<bf16*>(smem_raw);
 
@@ -179,6 +180,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
     cp_async_commit();
   }
   pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
+  timeline.mark_waited();
   // No pdl_launch_dependents(): the out-projection is released only as this grid's CTAs exit. Released right
   // after this wait, its 180 CTAs stream 23.6 MB of weights against attention's K/V reads, the critical path:
   // measured on the H100 (session 3, 20b) early release 455.2 / 418.1 tok/s at 1k / 8k, late 463.7 / 435.4.

@@ -67,6 +67,76 @@ class DeviceBuffer {
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// ---- per-CTA timeline (CMake -DGPT_OSS_NATIVE_TIMELINE=ON; off by default, when all of it compiles away) ----
+// Thread 0 of each CTA of an instrumented kernel appends one record of kTimelineWords u64: kernel id << 32 | CTA
+// index, SM id, and %globaltimer ns at entry, after the kernel's dependency wait (0 if it has none) and at exit,
+// then the CTA's SM cycles from entry to exit. `benchmarks/decode.py --timeline` prints where one decode step's
+// time goes: each launch's first entry, last exit and its CTAs' spread.
+enum TimelineKernel : uint32_t {
+  kTlEmbedding = 1, kTlNormQkvRope, kTlAttention, kTlOutProj, kTlMlp1, kTlMlp2, kTlUnembedding, kTlSample
+};
+struct TimelineBuffer {
+  unsigned long long* records = nullptr;  // [capacity][kTimelineWords]
+  unsigned* count = nullptr;              // records appended (may exceed capacity: the rest are dropped)
+  unsigned capacity = 0;
+};
+constexpr int kTimelineWords = 6;
+
+#ifdef GPT_OSS_NATIVE_TIMELINE
+constexpr bool kTimelineBuilt = true;
+// Every translation unit has its own device copy of the buffer descriptor; each registers a setter at static
+// initialisation (no relocatable device code needed), and set_timeline() calls them all.
+void register_timeline_setter(void (*set)(const TimelineBuffer&));
+void set_timeline(const TimelineBuffer& buffer);
+#ifdef __CUDACC__
+namespace {
+__device__ TimelineBuffer g_timeline;
+void set_timeline_in_this_unit(const TimelineBuffer& b) { CUDA_CHECK(cudaMemcpyToSymbol(g_timeline, &b, sizeof b)); }
+[[maybe_unused]] const bool g_timeline_registered = (register_timeline_setter(&set_timeline_in_this_unit), true);
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+__device__ __forceinline__ unsigned long long sm_cycles() {
+  unsigned long long c;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+  return c;
+}
+
+struct TimelineScope {
+  uint32_t kernel;
+  unsigned long long start, waited = 0, cycles;
+  __device__ explicit TimelineScope(uint32_t k) : kernel(k), start(global_ns()), cycles(sm_cycles()) {}
+  __device__ void mark_waited() { waited = global_ns(); }
+  __device__ ~TimelineScope() {
+    if (threadIdx.x != 0 || threadIdx.y != 0 || g_timeline.records == nullptr) return;
+    const unsigned long long end = global_ns();
+    const unsigned long long spent = sm_cycles() - cycles;
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    const unsigned slot = atomicAdd(g_timeline.count, 1u);
+    if (slot >= g_timeline.capacity) return;
+    unsigned long long* r = g_timeline.records + static_cast<size_t>(slot) * kTimelineWords;
+    const unsigned block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    r[0] = (static_cast<unsigned long long>(kernel) << 32) | block;
+    r[1] = sm, r[2] = start, r[3] = waited, r[4] = end, r[5] = spent;
+  }
+};
+}  // namespace
+#endif
+#else
+constexpr bool kTimelineBuilt = false;
+#ifdef __CUDACC__
+struct TimelineScope {
+  __device__ explicit TimelineScope(uint32_t) {}
+  __device__ void mark_waited() {}
+};
+#endif
+#endif
+
 #ifdef __CUDACC__
 // Programmatic dependent launch: the kernel may start while the previous kernel of the stream drains (its
 // launch latency and any independent prologue, e.g. weight loads, overlap that tail). Such a kernel must call

@@ -78,6 +78,7 @@ size_t dtype_bytes(DType t) { return t == DType::bf16 ? 2 : t == DType::f32 ? 4 
 
 // x[i] = embedding[*token][i] as fp32.
 __global__ void embedding_gather_kernel(const bf16* table, const int* token, int hidden, float* x) {
+  TimelineScope timeline(kTlEmbedding);
   const size_t row = static_cast<size_t>(*token) * hidden;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hidden; i += gridDim.x * blockDim.x)
     x[i] = __bfloat162float(table[row + i]);

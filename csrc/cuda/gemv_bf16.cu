@@ -178,6 +178,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     bf16_gemv_bias_residual_kernel(const bf16* __restrict__ W, const bf16* __restrict__ bias,
                                    const bf16* __restrict__ in, int rows, int cols, float* __restrict__ residual,
                                    RouterTail rt) {
+  TimelineScope timeline(kTlOutProj);
   __shared__ float s_sum[kWarps][kTileRows];
   __shared__ float s_xs[kTileRows], s_sq[kTileRows];
   const int tile = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
@@ -200,8 +201,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   // running during this kernel's lifetime, which the non-coherent (ld.global.nc) path does not allow.
   rows_dot(
       W, cols, rg, rg8, c_begin, c_end, [in](int col) { return __ldcg(reinterpret_cast<const uint4*>(in + col)); },
-      [] {
+      [&timeline] {
         pdl_wait();
+        timeline.mark_waited();
         pdl_launch_dependents();
       },
       d);
@@ -224,6 +226,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 __global__ void __launch_bounds__(kWarps * 32, 2)
     unembedding_kernel(const bf16* __restrict__ W, const float* __restrict__ norm_scale, const float* __restrict__ x,
                        int vocab, int hidden, float eps, float* __restrict__ logits) {
+  TimelineScope timeline(kTlUnembedding);
   extern __shared__ uint4 dyn_smem[];
   bf16* xs = reinterpret_cast<bf16*>(dyn_smem);
   __shared__ float s_red[kWarps];

@@ -289,6 +289,7 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12)
     moe_mlp1_swiglu_kernel(const bf16* __restrict__ x_normed, const int32_t* __restrict__ ids, StreamArgs a,
                            const bf16* __restrict__ bias, int experts, int rows, int cols, float alpha, float limit,
                            bf16* __restrict__ act) {
+  TimelineScope timeline(kTlMlp1);
   extern __shared__ uint4 dyn_smem[];
   __half* xs = reinterpret_cast<__half*>(dyn_smem);
   __shared__ int s_expert[1];
@@ -298,6 +299,7 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12)
   // Every weight depends on the router's ids (the out-projection's tail, right before): nothing to stream before the wait.
   // Dependents are released only after it, so mlp2 may read the ids before its own wait.
   pdl_wait();
+  timeline.mark_waited();
   pdl_launch_dependents();
   const int id = __ldcg(ids + j);
   const bool bad_id = id < 0 || id >= experts;
@@ -341,6 +343,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
                              const float* __restrict__ weights, int k, StreamArgs a, const bf16* __restrict__ bias,
                              int experts, int rows, int cols, float* __restrict__ residual,
                              float* __restrict__ partial, int* __restrict__ arrivals) {
+  TimelineScope timeline(kTlMlp2);
   extern __shared__ uint4 dyn_smem[];
   __half* xs = reinterpret_cast<__half*>(dyn_smem);
   __shared__ int s_expert[kMaxK];
@@ -368,6 +371,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
       a, s_expert + j0, s_factor + j0, xs, xs_stride, tile, begin, end,
       [&] {
         pdl_wait();  // act (mlp1), weights (router) and the residual are read only after this
+        timeline.mark_waited();
         pdl_launch_dependents();
         if (nj > 0) stage_inputs<kMaxK>(act + static_cast<int64_t>(j0) * cols, nj, cols, xs_stride, xs, s_up + j0, s_red);
         if (threadIdx.x >= j0 && threadIdx.x < j0 + nj)

@@ -42,6 +42,7 @@ __device__ __forceinline__ float dot8(const uint4& w, const float* xn) {
 }
 
 __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRopeParams p) {
+  TimelineScope timeline(kTlNormQkvRope);
   extern __shared__ float4 smem4[];
   float* xn = reinterpret_cast<float*>(smem4);  // [hidden]
   __shared__ float partial_sums[kWarps];
@@ -83,6 +84,7 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
   if (first_pair < pairs) start_pair(first_pair);  // weights need no earlier kernel: stream while it drains
   pdl_launch_dependents();
   pdl_wait();
+  timeline.mark_waited();
 
   // RMSNorm statistics in fp32 over the whole residual stream. x is read through L2 (ld.cg), never L1: the
   // previous MoE launch may still have been running after this kernel started, and its read-modify-write of

@@ -198,6 +198,7 @@ class ClusterSampler {
 };
 
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
+  TimelineScope timeline(kTlSample);
   extern __shared__ uint4 dyn_smem[];
   Histogram* hist = reinterpret_cast<Histogram*>(dyn_smem);  // two, used alternately level by level
   WarpHistogram* warp_hist = reinterpret_cast<WarpHistogram*>(hist + 2);
