@@ -84,8 +84,8 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
 }
 
 constexpr int kThreads = kWarps * 32;
-constexpr int kRouteWorkspaceHeader = 16;
-static_assert(kRouteMaxExperts <= kThreads, "router_tail: one thread per expert for the bias and gate loads");  // bytes before the partials: the arrival counter, padded to 16
+constexpr int kRouteWorkspaceHeader = 16;  // bytes before the partials: the arrival counter, padded to 16
+static_assert(kRouteMaxExperts <= kThreads, "router_tail: one thread per expert for the bias and gate loads");
 
 // Partials per tile: the experts' gate dots, then the sum of squares, padded to whole float4s.
 __host__ __device__ inline int route_cols_padded(int experts) { return (experts + 1 + 3) / 4 * 4; }
@@ -95,7 +95,9 @@ __host__ __device__ inline int route_cols_padded(int experts) { return (experts 
 // rmsnorm's 1 / rms is one factor common to the whole vector, so it is applied after the sum: logits =
 // inv_rms · Σ_tiles partial + bias. The last CTA to arrive (an arrival counter) adds the partials in a fixed
 // order (deterministic), routes (warp_route) and writes x_normed, while the other CTAs have already exited.
-// This replaced a separate router launch (6.1 µs on the H100, graph-timed, for 0.18 MB).
+// This replaced a separate router launch (6.1 µs on the H100, graph-timed, for 0.18 MB); the tail itself costs
+// 4.6–5.2 µs for 20b (fence, arrival atomic, one round of loads, the warp top-k, grid completion) and ~9 µs for
+// 120b (180 × 132 partials through one CTA): benchmarks/NOTES.md, session 3, says what would remove it.
 __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* __restrict__ residual, int hidden,
                                             int tile, uint4 gate_lo, uint4 gate_hi, const float* s_xs,
                                             const float* s_sq) {
