@@ -15,6 +15,7 @@ from weights_reference import (
     random_mxfp4,
     rmsnorm_bf16,
     swiglu,
+    tied_gate,
     to_bf16,
 )
 
@@ -221,12 +222,7 @@ def test_router_ties_prefer_lower_ids(experts: int) -> None:
     hidden = 2880
     residual = rng.standard_normal(hidden).astype(np.float32)
     norm_scale = np.ones(hidden, np.float32)
-    gate_w = random_bf16(rng, (experts, hidden), scale=0.01)
-    gate_b = to_bf16(np.zeros(experts, np.float32))
-    tied = [experts - 1, 5, 17]  # identical rows → bit-identical logits, well above the rest
-    for e in tied:
-        gate_w[e] = gate_w[tied[0]]
-    gate_b[tied] = to_bf16(np.full(len(tied), 8.0, np.float32))
+    gate_w, gate_b, tied = tied_gate(rng, experts, hidden)
     x, _, ids, weights = route(residual, norm_scale, gate_w, gate_b, 4, rng)
     assert ids[:3].tolist() == sorted(tied)
     assert weights[0] == weights[1] == weights[2]

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 from gpt_oss_native import _C
-from weights_reference import from_bf16, random_bf16, rmsnorm_bf16, to_bf16
+from weights_reference import from_bf16, random_bf16, rmsnorm_bf16, tied_gate, to_bf16
 
 if not _C.cuda_devices():
     pytest.skip("needs an NVIDIA GPU and a CUDA build of _C", allow_module_level=True)
@@ -130,12 +130,7 @@ def test_router_ties_prefer_lower_ids(experts: int) -> None:
     rng = np.random.default_rng(3)
     tokens, hidden = 9, 2880
     x = rng.standard_normal((tokens, hidden)).astype(np.float32)
-    gate_w = random_bf16(rng, (experts, hidden), scale=0.01)
-    gate_b = to_bf16(np.zeros(experts, np.float32))
-    tied = [experts - 1, 5, 17]  # identical rows → bit-identical logits, well above the rest
-    for e in tied:
-        gate_w[e] = gate_w[tied[0]]
-    gate_b[tied] = to_bf16(np.full(len(tied), 8.0, np.float32))
+    gate_w, gate_b, tied = tied_gate(rng, experts, hidden)
     _, ids, weights = K.prefill_router(x, np.ones(hidden, np.float32), gate_w, gate_b, 4, EPS)
     for t in range(tokens):
         assert ids[t, :3].tolist() == sorted(tied)

@@ -31,6 +31,18 @@ def random_mxfp4(rng: np.random.Generator, experts: int, rows: int, cols: int, s
     return blocks, scales
 
 
+def tied_gate(rng: np.random.Generator, experts: int, hidden: int):
+    """A router gate where experts (experts - 1, 5, 17) have identical rows and a bias of 8, well above the rest:
+    bit-identical logits, so the top-k must order them by id. Returns (gate_w, gate_b, tied ids)."""
+    gate_w = random_bf16(rng, (experts, hidden), scale=0.01)
+    gate_b = to_bf16(np.zeros(experts, np.float32))
+    tied = [experts - 1, 5, 17]
+    for e in tied:
+        gate_w[e] = gate_w[tied[0]]
+    gate_b[tied] = to_bf16(np.full(len(tied), 8.0, np.float32))
+    return gate_w, gate_b, tied
+
+
 def dequant_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """[..., rows, cols/32, 16] codes + [..., rows, cols/32] E8M0 → float64 [..., rows, cols] (value 2k in the
     low nibble of byte k, 2k + 1 in the high nibble)."""
