@@ -7,7 +7,7 @@
 #   benchmarks without the tests. Every benchmark mode also times the batched prefill against the per-token
 #   replay (20b, prompts of 128 / 1024 / 4096) and ends with an ncu profile of one decode step (2-layer
 #   20b-shaped model). `full` takes more than the device tool's 10 minutes a call: run `tests`, then
-#   `bench-full`. ab: 20b decode (AB_CONTEXTS, default 1024) and the graph-timed weight kernels for the
+#   `bench-full`. ab: decode of AB_MODELS (default 20b) at AB_CONTEXTS (default 1024) and the graph-timed weight kernels for the
 #   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus the
 #   baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
 #   each variant (not the baseline: `tests` mode covers main). timeline: benchmarks/timeline.py (20b, 1k and 8k)
@@ -89,8 +89,8 @@ if [ "$MODE" = ab ]; then
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/bench_kernels_weights.py --reps 10 $sweep 2>&1 \
       | grep -E "^(moe|bf16_gemv|unembedding|out-proj)|sweep" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
-    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/decode.py --models 20b --contexts ${AB_CONTEXTS:-1024} \
-      2>&1 | grep -E "^20b +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
+    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/decode.py --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
+      2>&1 | grep -E "^(20b|120b) +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
   done
   stage done
   exit 0
