@@ -89,7 +89,7 @@ if [ "$MODE" = ab ]; then
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/bench_kernels_weights.py --reps 10 $sweep 2>&1 \
       | grep -E "^(moe|bf16_gemv|unembedding|out-proj)|sweep" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
-    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/decode.py --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
+    PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY benchmarks/decode.py --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
       2>&1 | grep -E "^(20b|120b) +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
   done
   stage done
