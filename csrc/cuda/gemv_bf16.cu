@@ -27,11 +27,15 @@
 #include <stdexcept>
 #include <string>
 
+#include <cooperative_groups.h>
+
 #include "cuda/weight_stream.cuh"
 
 namespace gpt_oss {
 
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kTileRows = 16;
 constexpr int kChunkCols = 32;
@@ -86,6 +90,10 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
 constexpr int kThreads = kWarps * 32;
 constexpr int kRouteWorkspaceHeader = 16;  // bytes before the partials: the arrival counter, padded to 16
 static_assert(kRouteMaxExperts <= kThreads, "router_tail: one thread per expert for the bias and gate loads");
+// With a router the grid is launched in clusters of kRouteCluster CTAs whose partials first meet in distributed
+// shared memory, so the last CTA reads gridDim / kRouteCluster rows of partials instead of gridDim (120b: 45 × 132
+// floats, one round of loads, instead of 180 × 132).
+constexpr int kRouteCluster = 4;
 
 // Partials per tile: the experts' gate dots, then the sum of squares, padded to whole float4s.
 __host__ __device__ inline int route_cols_padded(int experts) { return (experts + 1 + 3) / 4 * 4; }
@@ -97,18 +105,21 @@ __host__ __device__ inline int route_cols_padded(int experts) { return (experts 
 // order (deterministic), routes (warp_route) and writes x_normed, while the other CTAs have already exited.
 // This replaced a separate router launch (6.1 µs on the H100, graph-timed, for 0.18 MB); the tail itself costs
 // 4.6–5.2 µs for 20b (fence, arrival atomic, one round of loads, the warp top-k, grid completion) and ~9 µs for
-// 120b (180 × 132 partials through one CTA): benchmarks/NOTES.md, session 3, says what would remove it.
+// 120b when the last CTA read all 180 × 132 partials; reducing them per cluster first (kRouteCluster) took 120b
+// decode 334.0 → 341.8 tok/s at 1k (H100, session 4; 20b unchanged). benchmarks/NOTES.md says what would remove
+// the tail altogether.
 __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* __restrict__ residual, int hidden,
                                             int tile, uint4 gate_lo, uint4 gate_hi, const float* s_xs,
                                             const float* s_sq) {
   __shared__ float s_red[kThreads * 4];
   __shared__ float s_total[kRouteMaxExperts + 1], s_bias[kRouteMaxExperts];
+  __shared__ __align__(16) float s_part[kRouteMaxExperts + 4];  // this CTA's row of partials (cols_pad ≤ 260)
   __shared__ int s_last;
   const int tid = threadIdx.x, experts = rt.experts, cols_pad = route_cols_padded(experts);
   int* arrivals = static_cast<int*>(rt.workspace);
   float* partials = reinterpret_cast<float*>(static_cast<char*>(rt.workspace) + kRouteWorkspaceHeader);
   __syncthreads();  // s_xs, s_sq
-  for (int c = tid; c <= experts; c += kThreads) {  // column `experts` is the sum of squares
+  for (int c = tid; c < cols_pad; c += kThreads) {  // column `experts` is the sum of squares, then zero padding
     float p = 0.f;
     if (c < experts) {
       const uint32_t w[8] = {gate_lo.x, gate_lo.y, gate_lo.z, gate_lo.w, gate_hi.x, gate_hi.y, gate_hi.z, gate_hi.w};
@@ -117,15 +128,30 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* _
         p = fmaf(__uint_as_float(w[h] << 16), s_xs[2 * h], p);
         p = fmaf(__uint_as_float(w[h] & 0xFFFF0000u), s_xs[2 * h + 1], p);
       }
-    } else {
+    } else if (c == experts) {
 #pragma unroll
       for (int r = 0; r < kTileRows; ++r) p += s_sq[r];
     }
-    partials[static_cast<int64_t>(tile) * cols_pad + c] = p;
+    s_part[c] = p;
   }
-  __threadfence();  // this CTA's residual rows and partials are visible device-wide before its arrival counts
+  // The cluster's rows meet in its rank-0 CTA (fixed rank order); the others exit once they have been read.
+  __threadfence();  // this CTA's residual rows are visible device-wide before its cluster leader's arrival
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const bool leader = cluster.block_rank() == 0;
+  if (leader) {
+    for (int c = tid; c < cols_pad; c += kThreads) {
+      float sum = 0.f;
+      for (int r = 0; r < kRouteCluster; ++r) sum += *cluster.map_shared_rank(&s_part[c], r);
+      partials[static_cast<int64_t>(tile / kRouteCluster) * cols_pad + c] = sum;
+    }
+  }
+  cluster.sync();
+  if (!leader) return;
+  const int clusters = static_cast<int>(gridDim.x) / kRouteCluster;
+  __threadfence();  // the cluster's partials are visible device-wide before its arrival counts
   __syncthreads();
-  if (tid == 0) s_last = atomicAdd(arrivals, 1) == static_cast<int>(gridDim.x) - 1;
+  if (tid == 0) s_last = atomicAdd(arrivals, 1) == clusters - 1;
   __syncthreads();
   if (!s_last) return;
   __threadfence();  // every other CTA's writes (fenced before its arrival) are read after the count
@@ -148,7 +174,7 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* _
     const float4* p4 = reinterpret_cast<const float4*>(partials) + quad;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 8
-    for (int t = group; t < static_cast<int>(gridDim.x); t += groups) {
+    for (int t = group; t < clusters; t += groups) {
       const float4 v = __ldcg(p4 + static_cast<int64_t>(t) * quads);
       acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
     }
@@ -192,7 +218,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const bool route = rt.gate_w != nullptr;
   // Router: thread e's 16 gate weights of this tile's rows stream in with the first weight batch.
   uint4 gate_lo = make_uint4(0, 0, 0, 0), gate_hi = gate_lo;
-  if (route && static_cast<int>(threadIdx.x) < rt.experts) {
+  if (route && static_cast<int>(threadIdx.x) < rt.experts && row0 < rows) {  // the grid is padded to clusters
     const bf16* gw = rt.gate_w + static_cast<int64_t>(threadIdx.x) * rows + row0;  // rows % 8 == 0
     gate_lo = ld_stream(gw);
     if (row0 + 8 < rows) gate_hi = ld_stream(gw + 8);
@@ -293,8 +319,9 @@ void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16*
           "launch_bf16_gemv_bias_residual: the router needs hidden (rows) a multiple of 8, a 16-byte aligned gate "
           "matrix, and every buffer");
   }
-  launch_pdl(bf16_gemv_bias_residual_kernel, dim3(ceil_div(rows, kTileRows)), dim3(kThreads), 0, stream, W, bias,
-             in, rows, cols, residual, rt);
+  const int tiles = ceil_div(rows, kTileRows), cluster = router ? kRouteCluster : 1;
+  launch_kernel(bf16_gemv_bias_residual_kernel, dim3(ceil_div(tiles, cluster) * cluster), dim3(kThreads), 0, stream,
+                /*pdl=*/true, cluster, W, bias, in, rows, cols, residual, rt);
 }
 
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,
