@@ -1,8 +1,9 @@
-// How fast does HBM serve the decode kernels' access patterns? A standalone probe (no package code): each
-// pattern reads the same bytes with the same warps and loads in flight, only the address order differs.
+// How fast does HBM serve the decode kernels' access patterns? A standalone probe (of the package, only the
+// streaming loads of weight_stream.cuh): each pattern reads the same bytes with the same warps and loads in
+// flight; only the address order differs.
 // Question it answers: is the MoE's ~2.2 TB/s per-byte rate (NOTES, session 3 sweep) set by the order in
 // which the 2880 warps walk memory, by the separate 32-byte scale loads, or by loads in flight?
-//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a benchmarks/read_patterns.cu -o read_patterns
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/read_patterns.cu -o read_patterns
 //   ./read_patterns            (prints one table; last line JSON)
 // Patterns (CTAs × 64 threads, each warp B loads of 16 B a lane per batch, batches in series):
 //   per_warp      warp w reads its own contiguous span, batch after batch (mlp1 today)
@@ -20,6 +21,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+
+#include "cuda/weight_stream.cuh"
 #include <cstdlib>
 #include <vector>
 
@@ -32,26 +35,17 @@
     }                                                                                     \
   } while (0)
 
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-__device__ __forceinline__ uint32_t ld_stream_u32(const void* p) {
-  uint32_t r;
-  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
-  return r;
-}
+using gpt_oss::ld_stream;  // the decode kernels' own streaming loads
+using gpt_oss::ld_stream_u32;
 
 enum Pattern { kPerWarp = 0, kPerWarpScales, kBatchMajor, kLoadMajor, kPatterns };
 const char* kNames[kPatterns] = {"per_warp", "per_warp+sc", "batch_major", "load_major"};
 
 // chunk = 512 B (32 lanes × 16 B). A warp does `batches` batches of B chunks.
 template <int B>
-__global__ void __launch_bounds__(64) read_kernel(const uint4* __restrict__ codes, const uint32_t* __restrict__ scales,
-                                                  int pattern, int batches, unsigned* __restrict__ sink) {
+__global__ void __launch_bounds__(64) read_kernel(const uint4* __restrict__ codes,
+                                                  const uint32_t* __restrict__ scales, int pattern, int batches,
+                                                  unsigned* __restrict__ sink) {
   const int lane = threadIdx.x % 32;
   const long warps = static_cast<long>(gridDim.x) * 2, w = blockIdx.x * 2L + threadIdx.x / 32;
   uint32_t acc = 0;
@@ -148,9 +142,11 @@ int main() {
       std::sort(times.begin(), times.end());
       const float us = times[times.size() / 2];
       const double bytes = static_cast<double>(ctas) * 2 * batches * B * (512 + (p == kPerWarpScales ? 32 : 0));
-      std::printf("%-12s %3d %8d %10.1f %10.2f %10.3f\n", kNames[p], B, batches, bytes / 1e6, us, bytes / (us * 1e-6) / 1e12);
+      std::printf("%-12s %3d %8d %10.1f %10.2f %10.3f\n", kNames[p], B, batches, bytes / 1e6, us,
+                  bytes / (us * 1e-6) / 1e12);
       char buf[160];
-      std::snprintf(buf, sizeof buf, "%s{\"pattern\": \"%s\", \"B\": %d, \"batches\": %d, \"bytes\": %.0f, \"us\": %.3f}",
+      std::snprintf(buf, sizeof buf,
+                    "%s{\"pattern\": \"%s\", \"B\": %d, \"batches\": %d, \"bytes\": %.0f, \"us\": %.3f}",
                     json.empty() ? "" : ", ", kNames[p], B, batches, bytes, us);
       json += buf;
       CK(cudaGraphExecDestroy(exec));
