@@ -23,8 +23,9 @@
 //   1. mlp1: grid (row tile, expert slot j); each CTA streams one 16-row tile of expert ids[j] over all of K,
 //      its 2 warps splitting K; epilogue: bias, clamped interleaved SwiGLU → act[j] bf16.
 //   2. mlp2: grid (row tile, split); each CTA streams one 16-row tile of half the k experts, its 8 warps
-//      shared among those experts, each warp one contiguous run of K chunks of one expert; partial sums meet in shared memory in a fixed order, and the last CTA
-//      of a tile adds both splits, the routing-weighted biases and the fp32 residual: deterministic.
+//      shared among those experts, each warp one contiguous run of K chunks of one expert; partial sums meet in
+//      shared memory in a fixed order, and the last CTA of a tile adds both splits, the routing-weighted biases
+//      and the fp32 residual: deterministic.
 //
 // Repacked layout (upload_mxfp4_experts, a device kernel): rows in tiles of 16, K in chunks of 64 values (two
 // MXFP4 blocks). Tile row ρ < 8 is row 2ρ of the tile's 16, ρ ≥ 8 is row 2(ρ-8)+1, so a lane holds a glu row
@@ -195,15 +196,16 @@ __device__ __forceinline__ void stream_chunks(const uint4* codes, const uint32_t
   }
 }
 
-// The lane's first code / scale word of chunk c of expert e's row tile (32-bit index arithmetic:
-// upload_mxfp4_experts keeps every code index below 2^31).
+// Chunk c of expert e's row tile in the repacked layout, and the lane's first code / scale word there (32-bit
+// index arithmetic: upload_mxfp4_experts keeps every code index below 2^31).
+__device__ __forceinline__ uint32_t chunk_line(const StreamArgs& a, int e, int tile, int c) {
+  return (static_cast<uint32_t>(e) * a.tiles + tile) * a.chunks + c;
+}
 __device__ __forceinline__ const uint4* chunk_codes(const StreamArgs& a, int e, int tile, int c) {
-  const uint32_t line = (static_cast<uint32_t>(e) * a.tiles + tile) * a.chunks + c;
-  return a.codes + (line * 32 + threadIdx.x % 32);
+  return a.codes + (chunk_line(a, e, tile, c) * 32 + threadIdx.x % 32);
 }
 __device__ __forceinline__ const uint32_t* chunk_scales(const StreamArgs& a, int e, int tile, int c) {
-  const uint32_t line = (static_cast<uint32_t>(e) * a.tiles + tile) * a.chunks + c;
-  return a.scales + (line * 8 + threadIdx.x % 32 / 4);
+  return a.scales + (chunk_line(a, e, tile, c) * 8 + threadIdx.x % 32 / 4);
 }
 
 // The contiguous item range of warp `warp` out of `warps` over n_items.
