@@ -10,7 +10,7 @@
 #   `bench-full`. ab: decode of AB_MODELS (default 20b) at AB_CONTEXTS (default 1024) and the graph-timed weight kernels for the
 #   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus the
 #   baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
-#   each variant (not the baseline: `tests` mode covers main). timeline: benchmarks/timeline.py (20b, 1k and 8k)
+#   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants. timeline: benchmarks/timeline.py (20b, 1k and 8k)
 #   with the profiling wheel of `build_device_wheel.sh timeline`. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
@@ -77,6 +77,8 @@ if [ "$MODE" = ab ]; then
     compgen -G "$dir/*.whl" > /dev/null || continue
     name=$(basename "$dir"); [ "$dir" = .devwheel ] && name=baseline; site=/tmp/ab/$name
     [ "$name" = timeline ] && continue  # the profiling build: `timeline` mode
+    # AB_VARIANTS="a b": only those variants (and the baseline), so one build serves several shorter calls.
+    if [ -n "${AB_VARIANTS:-}" ] && [ "$name" != baseline ] && [[ " $AB_VARIANTS " != *" $name "* ]]; then continue; fi
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
     stage "variant $name"
     if [ -n "${AB_TESTS:-}" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
