@@ -8,9 +8,10 @@
 #   replay (20b, prompts of 128 / 1024 / 4096) and ends with an ncu profile of one decode step (2-layer
 #   20b-shaped model). `full` takes more than the device tool's 10 minutes a call: run `tests`, then
 #   `bench-full`. ab: decode of AB_MODELS (default 20b) at AB_CONTEXTS (default 1024) and the graph-timed weight kernels for the
-#   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus the
-#   baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
-#   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants. timeline: benchmarks/timeline.py (20b, 1k and 8k)
+#   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus, with
+#   AB_SWEEP=1, the baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
+#   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants;
+#   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME. timeline: benchmarks/timeline.py (20b, 1k and 8k)
 #   with the profiling wheel of `build_device_wheel.sh timeline`. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
@@ -81,15 +82,16 @@ if [ "$MODE" = ab ]; then
     if [ -n "${AB_VARIANTS:-}" ] && [ "$name" != baseline ] && [[ " $AB_VARIANTS " != *" $name "* ]]; then continue; fi
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
     stage "variant $name"
-    if [ -n "${AB_TESTS:-}" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
+    tests_var="AB_TESTS_$name"; tests="${!tests_var:-${AB_TESTS:-}}"  # AB_TESTS_NAME: that variant's own test files
+    if [ -n "$tests" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
       # shellcheck disable=SC2086
-      PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $AB_TESTS \
+      PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $tests \
         > "$OUT/ab_tests_$name.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ab_tests_$name.log" | tail -n 12
     fi
-    sweep=""; [ "$name" = baseline ] && sweep=--sweep
+    sweep=""; [ "$name" = baseline ] && [ -n "${AB_SWEEP:-}" ] && sweep=--sweep
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/bench_kernels_weights.py --reps 10 $sweep 2>&1 \
-      | grep -E "^(moe|bf16_gemv|unembedding|out-proj)|sweep" | tee "$OUT/ab_kernels_$name.log"
+      | grep -E "^(moe|bf16_gemv|unembedding|out-proj|sample)|sweep" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
     PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY benchmarks/decode.py --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
       2>&1 | grep -E "^(20b|120b) +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
