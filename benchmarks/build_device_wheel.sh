@@ -27,6 +27,8 @@ for spec in "$@"; do
   git worktree add -q --detach "$tree" HEAD
   git -C "$tree" apply "$ROOT/$patch" || { git worktree remove --force "$tree"; echo "$patch does not apply" >&2; exit 1; }
   build "$tree" ".devwheel/$name" "build/wheel312-$name"
+  # The variant's own tests and benchmarks (a patch may add or change them): device_run.sh ab runs these.
+  mkdir -p ".devwheel/$name/tree" && cp -r "$tree/tests" "$tree/benchmarks" "$tree/pyproject.toml" ".devwheel/$name/tree/"
   git worktree remove --force "$tree"
 done
 ls -laR .devwheel

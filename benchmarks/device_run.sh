@@ -82,18 +82,19 @@ if [ "$MODE" = ab ]; then
     if [ -n "${AB_VARIANTS:-}" ] && [ "$name" != baseline ] && [[ " $AB_VARIANTS " != *" $name "* ]]; then continue; fi
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
     stage "variant $name"
+    src=$PWD; [ -d "$dir/tree" ] && src=$(cd "$dir/tree" && pwd)  # the variant's tests and benchmarks
     tests_var="AB_TESTS_$name"; tests="${!tests_var:-${AB_TESTS:-}}"  # AB_TESTS_NAME: that variant's own test files
     if [ -n "$tests" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
       # shellcheck disable=SC2086
-      PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $tests \
+      (cd "$src" && PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $tests) \
         > "$OUT/ab_tests_$name.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ab_tests_$name.log" | tail -n 12
     fi
     sweep=""; [ "$name" = baseline ] && [ -n "${AB_SWEEP:-}" ] && sweep=--sweep
-    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/bench_kernels_weights.py --reps 10 $sweep 2>&1 \
+    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY "$src/benchmarks/bench_kernels_weights.py" --reps 10 $sweep 2>&1 \
       | grep -E "^(moe|bf16_gemv|unembedding|out-proj|sample)|sweep" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
-    PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY benchmarks/decode.py --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
+    PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY "$src/benchmarks/decode.py" --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
       2>&1 | grep -E "^(20b|120b) +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
   done
   stage done

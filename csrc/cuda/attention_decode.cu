@@ -75,9 +75,10 @@ __device__ __forceinline__ float* partial_ml(const AttentionDecodeParams& p, int
 }
 
 // out = acc·2^(m−M) / (l·2^(m−M) + 2^(sink−M)), M = max(m, sink): the sink's one term in the denominator.
+// sink: the head's sink logit in the log2 domain (loaded at the kernel's start: in the epilogue its load would be
+// one more DRAM round trip at the end of the critical path).
 __device__ __forceinline__ void write_output(const AttentionDecodeParams& p, int q_head, int pair, float m, float l,
-                                             float2 acc) {
-  const float sink = p.sinks[q_head] * kLog2e;
+                                             float2 acc, float sink) {
   const float m_max = fmaxf(m, sink);
   const float w = exp2f(m - m_max);
   const float scale = w / (l * w + exp2f(sink - m_max));
@@ -87,7 +88,8 @@ __device__ __forceinline__ void write_output(const AttentionDecodeParams& p, int
 
 // Called by every thread of a CTA once its split's partials are in the workspace: the last CTA of the KV head
 // merges all splits with the sink and writes the output.
-__device__ void combine_when_last(const AttentionDecodeParams& p, int group, int kv_head, int splits) {
+__device__ void combine_when_last(const AttentionDecodeParams& p, int group, int kv_head, int splits,
+                                  const float* s_sink) {
   __shared__ bool is_last;
   __threadfence();
   __syncthreads();
@@ -112,7 +114,7 @@ __device__ void combine_when_last(const AttentionDecodeParams& p, int group, int
       acc.x += o.x * w;
       acc.y += o.y * w;
     }
-    write_output(p, kv_head * group + h, pair, m_max, l_sum, acc);
+    write_output(p, kv_head * group + h, pair, m_max, l_sum, acc, s_sink[h]);
   }
   if (threadIdx.x == 0) p.counters[kv_head] = 0;
 }
@@ -150,6 +152,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   const SplitRange range = split_range(p, kWarps * kMmaBlock);
   const int newest = *p.pos % p.cache.capacity;
   if (split >= range.splits) return;
+  __shared__ float s_sink[kAttentionMaxGroup];  // read after the loop's closing barrier
+  if (static_cast<int>(threadIdx.x) < group) s_sink[threadIdx.x] = p.sinks[kv_head * group + threadIdx.x] * kLog2e;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int blocks = (range.end - range.start + kMmaBlock - 1) / kMmaBlock;
@@ -321,7 +325,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
       }
     }
     if (range.splits == 1) {  // the whole context in this CTA: no workspace round trip
-      write_output(p, kv_head * group + h, pair, m_max, l_sum, acc);
+      write_output(p, kv_head * group + h, pair, m_max, l_sum, acc, s_sink[h]);
       continue;
     }
     const size_t at = partial_index(p, group, kv_head, split, h);
@@ -331,7 +335,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
       ml[at * 2 + 1] = l_sum;
     }
   }
-  if (range.splits > 1) combine_when_last(p, group, kv_head, range.splits);
+  if (range.splits > 1) combine_when_last(p, group, kv_head, range.splits, s_sink);
 }
 
 }  // namespace
