@@ -37,6 +37,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 // Keys per split at least: shorter splits cost more in the combine than they save (v1, ncu at a 1k context:
 // 32 splits of 32 keys took 13.4 µs, 4 splits 7.9 µs).
 constexpr int kMinKeysPerSplit = 128;
+// Past kLongContext keys, splits of at least kMinKeysPerSplitLong: fewer CTAs stream longer runs and the combine
+// merges fewer partials (H100, 20b at 8k: 443.9 → 453.2 tok/s in session 3 with 512 everywhere; this rule,
+// session 5: 473.0 → 477.6 at 8k, 1k unchanged; 512-key splits at 1k had cost 1 %).
+constexpr int kLongContext = 4096;
+constexpr int kMinKeysPerSplitLong = 512;
 
 constexpr int kMmaBlock = 16;      // keys per warp step: two n8 score blocks, one k16 step of P·V
 constexpr int kMmaStages = 3;      // blocks in flight per warp
@@ -58,7 +63,8 @@ struct SplitRange {
 };
 __device__ __forceinline__ SplitRange split_range(const AttentionDecodeParams& p, int quantum) {
   const int len = min(*p.pos + 1, p.cache.capacity);
-  const int splits = min(p.max_splits, (len + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
+  const int min_keys = len > kLongContext ? kMinKeysPerSplitLong : kMinKeysPerSplit;
+  const int splits = min(p.max_splits, (len + min_keys - 1) / min_keys);
   const int per_split = (len + splits - 1) / splits;
   const int keys_per_split = (per_split + quantum - 1) / quantum * quantum;
   const int start = min(static_cast<int>(blockIdx.x) * keys_per_split, len);
