@@ -67,7 +67,8 @@ constexpr int kMlp1Warps = kMlp1TilesPerCta * kMlp1WarpsPerTile;
 constexpr int kMlp2Warps = 8;
 constexpr int kMlp2Splits = 2;  // CTAs per mlp2 tile (see moe_mlp2_residual_kernel)
 // Chunks a warp loads before computing (640 B each). Sized so that every CTA is resident at once on a
-// 132-SM H100 (mlp1: 360 CTAs of 8 warps, mlp2: 360 CTAs of 8 warps, each ≤ 85 registers and ≤ 3 an SM).
+// 132-SM H100 (mlp1: 360 CTAs of 8 warps, mlp2: 360 CTAs of 8 warps, each ≤ 85 registers and ≤ 3 an SM; mlp1's
+// launch bound keeps 24 warps an SM for any kMlp1TilesPerCta).
 constexpr int kMlp1Batch = 6;
 constexpr int kMlp2Batch = 6;
 
@@ -303,7 +304,7 @@ __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj,
 
 // ---- mlp1 + SwiGLU ------------------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kMlp1Warps * 32, 3)
+__global__ void __launch_bounds__(kMlp1Warps * 32, 12 / kMlp1TilesPerCta)
     moe_mlp1_swiglu_kernel(const bf16* __restrict__ x_normed, const int32_t* __restrict__ ids, StreamArgs a,
                            const bf16* __restrict__ bias, int experts, int rows, int cols, float alpha, float limit,
                            bf16* __restrict__ act) {
