@@ -84,7 +84,7 @@ if [ "$MODE" = ab ]; then
     stage "variant $name"
     src=$PWD; [ -d "$dir/tree" ] && src=$(cd "$dir/tree" && pwd)  # the variant's tests and benchmarks
     tests_var="AB_TESTS_$name"; tests="${!tests_var:-${AB_TESTS:-}}"  # AB_TESTS_NAME: that variant's own test files
-    if [ -n "$tests" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it  # e.g. AB_TESTS="tests/kernels/test_moe_mxfp4.py tests/test_cuda_end_to_end.py"
+    if [ -n "$tests" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it
       # shellcheck disable=SC2086
       (cd "$src" && PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $tests) \
         > "$OUT/ab_tests_$name.log" 2>&1
