@@ -7,9 +7,10 @@
 //   3. mma.sync m16n8k16 bf16: S = Q·Kᵀ with the G ≤ 8 heads as the M rows (q split into bf16 hi + lo, so
 //      scores keep ~fp32 precision); S's C fragments are exactly the A fragments of P·V (FA2's register
 //      reuse), P rounded to bf16; online softmax in the log2 domain (q pre-scaled by sm_scale·log2 e).
-//   4. The 4 warps' states merge in shared memory. One split: the CTA writes the output. Several: it writes
-//      (m, l, o unnormalised) to the workspace and the last CTA of the KV head to finish (atomic counter)
-//      merges the splits, then re-arms the counter for the next launch. Either way
+//   4. The 4 warps' states merge in shared memory. One split: the CTA writes the output. Up to 8 (a cluster of
+//      CTAs): each keeps (m, l, o unnormalised) in shared memory and the cluster's first CTA merges them through
+//      distributed shared memory. More: each writes them to the workspace and the last CTA of the KV head to
+//      finish (atomic counter) merges the splits, then re-arms the counter for the next launch. Either way
 //      out = Σ_s o_s 2^(m_s−M) / (2^(sink−M) + Σ_s l_s 2^(m_s−M)): the sink enters the denominator once.
 // v1 used CUDA cores (warp = 2 heads, lane = key): issue-bound at long contexts (~3000 instructions per
 // 32-key tile per CTA; 20b at 8k: 353 tok/s vs 411 with this kernel, H100).
@@ -26,8 +27,12 @@
 #include <stdexcept>
 #include <string>
 
+#include <cooperative_groups.h>
+
 namespace gpt_oss {
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kD = kAttentionHeadDim;
 constexpr int kWarps = 4;
@@ -92,6 +97,30 @@ __device__ __forceinline__ void write_output(const AttentionDecodeParams& p, int
       __floats2bfloat162_rn(acc.x * scale, acc.y * scale);
 }
 
+// out for the group's heads from the splits' partials: ml(s, h) = (m, l), o(s, h, pair) = 2 dims of o, each
+// from the workspace or a peer's shared memory. out = Σ_s o_s 2^(m_s−M) / (2^(sink−M) + Σ_s l_s 2^(m_s−M)).
+template <typename Ml, typename O>
+__device__ __forceinline__ void merge_splits(const AttentionDecodeParams& p, int group, int kv_head, int splits,
+                                             const float* s_sink, Ml ml, O o_at) {
+  for (int item = threadIdx.x; item < group * (kD / 2); item += blockDim.x) {
+    const int h = item / (kD / 2), pair = item % (kD / 2);
+    float m_max = -INFINITY;  // finite after the loop: split 0 always holds keys
+    for (int s = 0; s < splits; ++s) m_max = fmaxf(m_max, ml(s, h).x);
+    float l_sum = 0.0f;
+    float2 acc = {0.0f, 0.0f};
+#pragma unroll 4
+    for (int s = 0; s < splits; ++s) {
+      const float2 m_l = ml(s, h);
+      const float w = exp2f(m_l.x - m_max);
+      l_sum += m_l.y * w;
+      const float2 o = o_at(s, h, pair);
+      acc.x += o.x * w;
+      acc.y += o.y * w;
+    }
+    write_output(p, kv_head * group + h, pair, m_max, l_sum, acc, s_sink[h]);
+  }
+}
+
 // Called by every thread of a CTA once its split's partials are in the workspace: the last CTA of the KV head
 // merges all splits with the sink and writes the output.
 __device__ void combine_when_last(const AttentionDecodeParams& p, int group, int kv_head, int splits,
@@ -105,24 +134,41 @@ __device__ void combine_when_last(const AttentionDecodeParams& p, int group, int
   __threadfence();
 
   const float* ml = partial_ml(p, group);
-  for (int item = threadIdx.x; item < group * (kD / 2); item += blockDim.x) {
-    const int h = item / (kD / 2), pair = item % (kD / 2);
-    float m_max = -INFINITY;  // finite after the loop: split 0 always holds keys
-    for (int s = 0; s < splits; ++s) m_max = fmaxf(m_max, __ldcg(&ml[partial_index(p, group, kv_head, s, h) * 2]));
-    float l_sum = 0.0f;
-    float2 acc = {0.0f, 0.0f};
-#pragma unroll 4
-    for (int s = 0; s < splits; ++s) {
-      const size_t at = partial_index(p, group, kv_head, s, h);
-      const float w = exp2f(__ldcg(&ml[at * 2]) - m_max);
-      l_sum += __ldcg(&ml[at * 2 + 1]) * w;
-      const float2 o = __ldcg(reinterpret_cast<const float2*>(p.workspace + at * kD) + pair);
-      acc.x += o.x * w;
-      acc.y += o.y * w;
-    }
-    write_output(p, kv_head * group + h, pair, m_max, l_sum, acc, s_sink[h]);
-  }
+  merge_splits(
+      p, group, kv_head, splits, s_sink,
+      [&](int s, int h) {
+        return __ldcg(reinterpret_cast<const float2*>(ml) + partial_index(p, group, kv_head, s, h));
+      },
+      [&](int s, int h, int pair) {
+        return __ldcg(reinterpret_cast<const float2*>(p.workspace + partial_index(p, group, kv_head, s, h) * kD) +
+                      pair);
+      });
   if (threadIdx.x == 0) p.counters[kv_head] = 0;
+}
+
+// Up to kCombineCluster splits: the grid runs in clusters of that many CTAs along x, so a KV head's splits are
+// one cluster and meet in distributed shared memory (s_part: [head][o[64], m, l] of each CTA), without the
+// workspace's fence, arrival atomic and L2 round trips. Every CTA of the first cluster (x < kCombineCluster), idle
+// ones included, calls this; its rank 0 is split 0, which always holds keys. H100, 20b, same call (session 6):
+// 521.9 → 528.6 tok/s at 896 keys (8 splits: this path), 518.5 → 523.8 at 1k and 493.8 → 499.6 at 8k (9 and 16
+// splits: the workspace path, so the cluster-shaped launch alone gave ~1 %; why is not known).
+constexpr int kCombineCluster = 8;
+constexpr int kPartEntry = kD + 2;
+__device__ void combine_in_cluster(const AttentionDecodeParams& p, int group, int kv_head, int splits,
+                                   const float* s_sink, float* s_part) {
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every split's partial is in its CTA's shared memory
+  if (cluster.block_rank() == 0) {
+    merge_splits(
+        p, group, kv_head, splits, s_sink,
+        [&](int s, int h) {
+          return *reinterpret_cast<const float2*>(cluster.map_shared_rank(s_part, s) + h * kPartEntry + kD);
+        },
+        [&](int s, int h, int pair) {
+          return *reinterpret_cast<const float2*>(cluster.map_shared_rank(s_part, s) + h * kPartEntry + 2 * pair);
+        });
+  }
+  cluster.sync();  // the peers' shared memory stays until rank 0 has read it
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -157,7 +203,14 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   const int kv_head = blockIdx.y, split = blockIdx.x;
   const SplitRange range = split_range(p, kWarps * kMmaBlock);
   const int newest = *p.pos % p.cache.capacity;
-  if (split >= range.splits) return;
+  const bool cluster_combine = range.splits > 1 && range.splits <= kCombineCluster;
+  __shared__ __align__(8) float s_part[kAttentionMaxGroup * kPartEntry];  // this split's partial (cluster_combine)
+  if (split >= range.splits) {
+    // The idle CTAs of the first cluster join its barriers (all the splits are in it); later clusters hold none.
+    if (cluster_combine && split < kCombineCluster)
+      combine_in_cluster(p, group, kv_head, range.splits, nullptr, s_part);
+    return;
+  }
   __shared__ float s_sink[kAttentionMaxGroup];  // read after the loop's closing barrier
   if (static_cast<int>(threadIdx.x) < group) s_sink[threadIdx.x] = p.sinks[kv_head * group + threadIdx.x] * kLog2e;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -335,13 +388,15 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
       continue;
     }
     const size_t at = partial_index(p, group, kv_head, split, h);
-    reinterpret_cast<float2*>(p.workspace + at * kD)[pair] = acc;
-    if (pair == 0) {
-      ml[at * 2] = m_max;
-      ml[at * 2 + 1] = l_sum;
-    }
+    float* o_dst = cluster_combine ? s_part + h * kPartEntry : p.workspace + at * kD;
+    float* ml_dst = cluster_combine ? s_part + h * kPartEntry + kD : ml + at * 2;
+    reinterpret_cast<float2*>(o_dst)[pair] = acc;
+    if (pair == 0) *reinterpret_cast<float2*>(ml_dst) = make_float2(m_max, l_sum);
   }
-  if (range.splits > 1) combine_when_last(p, group, kv_head, range.splits, s_sink);
+  if (cluster_combine)
+    combine_in_cluster(p, group, kv_head, range.splits, s_sink, s_part);
+  else if (range.splits > 1)
+    combine_when_last(p, group, kv_head, range.splits, s_sink);
 }
 
 }  // namespace
@@ -365,7 +420,9 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
   // Idempotent; legal during graph capture (it is not a stream operation).
   CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(kSmemBytes)));
-  launch_pdl(attention_decode_kernel, dim3(p.max_splits, p.kv_heads), dim3(kThreads), kSmemBytes, stream, p);
+  // Clusters of kCombineCluster along x (see combine_in_cluster); the CTAs past max_splits only join barriers.
+  launch_kernel(attention_decode_kernel, dim3(ceil_div(p.max_splits, kCombineCluster) * kCombineCluster, p.kv_heads),
+                dim3(kThreads), kSmemBytes, stream, /*pdl=*/true, kCombineCluster, p);
 }
 
 }  // namespace gpt_oss
