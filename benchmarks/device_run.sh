@@ -16,7 +16,8 @@
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
 # instead of building here, which saves the device minutes of a build.
-# Logs go to $OUT (the device tool's output folder; /tmp/gpt_oss_device_out elsewhere). Wheels in .whl/
+# Logs go to $OUT (the device tool's output folder; /tmp/gpt_oss_device_out elsewhere), packed on exit into one
+# logs_MODE_TIME.tar.gz. Wheels in .whl/
 # (pure-Python test dependencies the device image lacks, e.g. the gpt-oss reference) are installed first.
 set -uo pipefail
 MODE="${1:-quick}"
@@ -27,6 +28,16 @@ export PYTHONUNBUFFERED=1
 PY=python3
 
 stage() { echo; echo "=== $* ($(date -u +%T))"; }
+# The device tool brings back at most 8 files from $OUT: on exit this run's loose logs go into one tarball
+# (logs_MODE_TIME.tar.gz; a second run in the same call packs its own), so no variant's test log is left behind.
+pack_logs() {
+  local loose
+  loose=$(cd "$OUT" && find . -maxdepth 1 -type f ! -name '*.tar.gz' -printf '%f\n')
+  [ -n "$loose" ] || return 0
+  # shellcheck disable=SC2086
+  (cd "$OUT" && tar czf "logs_${MODE}_$(date -u +%H%M%S).tar.gz" $loose && rm -f $loose)
+}
+trap pack_logs EXIT
 
 stage device
 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,clocks.mem --format=csv 2>&1 \
