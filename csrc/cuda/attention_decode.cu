@@ -420,7 +420,8 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
   // Idempotent; legal during graph capture (it is not a stream operation).
   CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(kSmemBytes)));
-  // Clusters of kCombineCluster along x (see combine_in_cluster); the CTAs past max_splits only join barriers.
+  // Clusters of kCombineCluster along x (see combine_in_cluster). CTAs past the split count exit at once, those of
+  // the first cluster after joining its barriers.
   launch_kernel(attention_decode_kernel, dim3(ceil_div(p.max_splits, kCombineCluster) * kCombineCluster, p.kv_heads),
                 dim3(kThreads), kSmemBytes, stream, /*pdl=*/true, kCombineCluster, p);
 }

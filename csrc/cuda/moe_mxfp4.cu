@@ -649,8 +649,8 @@ void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids
   const size_t smem = stage_bytes(mlp1, 1);
   allow_dynamic_smem(moe_mlp1_swiglu_kernel, smem, "mlp1");
   launch_pdl(moe_mlp1_swiglu_kernel, dim3(ceil_div(row_tiles(mlp1), kMlp1TilesPerCta), k), dim3(kMlp1Warps * 32),
-             smem, stream, x_normed, ids,
-             stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.experts, mlp1.rows, mlp1.cols, alpha, limit, act);
+             smem, stream, x_normed, ids, stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.experts, mlp1.rows,
+             mlp1.cols, alpha, limit, act);
 }
 
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
