@@ -117,8 +117,9 @@ def main() -> None:
         del b1, s1, bias1, b2, s2, bias2
 
     w_u = random_bf16_bits(rng, VOCAB * HIDDEN).reshape(VOCAB, HIDDEN)
-    rows.append(row("unembedding", "201088x2880", VOCAB * HIDDEN * 2 + VOCAB * 4,
-                    kernels.time_unembedding(w_u, norm_scale, x, args.reps), copy_gbps))
+    for label, argmax in (("unembedding", False), ("unembedding+argmax", True)):
+        rows.append(row(label, "201088x2880", VOCAB * HIDDEN * 2 + VOCAB * 4,
+                        kernels.time_unembedding(w_u, norm_scale, x, argmax, args.reps), copy_gbps))
     # Spot check at the real shape: 64 rows against float64.
     logits = kernels.unembedding(w_u, norm_scale, x, 1e-5)
     pick = rng.choice(VOCAB, 64, replace=False)

@@ -323,9 +323,29 @@ nb::ndarray<nb::numpy, float> unembedding(Array<uint16_t> w, Array<float> norm_s
   DeviceBuffer d_w = upload(w), d_s = upload(norm_scale), d_x = upload(x);
   DeviceBuffer logits = poisoned(sizeof(float) * vocab);
   launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, eps, logits.get<float>(),
-                     nullptr);
+                     nullptr, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   return download<float>(logits, {static_cast<size_t>(vocab)});
+}
+
+// The unembedding with the fused greedy argmax, launched `launches` times on one workspace (each launch must
+// leave it re-armed): the logits of the last launch and every launch's token.
+nb::tuple unembedding_argmax(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, float eps, int launches) {
+  require(w.ndim() == 2 && w.shape(1) == x.size() && norm_scale.size() == x.size() && launches >= 1,
+          "w must be [vocab, hidden], norm_scale and x [hidden], launches >= 1");
+  const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
+  DeviceBuffer d_w = upload(w), d_s = upload(norm_scale), d_x = upload(x);
+  DeviceBuffer logits = poisoned(sizeof(float) * vocab), tokens = poisoned(sizeof(int32_t) * launches);
+  DeviceBuffer ws(unembedding_argmax_workspace_bytes());
+  CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
+  for (int i = 0; i < launches; ++i) {
+    const FusedArgmax argmax{ws.get(), tokens.get<int32_t>() + i};
+    launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, eps, logits.get<float>(),
+                       &argmax, nullptr);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return nb::make_tuple(download<float>(logits, {static_cast<size_t>(vocab)}),
+                        download<int32_t>(tokens, {static_cast<size_t>(launches)}));
 }
 
 SamplingParams sampling_params(float temperature, float top_p, int top_k, uint64_t seed) {
@@ -507,13 +527,16 @@ double time_gemv_bias_residual(Array<uint16_t> w, int copies, int reps) {
       copies, reps);
 }
 
-double time_unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, int reps) {
+double time_unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, bool argmax, int reps) {
   const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
   DeviceBuffer d_w = upload(w), d_s = upload(norm_scale), d_x = upload(x), logits(sizeof(float) * vocab);
+  DeviceBuffer ws(unembedding_argmax_workspace_bytes()), token(sizeof(int32_t));
+  CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
+  const FusedArgmax fused{ws.get(), token.get<int32_t>()};
   return graph_us(
       [&](cudaStream_t s, int) {
         launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, 1e-5f,
-                           logits.get<float>(), s);
+                           logits.get<float>(), argmax ? &fused : nullptr, s);
       },
       1, reps);
 }
@@ -732,6 +755,7 @@ void register_cuda_kernel_tests(nb::module_& m) {
           "eps"_a, "layers"_a);
     m.def("bf16_gemv_bias_residual", &wk::gemv_bias_residual, "w"_a, "bias"_a, "x"_a, "residual"_a);
     m.def("unembedding", &wk::unembedding, "w"_a, "norm_scale"_a, "x"_a, "eps"_a);
+    m.def("unembedding_argmax", &wk::unembedding_argmax, "w"_a, "norm_scale"_a, "x"_a, "eps"_a, "launches"_a);
     m.def("sample", &wk::sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "seed"_a, "draws"_a);
     m.def("time_copy", &wk::time_copy, "bytes"_a, "reps"_a);
     m.attr("timeline_built") = kTimelineBuilt;
@@ -740,7 +764,7 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("time_moe", &wk::time_moe, "x"_a, "norm_scale"_a, "w_o"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a,
           "scales1"_a, "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "reps"_a);
     m.def("time_bf16_gemv_bias_residual", &wk::time_gemv_bias_residual, "w"_a, "copies"_a, "reps"_a);
-    m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "reps"_a);
+    m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "argmax"_a, "reps"_a);
     m.def("time_sample", &wk::time_sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "reps"_a);
   }
   {  // ---- batched prefill kernels ----

@@ -33,8 +33,19 @@ size_t router_tail_workspace_bytes(int hidden, int experts);
 void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16* in, int rows, int cols,
                                     float* residual, const RouterTail* router, cudaStream_t);
 
+// Greedy decoding fused into the unembedding: the argmax of the logits it writes (lowest id on ties), or -1 when a
+// logit is NaN or +inf, as launch_sample at temperature 0 answers. Each CTA leaves its best in the workspace and
+// the last one to finish (an arrival counter) picks the token, so no sampler launch re-reads the 0.8 MB of logits.
+// The workspace (unembedding_argmax_workspace_bytes) must be zero before the first launch; each launch leaves it so.
+struct FusedArgmax {
+  void* workspace;
+  int32_t* token;
+};
+size_t unembedding_argmax_workspace_bytes();
+
 // logits[v] = W[v, :] · (rmsnorm(x) * norm_scale);  W bf16 [vocab, hidden], x fp32 [hidden], logits fp32 [vocab].
+// With argmax (not null), also the greedy token (FusedArgmax).
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,
-                        float* logits, cudaStream_t);
+                        float* logits, const FusedArgmax* argmax, cudaStream_t);
 
 }  // namespace gpt_oss

@@ -49,6 +49,30 @@ def test_unembedding(vocab: int, hidden: int) -> None:
     assert np.all(np.abs(logits - ref) <= tol), f"max excess {np.max(np.abs(logits - ref) - tol):.3g}"
 
 
+# Greedy decoding fused into the unembedding: the argmax of the very logits it writes, lowest id on ties, -1 for a
+# NaN / +inf logit; several launches on one workspace (each must re-arm it). 201088 is the real vocabulary.
+@pytest.mark.parametrize(("vocab", "hidden"), [(201088, 2880), (4099, 96), (33, 8), (1, 8)])
+def test_unembedding_argmax(vocab: int, hidden: int) -> None:
+    rng = np.random.default_rng(vocab * 7 + hidden)
+    w = random_bf16(rng, (vocab, hidden), scale=0.02)
+    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
+    x = (rng.standard_normal(hidden) * 5).astype(np.float32)
+    logits, tokens = K.unembedding_argmax(w, norm_scale, x, EPS, 3)
+    assert np.isfinite(logits).all()
+    assert tokens.tolist() == [int(np.argmax(logits))] * 3
+    if vocab < 3:
+        return
+    # A tie at the top between the first and the last row (both far from each other's CTA): the lower id wins.
+    top = int(np.argmax(logits))
+    w[0] = w[vocab - 1] = w[top]
+    logits, tokens = K.unembedding_argmax(w, norm_scale, x, EPS, 2)
+    assert logits[0] == logits[vocab - 1] == logits.max()
+    assert tokens.tolist() == [0, 0]
+    # An infinite weight of x's sign makes that logit +inf: -1, never a token.
+    w[vocab // 2, 0] = 0x7F80 if x[0] > 0 else 0xFF80  # bf16 ±inf
+    assert K.unembedding_argmax(w, norm_scale, x, EPS, 2)[1].tolist() == [-1, -1]
+
+
 def test_bad_shapes_raise() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="multiple of 8"):
