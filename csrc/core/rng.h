@@ -1,7 +1,9 @@
-// Counter-based random numbers shared by host and device samplers: draw `i` of seed `s` is a pure function of
-// (s, i), so a seeded generation repeats exactly and no generator state lives on the device.
+// Counter-based random numbers shared by host and device samplers: every random number of draw `d` of seed `s` is
+// a pure function of (s, d) and the token it belongs to, so a seeded generation repeats exactly, no generator
+// state lives on the device, and a token's noise can be computed wherever that token's logit is.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #if defined(__CUDACC__)
@@ -19,10 +21,26 @@ GPT_OSS_HD uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// Uniform in [0, 1) with 53 random bits.
-GPT_OSS_HD double uniform_draw(uint64_t seed, uint64_t draw) {
-  const uint64_t bits = splitmix64(splitmix64(seed) ^ (draw * 0xD1B54A32D192ED03ull));
-  return static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
+// The 64 random bits of draw `draw` of `seed`; every token's uniform of that draw derives from them.
+GPT_OSS_HD uint64_t draw_key(uint64_t seed, uint64_t draw) {
+  return splitmix64(splitmix64(seed) ^ (draw * 0xD1B54A32D192ED03ull));
+}
+
+// Token `token`'s uniform of a draw: (k + 1/2) / 2^52 with k 52 random bits, in [2^-53, 1 - 2^-53], so never 0 or
+// 1 and -log(-log(u)) is finite. Exact in double on every machine (k + 1/2 < 2^52 fits the 53-bit mantissa; 53
+// random bits plus half an ulp would round the largest k up to 1.0). Within a draw, distinct tokens get distinct
+// 64-bit inputs (an odd multiplier is a bijection), and splitmix64 is a bijection: no two tokens share bits.
+GPT_OSS_HD double token_uniform(uint64_t key, uint64_t token) {
+  const uint64_t bits = splitmix64(key ^ (token * 0x9E6C63D0676A9A99ull));
+  return (static_cast<double>(bits >> 12) + 0.5) * (1.0 / 4503599627370496.0);
+}
+
+// The sampling key of a token at temperature > 0 (csrc/cpu/sampling.cpp states the law): z + g with
+// z = logit / temperature and g = -log(-log(u)) a Gumbel(0, 1) draw, all in double. A division and an addition,
+// never contracted into an fma on either side, so z is bit-identical on host and device; only log may differ by an
+// ulp between libm and the CUDA math library.
+GPT_OSS_HD double gumbel_key(float logit, double temperature, uint64_t key, uint64_t token) {
+  return static_cast<double>(logit) / temperature - log(-log(token_uniform(key, token)));
 }
 
 }  // namespace gpt_oss

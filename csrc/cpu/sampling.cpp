@@ -1,11 +1,20 @@
 // The sampling law every backend follows (backend.h sample_logits):
 //   temperature 0 → argmax, lowest index on ties.
-//   else z = logits / T; keep the top_k largest (top_k > 0; ties → lower index); p = softmax over the kept;
-//   order kept tokens by descending p (ties → lower index); keep the shortest prefix whose mass ≥ top_p (at
-//   least one token); renormalise; u = uniform_draw(seed, draw); return the first token whose cumulative
-//   renormalised mass exceeds u (the last kept token if rounding leaves u above them all).
-// Probabilities and sums are double. Only the prefix the law needs is sorted: chunks of growing size are
-// selected (nth_element) and sorted until the nucleus and the draw are settled, so top_p = 1 costs O(vocab).
+//   else z_i = double(logit_i) / double(T), and the kept set K: every token; with top_k > 0 only the top_k
+//   largest logits (ties → lower index); with top_p < 1 only the shortest prefix of those, in descending
+//   probability p = softmax(z) over them (ties → lower index), whose mass ≥ top_p (at least one token). Then
+//     token = argmax over i in K of z_i + g_i   (ties → lower index),
+//     g_i = −log(−log(u_i)), u_i = token_uniform(draw_key(seed, draw), i) (core/rng.h, gumbel_key), in double.
+// Why this samples softmax(z) over K: the g_i are independent Gumbel(0, 1) draws, and for Gumbel noise
+// P(argmax_{i∈K} z_i + g_i = j) = exp(z_j) / Σ_{i∈K} exp(z_i) (the Gumbel-max trick), i.e. the renormalised
+// distribution over K that an inverse CDF would give, with another mapping from randomness to tokens. Each key
+// depends on its own token only, so any reduction order finds the same winner: with no cut (the default, T = 1)
+// the draw is one O(vocab) pass with no sort and no softmax, and the device fuses it into the unembedding.
+// The device computes the same doubles (z is a correctly rounded division on both sides) except log, which may
+// differ by an ulp between libm and the CUDA math library, so CPU and device agree except where two keys are
+// within ~1e-15 relative of each other.
+// The nucleus is found on a lazily sorted prefix: chunks of growing size are selected (nth_element) and sorted
+// until its mass is reached.
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -52,6 +61,35 @@ class DescendingOrder {
   size_t sorted_ = 0;
 };
 
+bool top_k_cuts(const SamplingParams& params, int vocab) { return params.top_k > 0 && params.top_k < vocab; }
+
+// K when top_k or top_p cuts: the top_k by logit, then the nucleus of those. `best` is the argmax.
+std::vector<int32_t> kept_tokens(const float* logits, int vocab, const SamplingParams& params, int32_t best) {
+  std::vector<int32_t> ids(vocab);
+  for (int32_t i = 0; i < vocab; ++i) ids[i] = i;
+  if (top_k_cuts(params, vocab)) {
+    std::nth_element(ids.begin(), ids.begin() + (params.top_k - 1), ids.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    ids.resize(params.top_k);
+  }
+  if (params.top_p >= 1.0f) return ids;
+
+  const double t = static_cast<double>(params.temperature), max_z = static_cast<double>(logits[best]) / t;
+  std::vector<double> probs(vocab, 0.0);
+  double total = 0.0;
+  for (int32_t id : ids) total += (probs[id] = std::exp(static_cast<double>(logits[id]) / t - max_z));
+  for (int32_t id : ids) probs[id] /= total;
+  DescendingOrder order(std::move(ids), probs);
+  std::vector<int32_t> nucleus;
+  double mass = 0.0;
+  for (size_t i = 0; i < order.size() && mass < static_cast<double>(params.top_p); ++i) {
+    nucleus.push_back(order.at(i));
+    mass += probs[nucleus.back()];
+  }
+  return nucleus;
+}
+
 }  // namespace
 
 int32_t sample_logits(const float* logits, int vocab, const SamplingParams& params, uint64_t draw) {
@@ -65,45 +103,21 @@ int32_t sample_logits(const float* logits, int vocab, const SamplingParams& para
   if (std::isinf(logits[best]) && logits[best] < 0)
     throw std::runtime_error("sample_logits: every logit is -inf, nothing can be sampled");
 
-  // Candidates: all tokens, or the top_k by logit.
-  std::vector<int32_t> ids(vocab);
-  for (int32_t i = 0; i < vocab; ++i) ids[i] = i;
-  if (params.top_k > 0 && params.top_k < vocab) {
-    std::nth_element(ids.begin(), ids.begin() + (params.top_k - 1), ids.end(), [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
-    ids.resize(params.top_k);
-  }
-  const double inv_t = 1.0 / static_cast<double>(params.temperature);
-  const double max_z = static_cast<double>(logits[best]) * inv_t;
-  std::vector<double> probs(vocab, 0.0);
-  double total = 0.0;
-  for (int32_t id : ids) total += (probs[id] = std::exp(static_cast<double>(logits[id]) * inv_t - max_z));
-  for (int32_t id : ids) probs[id] /= total;
-
-  DescendingOrder order(std::move(ids), probs);
-  // The nucleus: the shortest descending prefix with mass >= top_p (every candidate when top_p is 1).
-  size_t kept = order.size();
-  double kept_mass = 0.0;
-  if (params.top_p < 1.0f) {
-    for (size_t i = 0; i < order.size(); ++i) {
-      kept_mass += probs[order.at(i)];
-      if (kept_mass >= static_cast<double>(params.top_p)) {
-        kept = i + 1;
-        break;
-      }
-    }
+  // Gumbel-max over K. -inf logits have key -inf and lose to the finite argmax, which every K holds.
+  const double temperature = static_cast<double>(params.temperature);
+  const uint64_t key = draw_key(params.seed, draw);
+  int32_t token = best;
+  double token_key = gumbel_key(logits[best], temperature, key, best);
+  auto offer = [&](int32_t i) {
+    const double k = gumbel_key(logits[i], temperature, key, i);
+    if (k > token_key || (k == token_key && i < token)) token = i, token_key = k;
+  };
+  if (params.top_p >= 1.0f && !top_k_cuts(params, vocab)) {
+    for (int32_t i = 0; i < vocab; ++i) offer(i);
   } else {
-    kept_mass = 1.0;  // the candidates' probabilities were just normalised
+    for (int32_t i : kept_tokens(logits, vocab, params, best)) offer(i);
   }
-  // Inverse CDF of the renormalised nucleus, walked in descending order.
-  const double target = uniform_draw(params.seed, draw) * kept_mass;
-  double cumulative = 0.0;
-  for (size_t i = 0; i < kept; ++i) {
-    cumulative += probs[order.at(i)];
-    if (cumulative > target) return order.at(i);
-  }
-  return order.at(kept - 1);
+  return token;
 }
 
 }  // namespace gpt_oss
