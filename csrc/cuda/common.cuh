@@ -199,8 +199,12 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// The one ranking of logits (router top-k, sampler): larger value first, ties to the lower index.
+// The one ranking of logits (router top-k, sampler): larger value first, ties to the lower index. The double
+// overload ranks the samplers' keys (a logit widened exactly, or a Gumbel-max key).
 __device__ __forceinline__ bool ranks_before(float v, int i, float bv, int bi) {
+  return v > bv || (v == bv && i < bi);
+}
+__device__ __forceinline__ bool ranks_before(double v, int i, double bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 

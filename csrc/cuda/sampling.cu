@@ -1,33 +1,40 @@
-// Device sampler: greedy argmax or temperature + top-k + top-p sampling, the law of csrc/cpu/sampling.cpp.
+// Device sampler: greedy argmax, or the Gumbel-max draw of csrc/cpu/sampling.cpp over the top-k / top-p kept set.
 //
 // Floor: one read of the logits, vocab × 4 B = 0.8 MB for 201088 (0.27 µs at 3.0 TB/s); in practice bounded
-// by the cluster barriers and histogram passes below. Measured (H100, vocab 201088, 2026-11-25): greedy 7.1 µs,
-// T = 1 68.6 µs, with top_p 0.9 128 µs, with top_k 40 125 µs (each select ≈ 60 µs: the first radix level's
-// shared-memory atomics over all tokens dominate).
+// by the cluster barriers and histogram passes below. Measured with the former inverse-CDF draw (H100, vocab
+// 201088, benchmarks/NOTES.md): greedy 7.2 µs, T = 1 49.5 µs, top_p 0.9 94.5 µs, top_k 40 80.4 µs (each select
+// ≈ 20–45 µs: the first radix level's shared-memory atomics over all tokens dominate). With the Gumbel-max draw:
+// not yet measured. Decoding without a top-k / top-p cut does not launch this kernel: the unembedding draws the
+// token itself (gemv_bf16.h FusedSample).
 //
 // One cluster of 8 CTAs × 512 threads; each CTA keeps a slice of the logits in shared memory, so the logits
 // are read from global memory once and every later pass runs on-chip.
-//   0. max / argmax (lowest index on ties) and a NaN / +inf check, merged through distributed shared memory.
-//      Greedy stops here. Logits holding NaN or +inf, or all -inf, give token -1 (the host reports it).
-//   1. mass m_i = floor(2^40 · exp((l_i - max) / T)) as a 64-bit integer: integer sums are exact and
-//      independent of order, so every CTA derives identical decisions and reruns are bit-identical.
-//   2. Tokens are ranked by a 64-bit key (order-preserving logit bits, then the complemented index), so the
-//      descending order is the CPU's (descending logit = descending probability, ties → lower index) and
-//      every key is distinct. "The first token in that order whose running count / mass reaches a target" is
-//      found by radix descent, 8 key bits a level: each CTA histograms its candidates (count and mass per
-//      digit; per-warp private histograms with 32-bit limbs, then one per CTA), every CTA merges the 8 CTA
-//      histograms and picks the same digit. Three such selects:
-//        top-k    (count ≥ top_k)                   → S_k = mass of the top k (skipped when top_k is off)
-//        nucleus  (mass ≥ ceil(top_p · S_k))        → S_p (skipped when top_p = 1)
-//        draw     (mass > floor(u · S_p)), u = uniform_draw(seed, draw) → the token.
-// Differences from the CPU's double arithmetic are ~1e-7 relative (fp32 exp) and 2^-40 absolute, so the two
-// agree except when u falls that close to a boundary.
+//   0. max / argmax (lowest index on ties) and a NaN / +inf check, merged through distributed shared memory
+//      (cluster_best). Greedy stops here. Logits holding NaN or +inf, or all -inf, give token -1 (the host
+//      reports it).
+//   1. The kept set K: the tokens whose 64-bit key (order-preserving logit bits, then the complemented index) is
+//      ≥ a boundary key. Keys are distinct and their descending order is the CPU's (descending logit =
+//      descending probability, ties → lower index). With no cut the boundary is 0 (every token); else radix
+//      selects find it. Mass m_i = floor(2^40 · exp((l_i - max) / T)) as a 64-bit integer: integer sums are
+//      exact and independent of order, so every CTA derives identical decisions. "The first token in key order
+//      whose running count / mass reaches a target" is found by radix descent, 8 key bits a level: each CTA
+//      histograms its candidates (count and mass per digit; per-warp private histograms with 32-bit limbs,
+//      then one per CTA), every CTA merges the 8 CTA histograms and picks the same digit:
+//        top-k    (count ≥ top_k)              → S_k = mass of the top k; boundary = the k-th key
+//        nucleus  (mass ≥ ceil(top_p · S_k))   → boundary = that token's key (S_k = Σ mass without top-k)
+//   2. The draw: each thread's best Gumbel-max key z_i + g_i (core/rng.h gumbel_key, in double) over its kept
+//      tokens, merged through the cluster like step 0 (ties → lower index).
+// The selects' fp32 masses differ from the CPU's double probabilities by ~1e-7 relative and 2^-40 absolute, so
+// the nucleus can differ from the CPU's only when a prefix mass is that close to top_p. The draw computes the
+// CPU's doubles (the CUDA and libm logs may differ by an ulp), so the token is the CPU's except where two keys
+// are within ~1e-15 relative.
 //
 // Warning: vocab ≤ 8 × (shared memory per CTA − 56 KB) / 4 (≈ 350k on H100).
 #include "cuda/sampling.h"
 
 #include <cooperative_groups.h>
 
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -67,7 +74,8 @@ struct SampleArgs {
   int index_bits;
   float inv_t, top_p;
   bool greedy;
-  uint64_t seed, draw;
+  double temperature;
+  uint64_t draw_key;  // core/rng.h draw_key(seed, draw)
   int32_t* token;
 };
 
@@ -106,11 +114,6 @@ class ClusterSampler {
   __device__ unsigned long long mass(int i) const {
     const float w = __expf((vals_[i] - max_logit_) * a_.inv_t);
     return __float2ull_rz(w * kMassScale);  // exact scaling by a power of two, then truncation
-  }
-
-  __device__ int token_of(unsigned long long key) const {
-    const unsigned long long mask = (1ull << a_.index_bits) - 1;
-    return static_cast<int>(mask - ((key >> a_.pad) & mask));
   }
 
   // This CTA's share of Σ mass.
@@ -210,97 +213,121 @@ class ClusterSampler {
   int base_ = 0, n_ = 0, parity_ = 0;
 };
 
+// The best (ranks_before order) of every thread's (key, index) in the cluster, and whether any thread saw a bad
+// logit; every thread of every CTA gets the answer. It ends on a cluster barrier, so once it returns no CTA reads
+// another's shared memory: a CTA may exit, or call it again.
+struct Best {
+  double key;
+  int index, bad;
+};
+
+__device__ Best cluster_best(const cg::cluster_group& cluster, double key, int index, int bad) {
+  __shared__ double s_warp_key[kWarps], s_cta_key, s_key;
+  __shared__ int s_warp_index[kWarps], s_warp_bad[kWarps], s_cta_index, s_cta_bad, s_index, s_bad;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  for (int o = 16; o > 0; o >>= 1) {
+    const double other_key = __shfl_xor_sync(0xffffffffu, key, o);
+    const int other_index = __shfl_xor_sync(0xffffffffu, index, o);
+    if (ranks_before(other_key, other_index, key, index)) key = other_key, index = other_index;
+  }
+  bad = __any_sync(0xffffffffu, bad);
+  if (lane == 0) s_warp_key[warp] = key, s_warp_index[warp] = index, s_warp_bad[warp] = bad;
+  __syncthreads();
+  if (tid == 0) {
+    for (int w = 1; w < kWarps; ++w) {
+      if (ranks_before(s_warp_key[w], s_warp_index[w], key, index)) key = s_warp_key[w], index = s_warp_index[w];
+      bad |= s_warp_bad[w];
+    }
+    s_cta_key = key, s_cta_index = index, s_cta_bad = bad;
+  }
+  cluster.sync();
+  if (tid == 0) {
+    double k = -INFINITY;
+    int i = INT_MAX, b = 0;
+    for (int r = 0; r < kCluster; ++r) {
+      const double rk = *cluster.map_shared_rank(&s_cta_key, r);
+      const int ri = *cluster.map_shared_rank(&s_cta_index, r);
+      b |= *cluster.map_shared_rank(&s_cta_bad, r);
+      if (ranks_before(rk, ri, k, i)) k = rk, i = ri;
+    }
+    s_key = k, s_index = i, s_bad = b;
+  }
+  cluster.sync();  // publishes s_key / s_index / s_bad; every remote read of s_cta_* is done
+  return Best{s_key, s_index, s_bad};
+}
+
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
   TimelineScope timeline(kTlSample);
   extern __shared__ uint4 dyn_smem[];
   Histogram* hist = reinterpret_cast<Histogram*>(dyn_smem);  // two, used alternately level by level
   WarpHistogram* warp_hist = reinterpret_cast<WarpHistogram*>(hist + 2);
   float* vals = reinterpret_cast<float*>(warp_hist + kWarps);
-  __shared__ float s_warp_max[kThreads / 32];
-  __shared__ int s_warp_arg[kThreads / 32], s_warp_bad[kThreads / 32];
-  __shared__ float s_cta_max, s_max;
-  __shared__ int s_cta_arg, s_cta_bad, s_arg, s_bad;
   __shared__ unsigned long long s_warp_mass[kThreads / 32], s_cta_mass, s_total;
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank()), tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int base = rank * a.slice, n = max(0, min(a.slice, a.vocab - base));
 
   // 0. Load the slice; max / argmax (lowest index on ties); NaN / +inf check.
-  float best = -INFINITY;
-  int best_i = 0x7fffffff, bad = 0;
+  double best = -INFINITY;
+  int best_i = INT_MAX, bad = 0;
   for (int i = tid; i < n; i += kThreads) {
     const float v = a.logits[base + i];
     vals[i] = v;
     bad |= (v != v) || (v == INFINITY);
-    if (ranks_before(v, base + i, best, best_i)) best = v, best_i = base + i;
+    if (ranks_before(static_cast<double>(v), base + i, best, best_i)) best = v, best_i = base + i;
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-    if (ranks_before(ov, oi, best, best_i)) best = ov, best_i = oi;
-  }
-  bad = __any_sync(0xffffffffu, bad);
-  if (lane == 0) s_warp_max[warp] = best, s_warp_arg[warp] = best_i, s_warp_bad[warp] = bad;
-  __syncthreads();
-  if (tid == 0) {
-    for (int w = 1; w < kThreads / 32; ++w) {
-      if (ranks_before(s_warp_max[w], s_warp_arg[w], best, best_i)) best = s_warp_max[w], best_i = s_warp_arg[w];
-      bad |= s_warp_bad[w];
-    }
-    s_cta_max = best, s_cta_arg = best_i, s_cta_bad = bad;
-  }
-  cluster.sync();
-  if (tid == 0) {
-    float m = -INFINITY;
-    int mi = 0x7fffffff, mb = 0;
-    for (int r = 0; r < kCluster; ++r) {
-      const float v = *cluster.map_shared_rank(&s_cta_max, r);
-      const int i = *cluster.map_shared_rank(&s_cta_arg, r);
-      mb |= *cluster.map_shared_rank(&s_cta_bad, r);
-      if (ranks_before(v, i, m, mi)) m = v, mi = i;
-    }
-    s_max = m, s_arg = mi, s_bad = mb;
-  }
-  __syncthreads();
-  const bool unusable = s_bad || (!a.greedy && s_max == -INFINITY);
+  const Best top = cluster_best(cluster, best, best_i, bad);
+  const bool unusable = top.bad || (!a.greedy && top.key == -INFINITY);
   if (unusable || a.greedy) {
-    if (rank == 0 && tid == 0) *a.token = unusable ? -1 : s_arg;
-    cluster.sync();  // no CTA leaves while another may still read its shared memory
+    if (rank == 0 && tid == 0) *a.token = unusable ? -1 : top.index;
     return;
   }
 
-  // 1. Total mass.
-  ClusterSampler sampler(a, vals, hist, warp_hist, s_max);
-  unsigned long long m = sampler.local_mass();
-  for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(0xffffffffu, m, o);
-  if (lane == 0) s_warp_mass[warp] = m;
-  __syncthreads();
-  if (tid == 0) {
-    unsigned long long t = 0;
-    for (int w = 0; w < kThreads / 32; ++w) t += s_warp_mass[w];
-    s_cta_mass = t;
+  // 1. The kept set: keys >= boundary.
+  ClusterSampler sampler(a, vals, hist, warp_hist, static_cast<float>(top.key));
+  unsigned long long boundary = 0;
+  const bool top_k_cuts = a.top_k > 0 && a.top_k < a.vocab;
+  if (top_k_cuts || a.top_p < 1.0f) {
+    unsigned long long kept_mass = 0;
+    if (top_k_cuts) {
+      const Selected kth = sampler.select(/*by_count=*/true, a.top_k);
+      boundary = kth.key, kept_mass = kth.mass;
+    } else {  // the total mass
+      unsigned long long m = sampler.local_mass();
+      for (int o = 16; o > 0; o >>= 1) m += __shfl_xor_sync(0xffffffffu, m, o);
+      if (lane == 0) s_warp_mass[warp] = m;
+      __syncthreads();
+      if (tid == 0) {
+        unsigned long long t = 0;
+        for (int w = 0; w < kThreads / 32; ++w) t += s_warp_mass[w];
+        s_cta_mass = t;
+      }
+      cluster.sync();
+      if (tid == 0) {
+        unsigned long long t = 0;
+        for (int r = 0; r < kCluster; ++r) t += *cluster.map_shared_rank(&s_cta_mass, r);
+        s_total = t;
+      }
+      __syncthreads();
+      kept_mass = s_total;
+    }
+    if (a.top_p < 1.0f) {
+      const double want = ceil(static_cast<double>(a.top_p) * static_cast<double>(kept_mass));
+      const unsigned long long target =
+          static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(kept_mass)));
+      boundary = sampler.select(/*by_count=*/false, target).key;
+    }
   }
-  cluster.sync();
-  if (tid == 0) {
-    unsigned long long t = 0;
-    for (int r = 0; r < kCluster; ++r) t += *cluster.map_shared_rank(&s_cta_mass, r);
-    s_total = t;
-  }
-  __syncthreads();
 
-  // 2. top-k, nucleus, draw.
-  unsigned long long kept = s_total;
-  if (a.top_k > 0 && a.top_k < a.vocab) kept = sampler.select(/*by_count=*/true, a.top_k).mass;
-  if (a.top_p < 1.0f) {
-    const double want = ceil(static_cast<double>(a.top_p) * static_cast<double>(kept));
-    const unsigned long long target = static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(kept)));
-    kept = sampler.select(/*by_count=*/false, target).mass;
+  // 2. The Gumbel-max draw over the kept set.
+  best = -INFINITY, best_i = INT_MAX;
+  for (int i = tid; i < n; i += kThreads) {
+    if (sampler.key(i) < boundary) continue;
+    const double k = gumbel_key(vals[i], a.temperature, a.draw_key, base + i);
+    if (ranks_before(k, base + i, best, best_i)) best = k, best_i = base + i;
   }
-  const unsigned long long u53 = splitmix64(splitmix64(a.seed) ^ (a.draw * 0xD1B54A32D192ED03ull)) >> 11;
-  const unsigned long long below = __umul64hi(u53 << 11, kept);  // floor(u · kept), u = u53 / 2^53 (core/rng.h)
-  const Selected pick = sampler.select(/*by_count=*/false, below + 1);
-  if (rank == 0 && tid == 0) *a.token = sampler.token_of(pick.key);
-  cluster.sync();
+  const Best pick = cluster_best(cluster, best, best_i, 0);
+  if (rank == 0 && tid == 0) *a.token = pick.index;
 }
 
 int bits_for(int vocab) {
@@ -330,8 +357,8 @@ void launch_sample(const float* logits, int vocab, const SamplingParams& params,
   const int key_bits = 32 + a.index_bits;
   a.levels = (key_bits + 7) / 8;
   a.pad = 8 * a.levels - key_bits;
-  a.seed = params.seed;
-  a.draw = draw;
+  a.temperature = params.temperature;
+  a.draw_key = draw_key(params.seed, draw);
   a.token = token;
   const size_t smem = 2 * sizeof(Histogram) + kWarps * sizeof(WarpHistogram) + static_cast<size_t>(a.slice) * sizeof(float);
   int dev = 0, limit = 0;

@@ -1,5 +1,5 @@
 """Float64 NumPy references shared by the weight-streaming kernel tests and benchmarks/bench_kernels_weights.py:
-bf16 rounding, MXFP4 dequantisation, the gpt-oss SwiGLU, RMSNorm, and the sampler's random draw (core/rng.h)."""
+bf16 rounding, MXFP4 dequantisation, the gpt-oss SwiGLU and RMSNorm (the sampling law: tests/sampling_law.py)."""
 
 from __future__ import annotations
 
@@ -65,35 +65,3 @@ def rmsnorm_bf16(x: np.ndarray, scale: np.ndarray, eps: float) -> np.ndarray:
     x = x.astype(np.float64)
     t = x / np.sqrt(np.mean(x * x) + eps)
     return to_bf16((t * scale.astype(np.float64)).astype(np.float32))
-
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def uniform_draw(seed: int, draw: int) -> float:
-    """core/rng.h uniform_draw: 53 random bits in [0, 1)."""
-    bits = _splitmix64(_splitmix64(seed) ^ ((draw * 0xD1B54A32D192ED03) & _MASK64))
-    return (bits >> 11) / 9007199254740992.0
-
-
-def sampling_law(logits: np.ndarray, temperature: float, top_p: float, top_k: int):
-    """The kept tokens in descending order and their cumulative renormalised mass (csrc/cpu/sampling.cpp)."""
-    logits = logits.astype(np.float64)
-    order = np.lexsort((np.arange(logits.size), -logits))  # descending logit, ties → lower index
-    if 0 < top_k < logits.size:
-        order = order[:top_k]
-    z = logits[order] / temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    cum = np.cumsum(p)
-    if top_p < 1.0:
-        kept = int(np.searchsorted(cum, top_p, side="left")) + 1
-        order, cum = order[:kept], cum[:kept]
-    return order, cum / cum[-1]
