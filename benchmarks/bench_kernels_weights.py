@@ -117,9 +117,10 @@ def main() -> None:
         del b1, s1, bias1, b2, s2, bias2
 
     w_u = random_bf16_bits(rng, VOCAB * HIDDEN).reshape(VOCAB, HIDDEN)
-    for label, argmax in (("unembedding", False), ("unembedding+argmax", True)):
+    # The fused sample's rows (temperature 0: argmax; 1: the Gumbel-max draw) against the plain unembedding.
+    for label, temperature in (("unembedding", None), ("unembedding+argmax", 0.0), ("unembedding+sample T=1", 1.0)):
         rows.append(row(label, "201088x2880", VOCAB * HIDDEN * 2 + VOCAB * 4,
-                        kernels.time_unembedding(w_u, norm_scale, x, argmax, args.reps), copy_gbps))
+                        kernels.time_unembedding(w_u, norm_scale, x, temperature, args.reps), copy_gbps))
     # Spot check at the real shape: 64 rows against float64.
     logits = kernels.unembedding(w_u, norm_scale, x, 1e-5)
     pick = rng.choice(VOCAB, 64, replace=False)

@@ -4,6 +4,7 @@
 // the CUDA backend; nothing on the decode path goes through here.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 
 // ---- forward-path kernels (cuda-forward): norm_rope, attention_decode ----
 #include <memory>
@@ -15,6 +16,7 @@
 // ---- weight-streaming kernels (cuda-weights) ----
 #include <algorithm>
 #include <functional>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -328,24 +330,25 @@ nb::ndarray<nb::numpy, float> unembedding(Array<uint16_t> w, Array<float> norm_s
   return download<float>(logits, {static_cast<size_t>(vocab)});
 }
 
-// The unembedding with the fused greedy argmax, launched `launches` times on one workspace (each launch must
-// leave it re-armed): the logits of the last launch and every launch's token.
-nb::tuple unembedding_argmax(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, float eps, int launches) {
-  require(w.ndim() == 2 && w.shape(1) == x.size() && norm_scale.size() == x.size() && launches >= 1,
-          "w must be [vocab, hidden], norm_scale and x [hidden], launches >= 1");
+// The unembedding with the fused sample (FusedSample; temperature 0: argmax), one launch per entry of `draws` on
+// one workspace (each launch must leave it re-armed): the logits of the last launch and every launch's token.
+nb::tuple unembedding_sample(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, float eps, float temperature,
+                             uint64_t seed, Array<uint64_t> draws) {
+  require(w.ndim() == 2 && w.shape(1) == x.size() && norm_scale.size() == x.size() && draws.size() >= 1 &&
+              temperature >= 0.0f,
+          "w must be [vocab, hidden], norm_scale and x [hidden], at least one draw, temperature >= 0");
   const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
   DeviceBuffer d_w = upload(w), d_s = upload(norm_scale), d_x = upload(x);
-  DeviceBuffer logits = poisoned(sizeof(float) * vocab), tokens = poisoned(sizeof(int32_t) * launches);
-  DeviceBuffer ws(unembedding_argmax_workspace_bytes());
+  DeviceBuffer logits = poisoned(sizeof(float) * vocab), tokens = poisoned(sizeof(int32_t) * draws.size());
+  DeviceBuffer ws(unembedding_sample_workspace_bytes());
   CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
-  for (int i = 0; i < launches; ++i) {
-    const FusedArgmax argmax{ws.get(), tokens.get<int32_t>() + i};
+  for (size_t i = 0; i < draws.size(); ++i) {
+    const FusedSample sample{ws.get(), tokens.get<int32_t>() + i, temperature, seed, draws.data()[i]};
     launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, eps, logits.get<float>(),
-                       &argmax, nullptr);
+                       &sample, nullptr);
   }
   CUDA_CHECK(cudaDeviceSynchronize());
-  return nb::make_tuple(download<float>(logits, {static_cast<size_t>(vocab)}),
-                        download<int32_t>(tokens, {static_cast<size_t>(launches)}));
+  return nb::make_tuple(download<float>(logits, {static_cast<size_t>(vocab)}), download<int32_t>(tokens, {draws.size()}));
 }
 
 SamplingParams sampling_params(float temperature, float top_p, int top_k, uint64_t seed) {
@@ -527,16 +530,19 @@ double time_gemv_bias_residual(Array<uint16_t> w, int copies, int reps) {
       copies, reps);
 }
 
-double time_unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, bool argmax, int reps) {
+// The unembedding alone (temperature None), or with the fused sample at that temperature (0: argmax).
+double time_unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, std::optional<float> temperature,
+                        int reps) {
+  require(!temperature || *temperature >= 0.0f, "temperature must be None or >= 0");
   const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
   DeviceBuffer d_w = upload(w), d_s = upload(norm_scale), d_x = upload(x), logits(sizeof(float) * vocab);
-  DeviceBuffer ws(unembedding_argmax_workspace_bytes()), token(sizeof(int32_t));
+  DeviceBuffer ws(unembedding_sample_workspace_bytes()), token(sizeof(int32_t));
   CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
-  const FusedArgmax fused{ws.get(), token.get<int32_t>()};
+  const FusedSample fused{ws.get(), token.get<int32_t>(), temperature.value_or(0.0f), 1234, 0};
   return graph_us(
       [&](cudaStream_t s, int) {
         launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, 1e-5f,
-                           logits.get<float>(), argmax ? &fused : nullptr, s);
+                           logits.get<float>(), temperature ? &fused : nullptr, s);
       },
       1, reps);
 }
@@ -755,7 +761,8 @@ void register_cuda_kernel_tests(nb::module_& m) {
           "eps"_a, "layers"_a);
     m.def("bf16_gemv_bias_residual", &wk::gemv_bias_residual, "w"_a, "bias"_a, "x"_a, "residual"_a);
     m.def("unembedding", &wk::unembedding, "w"_a, "norm_scale"_a, "x"_a, "eps"_a);
-    m.def("unembedding_argmax", &wk::unembedding_argmax, "w"_a, "norm_scale"_a, "x"_a, "eps"_a, "launches"_a);
+    m.def("unembedding_sample", &wk::unembedding_sample, "w"_a, "norm_scale"_a, "x"_a, "eps"_a, "temperature"_a,
+          "seed"_a, "draws"_a);
     m.def("sample", &wk::sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "seed"_a, "draws"_a);
     m.def("time_copy", &wk::time_copy, "bytes"_a, "reps"_a);
     m.attr("timeline_built") = kTimelineBuilt;
@@ -764,7 +771,8 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("time_moe", &wk::time_moe, "x"_a, "norm_scale"_a, "w_o"_a, "gate_w"_a, "gate_b"_a, "blocks1"_a,
           "scales1"_a, "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "reps"_a);
     m.def("time_bf16_gemv_bias_residual", &wk::time_gemv_bias_residual, "w"_a, "copies"_a, "reps"_a);
-    m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "argmax"_a, "reps"_a);
+    m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "temperature"_a.none(),
+          "reps"_a);
     m.def("time_sample", &wk::time_sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "reps"_a);
   }
   {  // ---- batched prefill kernels ----

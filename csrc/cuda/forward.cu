@@ -189,15 +189,19 @@ class CudaBackend final : public Backend {
     use_device();
     Slot& slot = live_slot(seq);
     check_tokens(slot, seq, tokens, n);
-    // Greedy: the unembedding picks the token itself (FusedArgmax); no sampler launch re-reads the logits.
-    const FusedArgmax fused{argmax_workspace_.get(), sampled_.get<int32_t>()};
-    const FusedArgmax* greedy = params.temperature == 0.0f ? &fused : nullptr;
+    // Greedy, or no top-k / top-p cut (gpt-oss's default): the unembedding draws the token itself (FusedSample);
+    // no sampler launch re-reads the logits. A cut needs the cluster sampler's selects.
+    const bool cut = (params.top_k > 0 && params.top_k < cfg_.vocab_size) || params.top_p < 1.0f;
+    const FusedSample fused{unembedding_sample_workspace_.get(), sampled_.get<int32_t>(), params.temperature,
+                            params.seed, draw};
+    const FusedSample* in_unembedding = params.temperature == 0.0f || !cut ? &fused : nullptr;
     if (use_batched_prefill(n)) {
-      prefill(slot, tokens, n, nullptr, false, greedy);  // leaves the last token's logits in logits_
+      prefill(slot, tokens, n, nullptr, false, in_unembedding);  // leaves the last token's logits in logits_
     } else {
-      for (int i = 0; i < n; ++i) decode_step(slot, tokens[i], i, i == n - 1, i == n - 1 ? greedy : nullptr);
+      for (int i = 0; i < n; ++i)
+        decode_step(slot, tokens[i], i, i == n - 1, i == n - 1 ? in_unembedding : nullptr);
     }
-    if (!greedy)
+    if (!in_unembedding)
       launch_sample(logits_.get<float>(), cfg_.vocab_size, params, draw, sample_workspace_.get(),
                     sampled_.get<int32_t>(), stream_.get());
     CUDA_CHECK(cudaMemcpyAsync(host_sampled_.get(), sampled_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost,
@@ -354,8 +358,8 @@ class CudaBackend final : public Backend {
     attention_counters_ = DeviceBuffer(sizeof(int) * c.num_key_value_heads);
     CUDA_CHECK(cudaMemset(attention_counters_.get(), 0, attention_counters_.bytes()));
     sample_workspace_ = DeviceBuffer(sample_workspace_bytes(c.vocab_size));
-    argmax_workspace_ = DeviceBuffer(unembedding_argmax_workspace_bytes());
-    CUDA_CHECK(cudaMemset(argmax_workspace_.get(), 0, argmax_workspace_.bytes()));
+    unembedding_sample_workspace_ = DeviceBuffer(unembedding_sample_workspace_bytes());
+    CUDA_CHECK(cudaMemset(unembedding_sample_workspace_.get(), 0, unembedding_sample_workspace_.bytes()));
     sampled_ = DeviceBuffer(sizeof(int32_t));
     d_step_ = DeviceBuffer(sizeof(StepState));
     void* pinned = nullptr;
@@ -406,9 +410,9 @@ class CudaBackend final : public Backend {
   }
 
   // One token through every layer. `index` picks the pinned staging entry: entries of one forward() call stay
-  // untouched until it synchronises, so queued copies never read an overwritten state. With greedy (and
-  // wants_logits), the unembedding also writes the argmax token.
-  void decode_step(Slot& slot, int32_t token, int index, bool wants_logits, const FusedArgmax* greedy) {
+  // untouched until it synchronises, so queued copies never read an overwritten state. With sample (and
+  // wants_logits), the unembedding also writes the sampled token.
+  void decode_step(Slot& slot, int32_t token, int index, bool wants_logits, const FusedSample* sample) {
     StepState* staged = static_cast<StepState*>(host_steps_.get()) + index;
     *staged = StepState{token, slot.length};
     CUDA_CHECK(cudaMemcpyAsync(d_step_.get(), staged, sizeof(StepState), cudaMemcpyHostToDevice, stream_.get()));
@@ -423,7 +427,7 @@ class CudaBackend final : public Backend {
     ++slot.length;
     if (wants_logits)
       launch_unembedding(unembedding_.get<bf16>(), final_norm_.get<float>(), x_.get<float>(), cfg_.vocab_size,
-                         cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), greedy, stream_.get());
+                         cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), sample, stream_.get());
   }
 
   bool use_batched_prefill(int n) {
@@ -482,9 +486,9 @@ class CudaBackend final : public Backend {
 
   // n tokens at the slot's end through the batched kernels, kPrefillChunk at a time. Logits of the rows asked
   // for (every row with all_logits, else the last) land in logits_ and, when host_logits is given, there. With
-  // greedy, the last row's unembedding also writes the argmax token.
+  // sample, the last row's unembedding also writes the sampled token.
   void prefill(Slot& slot, const int32_t* tokens, int n, float* host_logits, bool all_logits,
-               const FusedArgmax* greedy) {
+               const FusedSample* sample) {
     cudaStream_t s = stream_.get();
     for (int c0 = 0; c0 < n; c0 += kPrefillChunk) {
       const int T = std::min(kPrefillChunk, n - c0);
@@ -496,7 +500,7 @@ class CudaBackend final : public Backend {
       for (int t = first_row; t < T; ++t) {
         launch_unembedding(unembedding_.get<bf16>(), final_norm_.get<float>(),
                            prefill_x_.get<float>() + static_cast<size_t>(t) * cfg_.hidden_size, cfg_.vocab_size,
-                           cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), c0 + t == n - 1 ? greedy : nullptr,
+                           cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), c0 + t == n - 1 ? sample : nullptr,
                            s);
         if (host_logits) {
           float* dst = host_logits + (all_logits ? static_cast<size_t>(c0 + t) * cfg_.vocab_size : 0);
@@ -661,7 +665,8 @@ class CudaBackend final : public Backend {
   std::vector<LayerWeights> layers_;
 
   DeviceBuffer x_, q_, attn_, x_normed_, expert_ids_, expert_weights_, router_workspace_, act_, logits_;
-  DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, argmax_workspace_, sampled_, d_step_;
+  DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, unembedding_sample_workspace_, sampled_,
+      d_step_;
   std::unique_ptr<void, PinnedDeleter> host_steps_, host_sampled_;
 
   DeviceBuffer prefill_tokens_, prefill_x_, prefill_xn_, prefill_xn_lo_, prefill_qkv_, prefill_q_, prefill_k_, prefill_v_, prefill_attn_;

@@ -30,6 +30,7 @@
 
 #include <cooperative_groups.h>
 
+#include "core/rng.h"
 #include "cuda/weight_stream.cuh"
 
 namespace gpt_oss {
@@ -253,45 +254,52 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (route) router_tail(rt, residual, rows, tile, gate_lo, gate_hi, s_xs, s_sq);
 }
 
-// FusedArgmax's workspace: the arrival counter (padded to 16 bytes), then one (value, index, bad) per CTA.
-constexpr int kArgmaxHeader = 16;
-constexpr int kArgmaxMaxCtas = 1024;
-struct alignas(16) ArgmaxPartial {
-  float value;
+// FusedSample as the kernel takes it: temperature widened, the draw's random bits derived on the host.
+struct TokenDraw {
+  void* workspace;     // null: logits only
+  int32_t* token;
+  double temperature;  // 0: argmax
+  uint64_t draw_key;   // core/rng.h draw_key(seed, draw)
+};
+
+// FusedSample's workspace: the arrival counter (padded to 16 bytes), then one (key, index, bad) per CTA.
+constexpr int kSampleHeader = 16;
+constexpr int kSampleMaxCtas = 1024;
+struct alignas(16) SamplePartial {
+  double key;
   int index, bad;
 };
 
-// The greedy token from every CTA's best (FusedArgmax); called by all threads after the CTA's last tile.
-// best / best_i / bad: this thread's candidates (threads without any hold -inf, INT_MAX, 0).
-__device__ __forceinline__ void argmax_tail(const FusedArgmax& am, float best, int best_i, int bad) {
-  __shared__ float s_val[kWarps];
+// The token from every CTA's best key (FusedSample); called by all threads after the CTA's last tile.
+// best / best_i / bad: this thread's candidate (threads without any hold -inf, INT_MAX, 0).
+__device__ __forceinline__ void sample_tail(const TokenDraw& draw, double best, int best_i, int bad) {
+  __shared__ double s_key[kWarps];
   __shared__ int s_idx[kWarps], s_bad[kWarps];
   __shared__ int s_last;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   auto warp_best = [&] {
     for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+      const double ok = __shfl_xor_sync(0xffffffffu, best, o);
       const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-      if (ranks_before(ov, oi, best, best_i)) best = ov, best_i = oi;
+      if (ranks_before(ok, oi, best, best_i)) best = ok, best_i = oi;
     }
     bad = __any_sync(0xffffffffu, bad);
   };
   auto block_best = [&] {  // the CTA's best in thread 0 (warp order, then ranks_before: any order gives the same)
     warp_best();
-    if (lane == 0) s_val[warp] = best, s_idx[warp] = best_i, s_bad[warp] = bad;
+    if (lane == 0) s_key[warp] = best, s_idx[warp] = best_i, s_bad[warp] = bad;
     __syncthreads();
     if (tid == 0)
       for (int w = 1; w < kWarps; ++w) {
-        if (ranks_before(s_val[w], s_idx[w], best, best_i)) best = s_val[w], best_i = s_idx[w];
+        if (ranks_before(s_key[w], s_idx[w], best, best_i)) best = s_key[w], best_i = s_idx[w];
         bad |= s_bad[w];
       }
   };
-  int* arrivals = static_cast<int*>(am.workspace);
-  ArgmaxPartial* partials =
-      reinterpret_cast<ArgmaxPartial*>(static_cast<char*>(am.workspace) + kArgmaxHeader);
+  int* arrivals = static_cast<int*>(draw.workspace);
+  SamplePartial* partials = reinterpret_cast<SamplePartial*>(static_cast<char*>(draw.workspace) + kSampleHeader);
   block_best();
   if (tid == 0) {
-    partials[blockIdx.x] = ArgmaxPartial{best, best_i, bad};
+    partials[blockIdx.x] = SamplePartial{best, best_i, bad};
     __threadfence();  // the partial is visible device-wide before the arrival counts
     s_last = atomicAdd(arrivals, 1) == static_cast<int>(gridDim.x) - 1;
   }
@@ -300,22 +308,23 @@ __device__ __forceinline__ void argmax_tail(const FusedArgmax& am, float best, i
   __threadfence();  // the other CTAs' partials (fenced before their arrivals) are read after the count
   best = -INFINITY, best_i = INT_MAX, bad = 0;
   for (int c = tid; c < static_cast<int>(gridDim.x); c += kThreads) {
-    const float4 raw = __ldcg(reinterpret_cast<const float4*>(partials + c));
-    const int i = __float_as_int(raw.y);
-    if (ranks_before(raw.x, i, best, best_i)) best = raw.x, best_i = i;
-    bad |= __float_as_int(raw.z);
+    const int4 raw = __ldcg(reinterpret_cast<const int4*>(partials + c));
+    const double key = __hiloint2double(raw.y, raw.x);
+    if (ranks_before(key, raw.z, best, best_i)) best = key, best_i = raw.z;
+    bad |= raw.w;
   }
-  __syncthreads();  // s_val / s_idx / s_bad are reused
+  __syncthreads();  // s_key / s_idx / s_bad are reused
   block_best();
   if (tid == 0) {
-    *am.token = bad ? -1 : best_i;
+    // Every key is -inf only when every logit is: nothing to sample (greedy still answers the lowest index).
+    *draw.token = bad || (draw.temperature > 0.0 && best == -INFINITY) ? -1 : best_i;
     *arrivals = 0;  // ready for the next launch
   }
 }
 
 __global__ void __launch_bounds__(kWarps * 32, 2)
     unembedding_kernel(const bf16* __restrict__ W, const float* __restrict__ norm_scale, const float* __restrict__ x,
-                       int vocab, int hidden, float eps, float* __restrict__ logits, FusedArgmax argmax) {
+                       int vocab, int hidden, float eps, float* __restrict__ logits, TokenDraw draw) {
   TimelineScope timeline(kTlUnembedding);
   extern __shared__ uint4 dyn_smem[];
   bf16* xs = reinterpret_cast<bf16*>(dyn_smem);
@@ -334,25 +343,29 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 
   const int tiles = (vocab + kTileRows - 1) / kTileRows, chunks = (hidden + kChunkCols - 1) / kChunkCols;
   const int warps = gridDim.x * kWarps;
-  float best = -INFINITY;  // this lane's argmax candidates (FusedArgmax)
+  // This lane's best key (FusedSample): the logit itself at temperature 0, else its Gumbel-max key, computed
+  // from the very fp32 value written to logits, so the CPU sampler on those logits computes the same double.
+  double best = -INFINITY;
   int best_i = INT_MAX, bad = 0;
-  auto consider = [&](float v, int r) {
-    logits[r] = v;
-    bad |= (v != v) || (v == INFINITY);
-    if (ranks_before(v, r, best, best_i)) best = v, best_i = r;
-  };
   for (int tile = blockIdx.x * kWarps + warp; tile < tiles; tile += warps) {
     const int rg = min(tile * kTileRows + g, vocab - 1), rg8 = min(tile * kTileRows + g + 8, vocab - 1);
     float d[4] = {0.f, 0.f, 0.f, 0.f};
     rows_dot(
         W, hidden, rg, rg8, 0, chunks, [xs](int col) { return *reinterpret_cast<const uint4*>(xs + col); }, [] {}, d);
-    if (lane % 4 == 0) {
-      const int r = tile * kTileRows + g;
-      if (r < vocab) consider(d[0], r);
-      if (r + 8 < vocab) consider(d[2], r + 8);
+    // Every lane of a quad holds rows g and g + 8 (each lane feeds the same x fragment whatever its column, so
+    // the 8 output columns all hold W · x): lane t = 0 takes row g, t = 1 row g + 8, so a quad's two key
+    // computations run side by side instead of one after the other.
+    const int t = lane % 4, r = tile * kTileRows + g + 8 * t;
+    if (t < 2 && r < vocab) {
+      const float v = t == 0 ? d[0] : d[2];
+      logits[r] = v;
+      bad |= (v != v) || (v == INFINITY);
+      const double key =
+          draw.temperature > 0.0 ? gumbel_key(v, draw.temperature, draw.draw_key, r) : static_cast<double>(v);
+      if (ranks_before(key, r, best, best_i)) best = key, best_i = r;
     }
   }
-  if (argmax.workspace) argmax_tail(argmax, best, best_i, bad);
+  if (draw.workspace) sample_tail(draw, best, best_i, bad);
 }
 
 void check_gemv(const void* W, int rows, int cols, const char* who) {
@@ -394,12 +407,12 @@ void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16*
                 /*pdl=*/true, cluster, W, bias, in, rows, cols, residual, rt);
 }
 
-size_t unembedding_argmax_workspace_bytes() {
-  return kArgmaxHeader + static_cast<size_t>(kArgmaxMaxCtas) * sizeof(ArgmaxPartial);
+size_t unembedding_sample_workspace_bytes() {
+  return kSampleHeader + static_cast<size_t>(kSampleMaxCtas) * sizeof(SamplePartial);
 }
 
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,
-                        float* logits, const FusedArgmax* argmax, cudaStream_t stream) {
+                        float* logits, const FusedSample* sample, cudaStream_t stream) {
   check_gemv(W, vocab, hidden, "launch_unembedding");
   const size_t smem = static_cast<size_t>(ceil_div(hidden, kChunkCols)) * kChunkCols * sizeof(bf16);
   if (smem > 48 * 1024)
@@ -408,11 +421,15 @@ void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, 
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, unembedding_kernel, kWarps * 32, smem));
   const int tiles = ceil_div(vocab, kTileRows);
   const int grid = std::max(1, std::min({ceil_div(tiles, kWarps), current_device_sms() * std::max(per_sm, 1),
-                                          argmax ? kArgmaxMaxCtas : INT_MAX}));
-  if (argmax && (!argmax->workspace || !argmax->token))
-    throw std::invalid_argument("launch_unembedding: the fused argmax needs its workspace and token buffers");
-  unembedding_kernel<<<grid, kWarps * 32, smem, stream>>>(W, norm_scale, x, vocab, hidden, eps, logits,
-                                                          argmax ? *argmax : FusedArgmax{});
+                                          sample ? kSampleMaxCtas : INT_MAX}));
+  TokenDraw draw{};
+  if (sample) {
+    if (!sample->workspace || !sample->token || !(sample->temperature >= 0.0f))
+      throw std::invalid_argument(
+          "launch_unembedding: the fused sample needs its workspace and token buffers and a temperature >= 0");
+    draw = TokenDraw{sample->workspace, sample->token, sample->temperature, draw_key(sample->seed, sample->draw)};
+  }
+  unembedding_kernel<<<grid, kWarps * 32, smem, stream>>>(W, norm_scale, x, vocab, hidden, eps, logits, draw);
   CUDA_CHECK_LAUNCH();
 }
 

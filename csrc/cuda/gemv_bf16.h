@@ -33,19 +33,25 @@ size_t router_tail_workspace_bytes(int hidden, int experts);
 void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16* in, int rows, int cols,
                                     float* residual, const RouterTail* router, cudaStream_t);
 
-// Greedy decoding fused into the unembedding: the argmax of the logits it writes (lowest id on ties), or -1 when a
-// logit is NaN or +inf, as launch_sample at temperature 0 answers. Each CTA leaves its best in the workspace and
-// the last one to finish (an arrival counter) picks the token, so no sampler launch re-reads the 0.8 MB of logits.
-// The workspace (unembedding_argmax_workspace_bytes) must be zero before the first launch; each launch leaves it so.
-struct FusedArgmax {
+// Decoding fused into the unembedding, for the draws that need no top-k / top-p cut: the token launch_sample and
+// the CPU sampler (csrc/cpu/sampling.cpp) pick from the logits it writes. Temperature 0: their argmax (lowest id
+// on ties). Above: the Gumbel-max draw over every token for (seed, draw), with each key computed in double from
+// the fp32 logit as written. -1 when a logit is NaN or +inf, or when every logit is -inf at temperature > 0.
+// Each CTA leaves its best key in the workspace and the last one to finish (an arrival counter) picks the
+// token, so no sampler launch re-reads the 0.8 MB of logits.
+// The workspace (unembedding_sample_workspace_bytes) must be zero before the first launch; each launch leaves it
+// so. Launches sharing a workspace must be stream-ordered.
+struct FusedSample {
   void* workspace;
   int32_t* token;
+  float temperature;  // >= 0; 0 → argmax
+  uint64_t seed, draw;
 };
-size_t unembedding_argmax_workspace_bytes();
+size_t unembedding_sample_workspace_bytes();
 
 // logits[v] = W[v, :] · (rmsnorm(x) * norm_scale);  W bf16 [vocab, hidden], x fp32 [hidden], logits fp32 [vocab].
-// With argmax (not null), also the greedy token (FusedArgmax).
+// With sample (not null), also the sampled token (FusedSample).
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,
-                        float* logits, const FusedArgmax* argmax, cudaStream_t);
+                        float* logits, const FusedSample* sample, cudaStream_t);
 
 }  // namespace gpt_oss

@@ -1,12 +1,14 @@
 """The bf16 GEMV launchers (csrc/cuda/gemv_bf16.cu) against float64 NumPy: the out-projection with bias and the
-fp32 residual, and the unembedding with the final RMSNorm fused. Outputs are poisoned (NaN) before each launch."""
+fp32 residual, and the unembedding with the final RMSNorm fused, with its fused greedy / Gumbel-max token against
+the CPU sampler. Outputs are poisoned (NaN) before each launch."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from gpt_oss_native import _C
-from weights_reference import from_bf16, random_bf16, rmsnorm_bf16
+from sampling_law import law_token
+from weights_reference import from_bf16, random_bf16, rmsnorm_bf16, to_bf16
 
 if not _C.cuda_devices():
     pytest.skip("needs an NVIDIA GPU and a CUDA build of _C", allow_module_level=True)
@@ -49,15 +51,25 @@ def test_unembedding(vocab: int, hidden: int) -> None:
     assert np.all(np.abs(logits - ref) <= tol), f"max excess {np.max(np.abs(logits - ref) - tol):.3g}"
 
 
-# Greedy decoding fused into the unembedding: the argmax of the very logits it writes, lowest id on ties, -1 for a
-# NaN / +inf logit; several launches on one workspace (each must re-arm it). 201088 is the real vocabulary.
-@pytest.mark.parametrize(("vocab", "hidden"), [(201088, 2880), (4099, 96), (33, 8), (1, 8)])
-def test_unembedding_argmax(vocab: int, hidden: int) -> None:
+def unembedding_inputs(vocab: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(vocab * 7 + hidden)
     w = random_bf16(rng, (vocab, hidden), scale=0.02)
     norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
     x = (rng.standard_normal(hidden) * 5).astype(np.float32)
-    logits, tokens = K.unembedding_argmax(w, norm_scale, x, EPS, 3)
+    x[0] = abs(x[0]) + 1.0  # column 0's weight sets a row's logit sign below
+    return w, norm_scale, x
+
+
+def fused(w, norm_scale, x, temperature: float, seed: int = 0, draws=range(3)) -> tuple[np.ndarray, np.ndarray]:
+    return K.unembedding_sample(w, norm_scale, x, EPS, temperature, seed, np.asarray(draws, dtype=np.uint64))
+
+
+# Greedy decoding fused into the unembedding: the argmax of the very logits it writes, lowest id on ties, -1 for a
+# NaN / +inf logit; several launches on one workspace (each must re-arm it). 201088 is the real vocabulary.
+@pytest.mark.parametrize(("vocab", "hidden"), [(201088, 2880), (4099, 96), (33, 8), (1, 8)])
+def test_unembedding_argmax(vocab: int, hidden: int) -> None:
+    w, norm_scale, x = unembedding_inputs(vocab, hidden)
+    logits, tokens = fused(w, norm_scale, x, 0.0)
     assert np.isfinite(logits).all()
     assert tokens.tolist() == [int(np.argmax(logits))] * 3
     if vocab < 3:
@@ -65,12 +77,51 @@ def test_unembedding_argmax(vocab: int, hidden: int) -> None:
     # A tie at the top between the first and the last row (both far from each other's CTA): the lower id wins.
     top = int(np.argmax(logits))
     w[0] = w[vocab - 1] = w[top]
-    logits, tokens = K.unembedding_argmax(w, norm_scale, x, EPS, 2)
+    logits, tokens = fused(w, norm_scale, x, 0.0)
     assert logits[0] == logits[vocab - 1] == logits.max()
-    assert tokens.tolist() == [0, 0]
+    assert tokens.tolist() == [0, 0, 0]
     # An infinite weight of x's sign makes that logit +inf: -1, never a token.
-    w[vocab // 2, 0] = 0x7F80 if x[0] > 0 else 0xFF80  # bf16 ±inf
-    assert K.unembedding_argmax(w, norm_scale, x, EPS, 2)[1].tolist() == [-1, -1]
+    w[vocab // 2, 0] = 0x7F80  # bf16 +inf
+    assert fused(w, norm_scale, x, 0.0)[1].tolist() == [-1, -1, -1]
+
+
+# The fused Gumbel-max draw (no top-k / top-p cut) is the CPU sampler's token on the very logits the kernel
+# returned, for every temperature, seed and draw (a different token only where two keys are within rounding,
+# sampling_law.NEAR_TIE); several launches on one workspace (each must re-arm it).
+@pytest.mark.parametrize(("vocab", "hidden"), [(201088, 2880), (4099, 96), (33, 8), (1, 8)])
+def test_unembedding_sample(vocab: int, hidden: int) -> None:
+    w, norm_scale, x = unembedding_inputs(vocab, hidden)
+    near_ties = 0
+    for temperature in (0.7, 1.0, 1.5):
+        for seed in (0, 12345, 2**64 - 1):
+            draws = list(range(seed % 5, seed % 5 + 6))
+            logits, tokens = fused(w, norm_scale, x, temperature, seed, draws)
+            assert np.isfinite(logits).all()
+            for draw, token in zip(draws, tokens.tolist(), strict=True):
+                cpu = _C.sample_logits(logits, temperature, 1.0, 0, seed, draw)
+                if token != cpu:
+                    _, near = law_token(logits, temperature, 1.0, 0, seed, draw)
+                    assert token in near and cpu in near, (temperature, seed, draw, token, cpu, near)
+                    near_ties += 1
+            if vocab > 1000:
+                assert len(set(tokens.tolist())) > 1  # the draws do draw
+    assert near_ties <= 1
+    if vocab < 3:
+        return
+    # Equal keys in the first and the last row's CTAs: logits so large (1e30 · x_normed[0]) that the noise
+    # (|g| < 37) vanishes in their double ulp, so the lower id must win every draw.
+    w_tied = w.copy()
+    w_tied[0] = w_tied[vocab - 1] = 0
+    w_tied[0, 0] = w_tied[vocab - 1, 0] = to_bf16(np.array([1e30], np.float32))[0]
+    assert fused(w_tied, norm_scale, x, 1.0, 7, range(4))[1].tolist() == [0, 0, 0, 0]
+    # A +inf logit: -1. Every logit -inf: -1 when sampling (nothing to draw), the lowest id when greedy.
+    w_bad = w.copy()
+    w_bad[vocab // 2, 0] = 0x7F80  # bf16 +inf
+    assert fused(w_bad, norm_scale, x, 1.0)[1].tolist() == [-1, -1, -1]
+    w_bad[:, 0] = 0xFF80  # bf16 -inf
+    logits, tokens = fused(w_bad, norm_scale, x, 1.0)
+    assert np.all(logits == -np.inf) and tokens.tolist() == [-1, -1, -1]
+    assert fused(w_bad, norm_scale, x, 0.0)[1].tolist() == [0, 0, 0]
 
 
 def test_bad_shapes_raise() -> None:
