@@ -71,7 +71,8 @@ def sample_logits(
     seed: int = 0,
     draw: int = 0,
 ) -> int:
-    """The sampler's host definition: temperature 0 is argmax (lowest id on ties)."""
+    """The sampler's host definition: temperature 0 is argmax (lowest id on ties); above, the Gumbel-max draw of
+    ``(seed, draw)`` over the top_k / top_p kept set (csrc/cpu/sampling.cpp states the law)."""
 
 built_with_cuda: bool
 
