@@ -29,7 +29,8 @@ GPT_OSS_HD uint64_t draw_key(uint64_t seed, uint64_t draw) {
 // Token `token`'s uniform of a draw: (k + 1/2) / 2^52 with k 52 random bits, in [2^-53, 1 - 2^-53], so never 0 or
 // 1 and -log(-log(u)) is finite. Exact in double on every machine (k + 1/2 < 2^52 fits the 53-bit mantissa; 53
 // random bits plus half an ulp would round the largest k up to 1.0). Within a draw, distinct tokens get distinct
-// 64-bit inputs (an odd multiplier is a bijection), and splitmix64 is a bijection: no two tokens share bits.
+// 64-bit inputs (an odd multiplier is a bijection) and splitmix64 is a bijection, so no two tokens of a draw share
+// their 64 random bits.
 GPT_OSS_HD double token_uniform(uint64_t key, uint64_t token) {
   const uint64_t bits = splitmix64(key ^ (token * 0x9E6C63D0676A9A99ull));
   return (static_cast<double>(bits >> 12) + 0.5) * (1.0 / 4503599627370496.0);
