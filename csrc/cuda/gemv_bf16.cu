@@ -6,6 +6,8 @@
 //   unembedding     201088 × 2880 bf16 = 1.158 GB (+ 0.8 MB out) → 386 µs
 // Measured (H100 SXM, 2026-11-25; torch copy 2.98 TB/s): out-projection 10.2 µs (2.31 TB/s, rotating 8 copies,
 // successive launches overlapping through PDL; 10.9 before PDL), unembedding 417-436 µs (2.66-2.78 TB/s).
+// The fused draw (FusedSample) costs the unembedding 417.0 → 419.2 µs greedy and 420.0 at T = 1, where the
+// sampler launch it replaces took 7.5 µs greedy (+ a ~3 µs launch gap) and 49 µs at T = 1 (H100, session 7).
 //
 // Work split: a warp owns a tile of 16 rows. Per 32-column chunk, lane (g, t) = (lane / 4, lane % 4) loads
 // 16 B of row g and 16 B of row g + 8 (columns 32c + 8t .. + 7) and the matching 16 B of the input: exactly

@@ -1,11 +1,11 @@
 // Device sampler: greedy argmax, or the Gumbel-max draw of csrc/cpu/sampling.cpp over the top-k / top-p kept set.
 //
 // Floor: one read of the logits, vocab × 4 B = 0.8 MB for 201088 (0.27 µs at 3.0 TB/s); in practice bounded
-// by the cluster barriers and histogram passes below. Measured with the former inverse-CDF draw (H100, vocab
-// 201088, benchmarks/NOTES.md): greedy 7.2 µs, T = 1 49.5 µs, top_p 0.9 94.5 µs, top_k 40 80.4 µs (each select
-// ≈ 20–45 µs: the first radix level's shared-memory atomics over all tokens dominate). With the Gumbel-max draw:
-// not yet measured. Decoding without a top-k / top-p cut does not launch this kernel: the unembedding draws the
-// token itself (gemv_bf16.h FusedSample).
+// by the cluster barriers and histogram passes below. Measured (H100, vocab 201088, graph-timed, session 7;
+// benchmarks/NOTES.md): greedy 7.5 µs, T = 1 43.9 µs, top_p 0.9 86.4 µs, top_k 40 54.2 µs; the former
+// inverse-CDF draw, a third radix select, took 49.0 / 93.7 / 79.7 (the first radix level's shared-memory atomics
+// over all tokens dominate a select). Decoding without a top-k / top-p cut does not launch this kernel: the
+// unembedding draws the token itself (gemv_bf16.h FusedSample).
 //
 // One cluster of 8 CTAs × 512 threads; each CTA keeps a slice of the logits in shared memory, so the logits
 // are read from global memory once and every later pass runs on-chip.
