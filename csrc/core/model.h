@@ -90,6 +90,10 @@ struct SamplingParams {
   float top_p = 1.0f;        // nucleus mass kept, in (0, 1]
   int top_k = 0;             // 0 → no top-k cut
   uint64_t seed = 0;
+
+  bool top_k_cuts(int vocab) const { return top_k > 0 && top_k < vocab; }
+  // Whether top-k or top-p keeps fewer than all tokens (the law's kept set, csrc/cpu/sampling.cpp).
+  bool cuts(int vocab) const { return top_k_cuts(vocab) || top_p < 1.0f; }
 };
 
 }  // namespace gpt_oss

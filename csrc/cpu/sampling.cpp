@@ -61,13 +61,11 @@ class DescendingOrder {
   size_t sorted_ = 0;
 };
 
-bool top_k_cuts(const SamplingParams& params, int vocab) { return params.top_k > 0 && params.top_k < vocab; }
-
 // K when top_k or top_p cuts: the top_k by logit, then the nucleus of those. `best` is the argmax.
 std::vector<int32_t> kept_tokens(const float* logits, int vocab, const SamplingParams& params, int32_t best) {
   std::vector<int32_t> ids(vocab);
   for (int32_t i = 0; i < vocab; ++i) ids[i] = i;
-  if (top_k_cuts(params, vocab)) {
+  if (params.top_k_cuts(vocab)) {
     std::nth_element(ids.begin(), ids.begin() + (params.top_k - 1), ids.end(), [&](int32_t a, int32_t b) {
       return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
     });
@@ -112,7 +110,7 @@ int32_t sample_logits(const float* logits, int vocab, const SamplingParams& para
     const double k = gumbel_key(logits[i], temperature, key, i);
     if (k > token_key || (k == token_key && i < token)) token = i, token_key = k;
   };
-  if (params.top_p >= 1.0f && !top_k_cuts(params, vocab)) {
+  if (!params.cuts(vocab)) {
     for (int32_t i = 0; i < vocab; ++i) offer(i);
   } else {
     for (int32_t i : kept_tokens(logits, vocab, params, best)) offer(i);

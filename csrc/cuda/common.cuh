@@ -208,6 +208,36 @@ __device__ __forceinline__ bool ranks_before(double v, int i, double bv, int bi)
   return v > bv || (v == bv && i < bi);
 }
 
+// A sampler's best candidate: its key, its token (ties → lower), and whether any logit seen was NaN or +inf.
+struct BestKey {
+  double key;
+  int index, bad;
+};
+
+// The best (ranks_before order) of every thread's candidate in a CTA of kWarps warps, in thread 0 (any order of
+// merging gives the same answer). Thread 0 reads the shared slots after the last barrier inside, so a second call
+// must come after another CTA (or cluster) barrier.
+template <int kWarps>
+__device__ __forceinline__ BestKey block_best(BestKey b) {
+  __shared__ double s_key[kWarps];
+  __shared__ int s_index[kWarps], s_bad[kWarps];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  for (int o = 16; o > 0; o >>= 1) {
+    const double other_key = __shfl_xor_sync(0xffffffffu, b.key, o);
+    const int other_index = __shfl_xor_sync(0xffffffffu, b.index, o);
+    if (ranks_before(other_key, other_index, b.key, b.index)) b.key = other_key, b.index = other_index;
+  }
+  b.bad = __any_sync(0xffffffffu, b.bad);
+  if (lane == 0) s_key[warp] = b.key, s_index[warp] = b.index, s_bad[warp] = b.bad;
+  __syncthreads();
+  if (tid == 0)
+    for (int w = 1; w < kWarps; ++w) {
+      if (ranks_before(s_key[w], s_index[w], b.key, b.index)) b.key = s_key[w], b.index = s_index[w];
+      b.bad |= s_bad[w];
+    }
+  return b;
+}
+
 // The MoE routing of one token by one warp: the k ≤ kMaxK largest of n ≤ 32 · kPerLane logits (ranks_before
 // order) and a softmax over those k. logit(e) gives expert e's logit and is called once for each e < n, by lane
 // e % 32. Lane 0 writes ids[s] and weights[s] for s < k, in rank order.

@@ -191,10 +191,10 @@ class CudaBackend final : public Backend {
     check_tokens(slot, seq, tokens, n);
     // Greedy, or no top-k / top-p cut (gpt-oss's default): the unembedding draws the token itself (FusedSample);
     // no sampler launch re-reads the logits. A cut needs the cluster sampler's selects.
-    const bool cut = (params.top_k > 0 && params.top_k < cfg_.vocab_size) || params.top_p < 1.0f;
     const FusedSample fused{unembedding_sample_workspace_.get(), sampled_.get<int32_t>(), params.temperature,
                             params.seed, draw};
-    const FusedSample* in_unembedding = params.temperature == 0.0f || !cut ? &fused : nullptr;
+    const FusedSample* in_unembedding =
+        params.temperature == 0.0f || !params.cuts(cfg_.vocab_size) ? &fused : nullptr;
     if (use_batched_prefill(n)) {
       prefill(slot, tokens, n, nullptr, false, in_unembedding);  // leaves the last token's logits in logits_
     } else {

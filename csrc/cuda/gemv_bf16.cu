@@ -264,62 +264,38 @@ struct TokenDraw {
   uint64_t draw_key;   // core/rng.h draw_key(seed, draw)
 };
 
-// FusedSample's workspace: the arrival counter (padded to 16 bytes), then one (key, index, bad) per CTA.
+// FusedSample's workspace: the arrival counter (padded to 16 bytes), then one BestKey per CTA.
 constexpr int kSampleHeader = 16;
 constexpr int kSampleMaxCtas = 1024;
-struct alignas(16) SamplePartial {
-  double key;
-  int index, bad;
-};
+static_assert(sizeof(BestKey) == 16, "sample_tail reads a CTA's BestKey as one 16-byte load");
 
-// The token from every CTA's best key (FusedSample); called by all threads after the CTA's last tile.
-// best / best_i / bad: this thread's candidate (threads without any hold -inf, INT_MAX, 0).
-__device__ __forceinline__ void sample_tail(const TokenDraw& draw, double best, int best_i, int bad) {
-  __shared__ double s_key[kWarps];
-  __shared__ int s_idx[kWarps], s_bad[kWarps];
+// The token from every CTA's best key (FusedSample); called by all threads after the CTA's last tile with this
+// thread's candidate (threads without any hold -inf, INT_MAX, 0).
+__device__ __forceinline__ void sample_tail(const TokenDraw& draw, BestKey mine) {
   __shared__ int s_last;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  auto warp_best = [&] {
-    for (int o = 16; o > 0; o >>= 1) {
-      const double ok = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-      if (ranks_before(ok, oi, best, best_i)) best = ok, best_i = oi;
-    }
-    bad = __any_sync(0xffffffffu, bad);
-  };
-  auto block_best = [&] {  // the CTA's best in thread 0 (warp order, then ranks_before: any order gives the same)
-    warp_best();
-    if (lane == 0) s_key[warp] = best, s_idx[warp] = best_i, s_bad[warp] = bad;
-    __syncthreads();
-    if (tid == 0)
-      for (int w = 1; w < kWarps; ++w) {
-        if (ranks_before(s_key[w], s_idx[w], best, best_i)) best = s_key[w], best_i = s_idx[w];
-        bad |= s_bad[w];
-      }
-  };
+  const int tid = threadIdx.x;
   int* arrivals = static_cast<int*>(draw.workspace);
-  SamplePartial* partials = reinterpret_cast<SamplePartial*>(static_cast<char*>(draw.workspace) + kSampleHeader);
-  block_best();
+  BestKey* partials = reinterpret_cast<BestKey*>(static_cast<char*>(draw.workspace) + kSampleHeader);
+  const BestKey cta = block_best<kWarps>(mine);
   if (tid == 0) {
-    partials[blockIdx.x] = SamplePartial{best, best_i, bad};
+    partials[blockIdx.x] = cta;
     __threadfence();  // the partial is visible device-wide before the arrival counts
     s_last = atomicAdd(arrivals, 1) == static_cast<int>(gridDim.x) - 1;
   }
-  __syncthreads();
+  __syncthreads();  // also ends block_best's reads, so it may run again
   if (!s_last) return;
   __threadfence();  // the other CTAs' partials (fenced before their arrivals) are read after the count
-  best = -INFINITY, best_i = INT_MAX, bad = 0;
+  BestKey all{-INFINITY, INT_MAX, 0};
   for (int c = tid; c < static_cast<int>(gridDim.x); c += kThreads) {
     const int4 raw = __ldcg(reinterpret_cast<const int4*>(partials + c));
     const double key = __hiloint2double(raw.y, raw.x);
-    if (ranks_before(key, raw.z, best, best_i)) best = key, best_i = raw.z;
-    bad |= raw.w;
+    if (ranks_before(key, raw.z, all.key, all.index)) all.key = key, all.index = raw.z;
+    all.bad |= raw.w;
   }
-  __syncthreads();  // s_key / s_idx / s_bad are reused
-  block_best();
+  all = block_best<kWarps>(all);
   if (tid == 0) {
     // Every key is -inf only when every logit is: nothing to sample (greedy still answers the lowest index).
-    *draw.token = bad || (draw.temperature > 0.0 && best == -INFINITY) ? -1 : best_i;
+    *draw.token = all.bad || (draw.temperature > 0.0 && all.key == -INFINITY) ? -1 : all.index;
     *arrivals = 0;  // ready for the next launch
   }
 }
@@ -347,8 +323,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   const int warps = gridDim.x * kWarps;
   // This lane's best key (FusedSample): the logit itself at temperature 0, else its Gumbel-max key, computed
   // from the very fp32 value written to logits, so the CPU sampler on those logits computes the same double.
-  double best = -INFINITY;
-  int best_i = INT_MAX, bad = 0;
+  BestKey best{-INFINITY, INT_MAX, 0};
   for (int tile = blockIdx.x * kWarps + warp; tile < tiles; tile += warps) {
     const int rg = min(tile * kTileRows + g, vocab - 1), rg8 = min(tile * kTileRows + g + 8, vocab - 1);
     float d[4] = {0.f, 0.f, 0.f, 0.f};
@@ -361,13 +336,13 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     if (t < 2 && r < vocab) {
       const float v = t == 0 ? d[0] : d[2];
       logits[r] = v;
-      bad |= (v != v) || (v == INFINITY);
+      best.bad |= (v != v) || (v == INFINITY);
       const double key =
           draw.temperature > 0.0 ? gumbel_key(v, draw.temperature, draw.draw_key, r) : static_cast<double>(v);
-      if (ranks_before(key, r, best, best_i)) best = key, best_i = r;
+      if (ranks_before(key, r, best.key, best.index)) best.key = key, best.index = r;
     }
   }
-  if (draw.workspace) sample_tail(draw, best, best_i, bad);
+  if (draw.workspace) sample_tail(draw, best);
 }
 
 void check_gemv(const void* W, int rows, int cols, const char* who) {
@@ -410,7 +385,7 @@ void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16*
 }
 
 size_t unembedding_sample_workspace_bytes() {
-  return kSampleHeader + static_cast<size_t>(kSampleMaxCtas) * sizeof(SamplePartial);
+  return kSampleHeader + static_cast<size_t>(kSampleMaxCtas) * sizeof(BestKey);
 }
 
 void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,

@@ -213,35 +213,16 @@ class ClusterSampler {
   int base_ = 0, n_ = 0, parity_ = 0;
 };
 
-// The best (ranks_before order) of every thread's (key, index) in the cluster, and whether any thread saw a bad
-// logit; every thread of every CTA gets the answer. It ends on a cluster barrier, so once it returns no CTA reads
-// another's shared memory: a CTA may exit, or call it again.
-struct Best {
-  double key;
-  int index, bad;
-};
-
-__device__ Best cluster_best(const cg::cluster_group& cluster, double key, int index, int bad) {
-  __shared__ double s_warp_key[kWarps], s_cta_key, s_key;
-  __shared__ int s_warp_index[kWarps], s_warp_bad[kWarps], s_cta_index, s_cta_bad, s_index, s_bad;
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  for (int o = 16; o > 0; o >>= 1) {
-    const double other_key = __shfl_xor_sync(0xffffffffu, key, o);
-    const int other_index = __shfl_xor_sync(0xffffffffu, index, o);
-    if (ranks_before(other_key, other_index, key, index)) key = other_key, index = other_index;
-  }
-  bad = __any_sync(0xffffffffu, bad);
-  if (lane == 0) s_warp_key[warp] = key, s_warp_index[warp] = index, s_warp_bad[warp] = bad;
-  __syncthreads();
-  if (tid == 0) {
-    for (int w = 1; w < kWarps; ++w) {
-      if (ranks_before(s_warp_key[w], s_warp_index[w], key, index)) key = s_warp_key[w], index = s_warp_index[w];
-      bad |= s_warp_bad[w];
-    }
-    s_cta_key = key, s_cta_index = index, s_cta_bad = bad;
-  }
+// The best (ranks_before order) of every thread's candidate in the cluster; every thread of every CTA gets the
+// answer. It ends on a cluster barrier, so once it returns no CTA reads another's shared memory: a CTA may exit,
+// or call it again.
+__device__ BestKey cluster_best(const cg::cluster_group& cluster, BestKey mine) {
+  __shared__ double s_cta_key, s_key;
+  __shared__ int s_cta_index, s_cta_bad, s_index, s_bad;
+  const BestKey cta = block_best<kWarps>(mine);
+  if (threadIdx.x == 0) s_cta_key = cta.key, s_cta_index = cta.index, s_cta_bad = cta.bad;
   cluster.sync();
-  if (tid == 0) {
+  if (threadIdx.x == 0) {
     double k = -INFINITY;
     int i = INT_MAX, b = 0;
     for (int r = 0; r < kCluster; ++r) {
@@ -253,7 +234,7 @@ __device__ Best cluster_best(const cg::cluster_group& cluster, double key, int i
     s_key = k, s_index = i, s_bad = b;
   }
   cluster.sync();  // publishes s_key / s_index / s_bad; every remote read of s_cta_* is done
-  return Best{s_key, s_index, s_bad};
+  return BestKey{s_key, s_index, s_bad};
 }
 
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
@@ -276,7 +257,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
     bad |= (v != v) || (v == INFINITY);
     if (ranks_before(static_cast<double>(v), base + i, best, best_i)) best = v, best_i = base + i;
   }
-  const Best top = cluster_best(cluster, best, best_i, bad);
+  const BestKey top = cluster_best(cluster, {best, best_i, bad});
   const bool unusable = top.bad || (!a.greedy && top.key == -INFINITY);
   if (unusable || a.greedy) {
     if (rank == 0 && tid == 0) *a.token = unusable ? -1 : top.index;
@@ -326,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(SampleArgs a) {
     const double k = gumbel_key(vals[i], a.temperature, a.draw_key, base + i);
     if (ranks_before(k, base + i, best, best_i)) best = k, best_i = base + i;
   }
-  const Best pick = cluster_best(cluster, best, best_i, 0);
+  const BestKey pick = cluster_best(cluster, {best, best_i, 0});
   if (rank == 0 && tid == 0) *a.token = pick.index;
 }
 
