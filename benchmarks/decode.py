@@ -2,9 +2,12 @@
 
 For each model: build the weights, load them into `_C.Model(..., backend="cuda")`, then for each context
 (1k, 8k, 32k by default) extend one sequence to that length (timed: the prefill rate), decode a few warm-up
-tokens and time `--tokens` decode steps through forward_sample (greedy: the product's own path, sampler and
-Python call included). Reports tok/s, ms/token, the bytes one token must read (weights of the 4 routed experts,
-attention, router, unembedding, the KV cache at that context) over the time, and that rate as a share of the
+tokens and time `--tokens` greedy decode steps twice (sampler and Python calls included): as the Engine runs
+them (run-ahead: step k + 1 is submitted, fed step k's token on the device, before step k is collected;
+tok/s and the columns after it) and through the blocking forward_sample (the last column, blocking tok/s: it
+pays the host round trip between tokens that run-ahead hides; timed just before, N tokens earlier in the
+context). Reports tok/s, ms/token, the bytes one token must read (weights of the 4 routed experts, attention,
+router, unembedding, the KV cache at that context) over the time, and that rate as a share of the
 device-to-device copy bandwidth measured in the same run. Before that, the prefill A/B: `--prefill-lengths`
 prompts (1k by default) on a fresh sequence through the batched prefill and through the per-token decode-graph
 replay (GPT_OSS_NATIVE_CUDA_PREFILL=batched / replay), tok/s each. Prints tables; the last line is JSON.
@@ -136,6 +139,38 @@ def extend(model: _C.Model, seq: int, target: int, vocab: int, rng: np.random.Ge
     return n / (time.perf_counter() - start)
 
 
+def consume(seconds: float) -> None:
+    """The caller's work on a token (harmony parsing, streaming it out), simulated by spinning."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def decode_blocking(model: _C.Model, seq: int, token: int, steps: int, consumer_s: float) -> tuple[int, float]:
+    """`steps` greedy steps, each a blocking forward_sample, then `consumer_s` of the caller's work; the last
+    token and the seconds they took."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        token = model.forward_sample(seq, np.array([token], np.int32), temperature=0.0)
+        consume(consumer_s)
+    return token, time.perf_counter() - start
+
+
+def decode_run_ahead(model: _C.Model, seq: int, token: int, steps: int, consumer_s: float) -> tuple[int, float]:
+    """`steps` greedy steps as the Engine runs them: step k + 1 is submitted (fed step k's draw on the device)
+    before step k is collected, then `consumer_s` of the caller's work on token k; the last token and the
+    seconds from the first submit to the last token's work."""
+    start = time.perf_counter()
+    for step in range(steps):
+        if step == 0:
+            model.submit_sample(seq, np.array([token], np.int32), temperature=0.0)
+        if step + 1 < steps:
+            model.submit_sample(seq, None, temperature=0.0)
+        token = model.collect_sample(seq)
+        consume(consumer_s)
+    return token, time.perf_counter() - start
+
+
 def prefill_ab(name: str, model: _C.Model, config: ModelConfig, lengths: list[int]) -> list[dict]:
     """Prefill tok/s of each length on a fresh sequence, batched and per-token replay. Each mode is warmed up
     first (scratch allocation, graph capture, module loading)."""
@@ -168,7 +203,7 @@ def bench_model(
     name: str, config: ModelConfig, args: argparse.Namespace, copy_gbs: float | None
 ) -> tuple[list[dict], list[dict]]:
     contexts = sorted(args.contexts)
-    max_context = max([contexts[-1] + args.warmup + args.tokens + 8, *args.prefill_lengths])
+    max_context = max([contexts[-1] + 2 * (args.warmup + args.tokens) + 8, *args.prefill_lengths])
     model, _weights = build_model(name, config, args.source if name == "20b" else "memory", args.workdir,
                                   max_context)
     prefill_rows = prefill_ab(name, model, config, args.prefill_lengths) if args.prefill_lengths else []
@@ -178,24 +213,24 @@ def bench_model(
     for context in contexts:
         prefill = extend(model, seq, context, config.vocab_size, rng)
         token = int(rng.integers(0, config.vocab_size))
-        for _ in range(args.warmup):
-            token = model.forward_sample(seq, np.array([token], np.int32), temperature=0.0)
+        consumer_s = args.consumer_us * 1e-6
+        token, _ = decode_blocking(model, seq, token, args.warmup, consumer_s)
+        token, _ = decode_run_ahead(model, seq, token, args.warmup, consumer_s)
+        token, blocking = decode_blocking(model, seq, token, args.tokens, consumer_s)
         at = model.sequence_length(seq)
-        start = time.perf_counter()
-        for _ in range(args.tokens):
-            token = model.forward_sample(seq, np.array([token], np.int32), temperature=0.0)
-        elapsed = time.perf_counter() - start
+        token, elapsed = decode_run_ahead(model, seq, token, args.tokens, consumer_s)
         per_token = elapsed / args.tokens
         moved = bytes_per_token(config, at + args.tokens / 2)
         row = {
             "model": name, "context": context, "tok_s": 1 / per_token, "ms_token": per_token * 1e3,
             "gb_token": moved / GB, "gb_s": moved / per_token / GB,
             "pct_copy": 100 * moved / per_token / GB / copy_gbs if copy_gbs else None,
-            "prefill_tok_s": prefill,
+            "prefill_tok_s": prefill, "tok_s_blocking": args.tokens / blocking,
         }
         rows.append(row)
-        print(f"[{name}] ctx {context}: {row['tok_s']:.1f} tok/s, {row['ms_token']:.3f} ms/token, "
-              f"{row['gb_s']:.0f} GB/s" + (f", prefill {prefill:.0f} tok/s" if prefill else ""), flush=True)
+        print(f"[{name}] ctx {context}: {row['tok_s']:.1f} tok/s run-ahead ({row['tok_s_blocking']:.1f} "
+              f"blocking), {row['ms_token']:.3f} ms/token, {row['gb_s']:.0f} GB/s"
+              + (f", prefill {prefill:.0f} tok/s" if prefill else ""), flush=True)
     model.free_sequence(seq)
     return rows, prefill_rows
 
@@ -243,6 +278,8 @@ def main() -> None:
     parser.add_argument("--contexts", nargs="+", type=int, default=[1024, 8192, 32768])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--consumer-us", type=float, default=0.0,
+                        help="µs of caller work per token (spun), as a server's streaming adds: run-ahead hides it")
     parser.add_argument("--prefill-lengths", nargs="*", type=int, default=[1024],
                         help="prompt lengths of the batched-vs-replay prefill A/B (none: skip it)")
     parser.add_argument("--source", choices=["disk", "memory"], default="memory", help="for 20b; 120b: memory")
@@ -269,12 +306,12 @@ def main() -> None:
         prefill_rows += ab_rows
 
     print(f"\n{'model':<6} {'ctx':>6} {'tok/s':>8} {'ms/tok':>8} {'GB/tok':>7} {'GB/s':>7} {'% copy':>7} "
-          f"{'prefill tok/s':>13}")
+          f"{'prefill tok/s':>13} {'blocking tok/s':>14}")
     for r in rows:
         pct = f"{r['pct_copy']:.0f}" if r["pct_copy"] is not None else "-"
         prefill = f"{r['prefill_tok_s']:.0f}" if r["prefill_tok_s"] else "-"
         print(f"{r['model']:<6} {r['context']:>6} {r['tok_s']:>8.1f} {r['ms_token']:>8.3f} {r['gb_token']:>7.2f} "
-              f"{r['gb_s']:>7.0f} {pct:>7} {prefill:>13}")
+              f"{r['gb_s']:>7.0f} {pct:>7} {prefill:>13} {r['tok_s_blocking']:>14.1f}")
     if prefill_rows:
         print(f"\n{'model':<6} {'prompt':>6} {'mode':>8} {'tok/s':>8} {'ms':>9}")
         for r in prefill_rows:

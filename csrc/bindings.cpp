@@ -7,6 +7,8 @@
 //     .new_sequence() -> int;  .free_sequence(seq);  .sequence_length(seq) -> int
 //     .forward(seq, tokens: int32[n], all_logits=False) -> float32[n, vocab] | float32[vocab]
 //     .forward_sample(seq, tokens, temperature, top_p, top_k, seed, draw) -> int
+//     .submit_sample(seq, tokens | None, temperature, top_p, top_k, seed, draw);  .collect_sample(seq) -> int
+//     .outstanding_samples(seq) -> int;  .runs_ahead -> bool;  .drop_last_token(seq)
 //   sample_logits(logits: float32[vocab], temperature, top_p, top_k, seed, draw) -> int
 //   built_with_cuda: bool;  cuda_devices() -> list[dict]  (empty without a driver or a GPU)
 //
@@ -14,9 +16,11 @@
 // C-contiguous. The Model keeps the weights dict alive: the CPU backend reads the (mmap'd) arrays in place.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -91,10 +95,9 @@ Weights weights_from_dict(const nb::dict& d) {
 }
 
 SamplingParams sampling_params(float temperature, float top_p, int top_k, uint64_t seed) {
-  if (!(temperature >= 0.0f)) throw std::invalid_argument("temperature must be >= 0");
-  if (!(top_p > 0.0f && top_p <= 1.0f)) throw std::invalid_argument("top_p must be in (0, 1]");
-  if (top_k < 0) throw std::invalid_argument("top_k must be >= 0");
-  return SamplingParams{temperature, top_p, top_k, seed};
+  const SamplingParams p{temperature, top_p, top_k, seed};
+  p.validate();
+  return p;
 }
 
 class PyModel {
@@ -149,6 +152,29 @@ class PyModel {
     return backend_->forward_sample(seq, tokens.data(), n, p, draw);
   }
 
+  // tokens None: feed the sequence's previous draw, on the device.
+  void submit_sample(int seq, std::optional<Tokens> tokens, float temperature, float top_p, int top_k,
+                     uint64_t seed, uint64_t draw) {
+    const int n = tokens ? static_cast<int>(tokens->shape(0)) : 1;
+    if (n == 0) throw std::invalid_argument("submit_sample needs at least one token");
+    const SamplingParams p = sampling_params(temperature, top_p, top_k, seed);
+    nb::gil_scoped_release release;
+    backend_->submit_sample(seq, tokens ? tokens->data() : nullptr, n, p, draw);
+  }
+
+  int32_t collect_sample(int seq) {
+    nb::gil_scoped_release release;
+    return backend_->collect_sample(seq);
+  }
+
+  int outstanding_samples(int seq) const { return backend_->outstanding_samples(seq); }
+  bool runs_ahead() const { return backend_->runs_ahead(); }
+
+  void drop_last_token(int seq) {
+    nb::gil_scoped_release release;  // waits for the backend's lock, which a long forward may hold
+    backend_->drop_last_token(seq);
+  }
+
  private:
   nb::object weights_keepalive_;
   std::unique_ptr<Backend> backend_;
@@ -172,7 +198,13 @@ NB_MODULE(_C, m) {
       .def("sequence_length", &PyModel::sequence_length, "seq"_a)
       .def("forward", &PyModel::forward, "seq"_a, "tokens"_a, "all_logits"_a = false)
       .def("forward_sample", &PyModel::forward_sample, "seq"_a, "tokens"_a, "temperature"_a = 1.0f,
-           "top_p"_a = 1.0f, "top_k"_a = 0, "seed"_a = 0, "draw"_a = 0);
+           "top_p"_a = 1.0f, "top_k"_a = 0, "seed"_a = 0, "draw"_a = 0)
+      .def("submit_sample", &PyModel::submit_sample, "seq"_a, "tokens"_a.none(), "temperature"_a = 1.0f,
+           "top_p"_a = 1.0f, "top_k"_a = 0, "seed"_a = 0, "draw"_a = 0)
+      .def("collect_sample", &PyModel::collect_sample, "seq"_a)
+      .def("outstanding_samples", &PyModel::outstanding_samples, "seq"_a)
+      .def_prop_ro("runs_ahead", &PyModel::runs_ahead)
+      .def("drop_last_token", &PyModel::drop_last_token, "seq"_a);
 
   m.def(
       "sample_logits",

@@ -71,6 +71,12 @@ const TensorView& Weights::get(const std::string& name, DType dtype, const std::
   return v;
 }
 
+void SamplingParams::validate() const {
+  if (!(temperature >= 0.0f)) throw std::invalid_argument("temperature must be >= 0");
+  if (!(top_p > 0.0f && top_p <= 1.0f)) throw std::invalid_argument("top_p must be in (0, 1]");
+  if (top_k < 0) throw std::invalid_argument("top_k must be >= 0");
+}
+
 void validate_weights(const ModelConfig& c, const Weights& w) {
   const int64_t H = c.hidden_size, V = c.vocab_size, E = c.num_experts, I = c.intermediate_size;
   const int64_t qkv = c.qkv_dim(), attn = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;

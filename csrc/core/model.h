@@ -94,6 +94,8 @@ struct SamplingParams {
   bool top_k_cuts(int vocab) const { return top_k > 0 && top_k < vocab; }
   // Whether top-k or top-p keeps fewer than all tokens (the law's kept set, csrc/cpu/sampling.cpp).
   bool cuts(int vocab) const { return top_k_cuts(vocab) || top_p < 1.0f; }
+  // Throws std::invalid_argument naming the first parameter out of range.
+  void validate() const;
 };
 
 }  // namespace gpt_oss

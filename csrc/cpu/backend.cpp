@@ -8,14 +8,21 @@
 // A forward of n tokens runs in chunks of kPrefillChunk tokens; within a chunk every matmul is a GEMM over its
 // tokens, so prefill reads each weight once per chunk. Calls are serialised by a mutex (one set of scratch
 // buffers); every sequence owns its KV cache (cpu/kv_cache.h).
+// Run-ahead sampling is synchronous here: submit_sample computes the step and its draw, collect_sample hands the
+// queued draw back (a device-fed submission feeds the latest draw). So the backend does not run ahead
+// (runs_ahead() is false): the Engine submits and collects in turn.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <exception>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/backend.h"
+#include "core/sample_queue.h"
 #include "cpu/kernels.h"
 #include "cpu/numerics.h"
 
@@ -41,7 +48,13 @@ struct LayerWeights {
 
 struct Sequence {
   int64_t length = 0;
+  int64_t dropped_at = -1;  // the length drop_last_token() left, until a token is fed again; -1: no drop
   std::vector<LayerKvCache> layers;
+  SampleQueue samples;
+  // Per ring entry of `samples`: the token the submission drew, or -1 when its draw failed (with the sampler's
+  // error, rethrown at collect, or none when it was fed a failed draw and never ran).
+  std::array<int32_t, kMaxOutstandingSamples> drawn{};
+  std::array<std::exception_ptr, kMaxOutstandingSamples> errors;
 };
 
 // One chunk's activations, reused across calls (they grow to the largest chunk seen).
@@ -67,8 +80,11 @@ class CpuBackend final : public Backend {
   void free_sequence(int seq) override;
   int sequence_length(int seq) const override;
   void forward(int seq, const int32_t* tokens, int n, float* logits, bool all_logits) override;
-  int32_t forward_sample(int seq, const int32_t* tokens, int n, const SamplingParams& params,
-                         uint64_t draw) override;
+  void submit_sample(int seq, const int32_t* tokens, int n, const SamplingParams& params, uint64_t draw) override;
+  int32_t collect_sample(int seq) override;
+  int outstanding_samples(int seq) const override;
+  bool runs_ahead() const override { return false; }
+  void drop_last_token(int seq) override;
 
  private:
   Sequence& sequence(int seq) const;
@@ -176,15 +192,60 @@ int CpuBackend::sequence_length(int seq) const {
 
 void CpuBackend::forward(int seq, const int32_t* tokens, int n, float* logits, bool all_logits) {
   std::lock_guard<std::mutex> lock(mutex_);
+  Sequence& s = sequence(seq);
+  s.samples.require_empty(seq, "forward");
   run_forward(seq, tokens, n, logits, all_logits);
+  s.samples.forget_draw();
 }
 
-int32_t CpuBackend::forward_sample(int seq, const int32_t* tokens, int n, const SamplingParams& params,
-                                   uint64_t draw) {
+void CpuBackend::submit_sample(int seq, const int32_t* tokens, int n, const SamplingParams& params,
+                               uint64_t draw) {
   std::lock_guard<std::mutex> lock(mutex_);
-  sample_logits_.resize(cfg_.vocab_size);
-  run_forward(seq, tokens, n, sample_logits_.data(), false);
-  return sample_logits(sample_logits_.data(), cfg_.vocab_size, params, draw);
+  Sequence& s = sequence(seq);
+  const int entry = s.samples.reserve(seq, tokens, n, params);
+  const bool device_fed = tokens == nullptr;
+  const int32_t fed = device_fed ? s.drawn[s.samples.latest()] : 0;
+  int32_t token = -1;
+  std::exception_ptr error;
+  // A failed draw feeds nothing: the step is not run and its collect reports the failure.
+  if (!device_fed || fed >= 0) {
+    sample_logits_.resize(cfg_.vocab_size);
+    run_forward(seq, device_fed ? &fed : tokens, n, sample_logits_.data(), false);
+    try {
+      token = sample_logits(sample_logits_.data(), cfg_.vocab_size, params, draw);
+    } catch (...) {
+      error = std::current_exception();  // raised at collect, where the CUDA backend learns of its failures
+    }
+  }
+  s.drawn[entry] = token;
+  s.errors[entry] = error;
+  s.samples.push(device_fed);
+}
+
+int32_t CpuBackend::collect_sample(int seq) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Sequence& s = sequence(seq);
+  const int entry = s.samples.front(seq);
+  const int32_t token = s.drawn[entry];
+  const std::exception_ptr error = std::exchange(s.errors[entry], nullptr);
+  s.samples.pop(seq, token >= 0);
+  if (error) std::rethrow_exception(error);
+  return token;
+}
+
+int CpuBackend::outstanding_samples(int seq) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return sequence(seq).samples.outstanding();
+}
+
+void CpuBackend::drop_last_token(int seq) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  Sequence& s = sequence(seq);
+  require_droppable_last_token(seq, s.length, s.samples.outstanding(), s.dropped_at);
+  // Every layer holds the token (forward_chunk appends to all of them before the length moves on).
+  for (LayerKvCache& layer : s.layers) layer.drop_last();
+  s.dropped_at = --s.length;
+  s.samples.forget_draw();
 }
 
 void CpuBackend::run_forward(int seq, const int32_t* tokens, int n, float* logits, bool all_logits) {

@@ -20,6 +20,11 @@ void LayerKvCache::append(int64_t position, const float* key, const float* value
   ++length_;
 }
 
+void LayerKvCache::drop_last() {
+  if (length_ == 0) throw std::logic_error("LayerKvCache::drop_last: the cache holds no entry");
+  --length_;  // the entry stays in its page until the next append overwrites it; nothing reads past length_
+}
+
 LayerKvCache::Run LayerKvCache::run(int64_t position, int64_t max_length) const {
   const int64_t tokens = page_tokens();
   const size_t page = ring_tokens_ > 0 ? 0 : static_cast<size_t>(position / tokens);

@@ -24,6 +24,10 @@ class LayerKvCache {
   // Stores the entry of `position`, which must be the next one (the number of entries appended so far).
   // key and value are [kv_heads * head_dim].
   void append(int64_t position, const float* key, const float* value);
+  // Forgets the newest entry: the next append takes its position (and its slot). In a ring, appending it had
+  // overwritten the entry a ring width earlier, which no query from its position on reads; the backend drops
+  // one entry before the next append, never more (Backend::drop_last_token).
+  void drop_last();
   int64_t length() const { return length_; }
 
   // Consecutive positions [position, position + length) stored side by side in one page.

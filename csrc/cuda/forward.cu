@@ -1,6 +1,17 @@
 // The CUDA backend: weights uploaded once, one KV cache per sequence slot, and the decode step of one token
-// captured once per slot into a CUDA graph and replayed. The token and its position are read from device
-// memory (d_step_), so the same graph serves every step of every sequence that reuses the slot.
+// captured once per slot into a CUDA graph and replayed. The token and its position are read from the slot's
+// device step state (Slot::step), so the same graph serves every step of every sequence that reuses the slot.
+//
+// Run-ahead sampling (submit_sample / collect_sample): the sampler writes its token into the slot's step state,
+// so the next step can be queued before the host has seen the token (device-fed: only its position is copied
+// host-to-device), and copies it to the slot's pinned result ring; an event per ring entry lets collect wait for
+// its own step alone. Everything runs in order on one stream, so steps of different slots never overlap and the
+// shared activations, logits and scratch are safe.
+//
+// drop_last_token only moves the slot's length back: nothing on the device holds it (every step's position is
+// copied from the host, the graph reads it there, the prefill takes it as an argument), and the next token fed
+// overwrites the dropped one's KV entries. The slot's step state keeps the dropped step's draw, which nothing
+// reads: a device-fed submission is refused after a drop, and a host-fed one copies its own token over it.
 //
 // Decode step (one token), all on one non-default stream:
 //   embedding gather (x fp32)
@@ -25,6 +36,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +49,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/sample_queue.h"
 #include "cuda/attention_decode.h"
 #include "cuda/common.cuh"
 #include "cuda/gemv_bf16.h"
@@ -76,10 +89,11 @@ std::string gib(size_t bytes) {
 
 size_t dtype_bytes(DType t) { return t == DType::bf16 ? 2 : t == DType::f32 ? 4 : 1; }
 
-// x[i] = embedding[*token][i] as fp32.
-__global__ void embedding_gather_kernel(const bf16* table, const int* token, int hidden, float* x) {
+// x[i] = embedding[*token][i] as fp32. A device-fed token is -1 when the draw that fed it failed: it is clamped
+// into the table, so no read leaves it (the step computes garbage, and collect_sample reports the failure).
+__global__ void embedding_gather_kernel(const bf16* table, const int* token, int vocab, int hidden, float* x) {
   TimelineScope timeline(kTlEmbedding);
-  const size_t row = static_cast<size_t>(*token) * hidden;
+  const size_t row = static_cast<size_t>(min(max(*token, 0), vocab - 1)) * hidden;
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < hidden; i += gridDim.x * blockDim.x)
     x[i] = __bfloat162float(table[row + i]);
 }
@@ -90,16 +104,30 @@ struct StreamDeleter {
 struct GraphExecDeleter {
   void operator()(cudaGraphExec_t g) const { cudaGraphExecDestroy(g); }
 };
+struct EventDeleter {
+  void operator()(cudaEvent_t e) const { cudaEventDestroy(e); }
+};
 struct PinnedDeleter {
   void operator()(void* p) const { cudaFreeHost(p); }
 };
 using StreamPtr = std::unique_ptr<std::remove_pointer_t<cudaStream_t>, StreamDeleter>;
 using GraphExecPtr = std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, GraphExecDeleter>;
+using EventPtr = std::unique_ptr<std::remove_pointer_t<cudaEvent_t>, EventDeleter>;
 
-// What the graph reads each step; written by one small host-to-device copy before the replay.
+// What the graph reads each step: the token (copied from the host, or written there by the previous step's
+// sampler) and its position (always copied from the host, before the replay).
 struct StepState {
   int32_t token;
   int32_t pos;
+};
+
+// The host side of a slot's outstanding submissions (pinned), one entry per SampleQueue ring entry: the step's
+// staged state, read by its host-to-device copy, and the token its sampler drew, written by a device-to-host
+// copy. An entry is reused only after its submission was collected (its event passed), so neither copy is
+// pending then.
+struct SubmissionRing {
+  StepState staged[kMaxOutstandingSamples];
+  int32_t drawn[kMaxOutstandingSamples];
 };
 
 struct LayerWeights {
@@ -110,10 +138,15 @@ struct LayerWeights {
 
 struct Slot {
   bool live = false;
-  int length = 0;
+  int length = 0;  // tokens of every queued step, collected or not
+  int dropped_at = -1;  // the length drop_last_token() left, until a token is fed again; -1: no drop
   DeviceBuffer kv;
   std::vector<KvLayerCache> layers;
   GraphExecPtr graph;
+  DeviceBuffer step;  // StepState, read by this slot's graph
+  SampleQueue samples;
+  std::unique_ptr<SubmissionRing, PinnedDeleter> ring;
+  std::array<EventPtr, kMaxOutstandingSamples> done;  // recorded after each entry's drawn token has landed
 };
 
 class CudaBackend final : public Backend {
@@ -145,15 +178,22 @@ class CudaBackend final : public Backend {
       throw std::runtime_error("all " + std::to_string(opts_.max_sequences) +
                                " sequences are in use: free one or raise max_sequences");
     Slot& slot = slots_[chosen];
-    if (!slot.kv.get()) allocate_cache(slot);
+    if (!slot.kv.get()) allocate_slot(slot);
     slot.live = true;
     slot.length = 0;
+    slot.dropped_at = -1;
     return chosen;
   }
 
   void free_sequence(int seq) override {
     std::lock_guard<std::mutex> lock(mu_);
-    live_slot(seq).live = false;
+    use_device();
+    Slot& slot = live_slot(seq);
+    // Outstanding steps still read the slot's staged states and write its ring: they finish before the slot can
+    // be reused (the latest one's event covers the others), and their tokens are dropped.
+    if (slot.samples.outstanding() > 0) CUDA_CHECK(cudaEventSynchronize(slot.done[slot.samples.latest()].get()));
+    slot.samples.clear();
+    slot.live = false;
   }
 
   int sequence_length(int seq) const override {
@@ -165,54 +205,81 @@ class CudaBackend final : public Backend {
     std::lock_guard<std::mutex> lock(mu_);
     use_device();
     Slot& slot = live_slot(seq);
+    slot.samples.require_empty(seq, "forward");
     check_tokens(slot, seq, tokens, n);
+    slot.samples.forget_draw();
     if (use_batched_prefill(n)) {
       prefill(slot, tokens, n, logits, all_logits, nullptr);
-      CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-      return;
-    }
-    for (int i = 0; i < n; ++i) {
-      const bool wants_logits = all_logits || i == n - 1;
-      decode_step(slot, tokens[i], i, wants_logits, nullptr);
-      if (wants_logits) {
-        float* dst = logits + (all_logits ? static_cast<size_t>(i) * cfg_.vocab_size : 0);
-        CUDA_CHECK(cudaMemcpyAsync(dst, logits_.get(), sizeof(float) * cfg_.vocab_size, cudaMemcpyDeviceToHost,
-                                   stream_.get()));
-      }
+    } else {
+      replay_tokens(slot, tokens, n, all_logits, logits, nullptr);
     }
     CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
   }
 
-  int32_t forward_sample(int seq, const int32_t* tokens, int n, const SamplingParams& params,
-                         uint64_t draw) override {
+  void submit_sample(int seq, const int32_t* tokens, int n, const SamplingParams& params, uint64_t draw) override {
     std::lock_guard<std::mutex> lock(mu_);
     use_device();
     Slot& slot = live_slot(seq);
+    const int entry = slot.samples.reserve(seq, tokens, n, params);
+    const bool device_fed = tokens == nullptr;
     check_tokens(slot, seq, tokens, n);
+    cudaStream_t s = stream_.get();
+    StepState& staged = slot.ring->staged[entry];
+    // The token lands in the slot's step state, where a device-fed next step reads it, and in the pinned ring.
+    int32_t* token = &slot.step.get<StepState>()->token;
     // Greedy, or no top-k / top-p cut (gpt-oss's default): the unembedding draws the token itself (FusedSample);
     // no sampler launch re-reads the logits. A cut needs the cluster sampler's selects.
-    const FusedSample fused{unembedding_sample_workspace_.get(), sampled_.get<int32_t>(), params.temperature,
-                            params.seed, draw};
+    const FusedSample fused{unembedding_sample_workspace_.get(), token, params.temperature, params.seed, draw};
     const FusedSample* in_unembedding =
         params.temperature == 0.0f || !params.cuts(cfg_.vocab_size) ? &fused : nullptr;
-    if (use_batched_prefill(n)) {
+    if (device_fed) {
+      staged.pos = slot.length;
+      decode_step(slot, &staged, /*device_fed=*/true, /*wants_logits=*/true, in_unembedding);
+    } else if (use_batched_prefill(n)) {
       prefill(slot, tokens, n, nullptr, false, in_unembedding);  // leaves the last token's logits in logits_
+    } else if (n == 1) {
+      staged = StepState{tokens[0], slot.length};
+      decode_step(slot, &staged, /*device_fed=*/false, /*wants_logits=*/true, in_unembedding);
     } else {
-      for (int i = 0; i < n; ++i)
-        decode_step(slot, tokens[i], i, i == n - 1, i == n - 1 ? in_unembedding : nullptr);
+      replay_tokens(slot, tokens, n, /*all_logits=*/false, nullptr, in_unembedding);
     }
     if (!in_unembedding)
-      launch_sample(logits_.get<float>(), cfg_.vocab_size, params, draw, sample_workspace_.get(),
-                    sampled_.get<int32_t>(), stream_.get());
-    CUDA_CHECK(cudaMemcpyAsync(host_sampled_.get(), sampled_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost,
-                               stream_.get()));
-    CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
-    const int32_t token = *static_cast<int32_t*>(host_sampled_.get());
+      launch_sample(logits_.get<float>(), cfg_.vocab_size, params, draw, sample_workspace_.get(), token, s);
+    CUDA_CHECK(cudaMemcpyAsync(&slot.ring->drawn[entry], token, sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaEventRecord(slot.done[entry].get(), s));
+    slot.samples.push(device_fed);
+  }
+
+  int32_t collect_sample(int seq) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    use_device();
+    Slot& slot = live_slot(seq);
+    const int entry = slot.samples.front(seq);
+    CUDA_CHECK(cudaEventSynchronize(slot.done[entry].get()));  // this step's token, not the steps queued after it
+    const int32_t token = slot.ring->drawn[entry];
+    slot.samples.pop(seq, token >= 0);
     // The device sampler answers -1 for logits it cannot sample (NaN, +inf, or all -inf), as the CPU one throws.
     if (token < 0)
       throw std::runtime_error("sampling failed: the logits contain NaN or +inf, or every logit is -inf "
                                "(corrupt weights or an overflow); nothing was sampled");
     return token;
+  }
+
+  int outstanding_samples(int seq) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return const_cast<CudaBackend*>(this)->live_slot(seq).samples.outstanding();
+  }
+
+  bool runs_ahead() const override { return true; }
+
+  // Host bookkeeping only (see the top of the file). With nothing outstanding every step of the slot was
+  // collected or synchronised, and a later step runs after them on the stream anyway.
+  void drop_last_token(int seq) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    Slot& slot = live_slot(seq);
+    require_droppable_last_token(seq, slot.length, slot.samples.outstanding(), slot.dropped_at);
+    slot.dropped_at = --slot.length;
+    slot.samples.forget_draw();
   }
 
  private:
@@ -360,17 +427,27 @@ class CudaBackend final : public Backend {
     sample_workspace_ = DeviceBuffer(sample_workspace_bytes(c.vocab_size));
     unembedding_sample_workspace_ = DeviceBuffer(unembedding_sample_workspace_bytes());
     CUDA_CHECK(cudaMemset(unembedding_sample_workspace_.get(), 0, unembedding_sample_workspace_.bytes()));
-    sampled_ = DeviceBuffer(sizeof(int32_t));
-    d_step_ = DeviceBuffer(sizeof(StepState));
     void* pinned = nullptr;
     CUDA_CHECK(cudaMallocHost(&pinned, sizeof(StepState) * opts_.max_context));
     host_steps_.reset(pinned);
-    CUDA_CHECK(cudaMallocHost(&pinned, sizeof(int32_t)));
-    host_sampled_.reset(pinned);
+    host_steps_read_ = new_event();
     slots_.resize(opts_.max_sequences);
   }
 
-  void allocate_cache(Slot& slot) {
+  static EventPtr new_event() {
+    cudaEvent_t e = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return EventPtr(e);
+  }
+
+  // A slot's KV cache, step state and submission ring, kept for the slot's next sequences. The cache goes last:
+  // a slot counts as allocated once it has one.
+  void allocate_slot(Slot& slot) {
+    slot.step = DeviceBuffer(sizeof(StepState));
+    void* pinned = nullptr;
+    CUDA_CHECK(cudaMallocHost(&pinned, sizeof(SubmissionRing)));
+    slot.ring.reset(static_cast<SubmissionRing*>(pinned));
+    for (EventPtr& e : slot.done) e = new_event();
     const size_t bytes = cache_bytes();
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -398,24 +475,51 @@ class CudaBackend final : public Backend {
     return slots_[seq];
   }
 
+  // tokens == nullptr: one device-fed token, whose range the host cannot check (the embedding clamps it).
   void check_tokens(const Slot& slot, int seq, const int32_t* tokens, int n) const {
     if (n < 1) throw std::invalid_argument("forward needs at least one token");
     if (slot.length + static_cast<int64_t>(n) > opts_.max_context)
       throw std::length_error("sequence " + std::to_string(seq) + " would reach " + std::to_string(slot.length + n) +
                               " tokens, past max_context " + std::to_string(opts_.max_context));
-    for (int i = 0; i < n; ++i)
+    for (int i = 0; tokens && i < n; ++i)
       if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
         throw std::invalid_argument("token " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
                                     " is outside the vocabulary [0, " + std::to_string(cfg_.vocab_size) + ")");
   }
 
-  // One token through every layer. `index` picks the pinned staging entry: entries of one forward() call stay
-  // untouched until it synchronises, so queued copies never read an overwritten state. With sample (and
-  // wants_logits), the unembedding also writes the sampled token.
-  void decode_step(Slot& slot, int32_t token, int index, bool wants_logits, const FusedSample* sample) {
-    StepState* staged = static_cast<StepState*>(host_steps_.get()) + index;
-    *staged = StepState{token, slot.length};
-    CUDA_CHECK(cudaMemcpyAsync(d_step_.get(), staged, sizeof(StepState), cudaMemcpyHostToDevice, stream_.get()));
+  // Host tokens through the decode graph one at a time (inputs the batched prefill does not take). Their states
+  // are staged in host_steps_; a submit returns before its copies ran, so a later use first waits for them
+  // (host_steps_read_ is recorded after the last one). Logits of the rows asked for (every row with all_logits,
+  // else the last) land in logits_ and, when host_logits is given, there. With sample, the last row's unembedding
+  // also writes the sampled token.
+  void replay_tokens(Slot& slot, const int32_t* tokens, int n, bool all_logits, float* host_logits,
+                     const FusedSample* sample) {
+    CUDA_CHECK(cudaEventSynchronize(host_steps_read_.get()));
+    StepState* staged = static_cast<StepState*>(host_steps_.get());
+    for (int i = 0; i < n; ++i) {
+      const bool wants_logits = all_logits || i == n - 1;
+      staged[i] = StepState{tokens[i], slot.length};
+      decode_step(slot, &staged[i], /*device_fed=*/false, wants_logits, i == n - 1 ? sample : nullptr);
+      if (wants_logits && host_logits) {
+        float* dst = host_logits + (all_logits ? static_cast<size_t>(i) * cfg_.vocab_size : 0);
+        CUDA_CHECK(cudaMemcpyAsync(dst, logits_.get(), sizeof(float) * cfg_.vocab_size, cudaMemcpyDeviceToHost,
+                                   stream_.get()));
+      }
+    }
+    CUDA_CHECK(cudaEventRecord(host_steps_read_.get(), stream_.get()));
+  }
+
+  // One token through every layer. `staged` (pinned, left untouched until the copy has run) holds the step's
+  // state: all of it goes to the slot's step state, or only its pos when device_fed (the previous step's sampler
+  // wrote the token there). With sample (and wants_logits), the unembedding also writes the sampled token.
+  void decode_step(Slot& slot, const StepState* staged, bool device_fed, bool wants_logits,
+                   const FusedSample* sample) {
+    StepState* step = slot.step.get<StepState>();
+    if (device_fed) {
+      CUDA_CHECK(cudaMemcpyAsync(&step->pos, &staged->pos, sizeof(int32_t), cudaMemcpyHostToDevice, stream_.get()));
+    } else {
+      CUDA_CHECK(cudaMemcpyAsync(step, staged, sizeof(StepState), cudaMemcpyHostToDevice, stream_.get()));
+    }
     if (!warmed_up_) {
       // The first step runs eagerly so lazy one-time setup inside launchers happens outside any capture.
       enqueue_layers(slot);
@@ -593,12 +697,12 @@ class CudaBackend final : public Backend {
   void enqueue_layers(const Slot& slot) {
     const ModelConfig& c = cfg_;
     cudaStream_t s = stream_.get();
-    const StepState* step = d_step_.get<StepState>();
+    const StepState* step = slot.step.get<StepState>();
     const int* d_token = &step->token;
     const int* d_pos = &step->pos;
     float* x = x_.get<float>();
     embedding_gather_kernel<<<ceil_div(c.hidden_size, 256), 256, 0, s>>>(embedding_.get<bf16>(), d_token,
-                                                                          c.hidden_size, x);
+                                                                          c.vocab_size, c.hidden_size, x);
     CUDA_CHECK_LAUNCH();
     for (int l = 0; l < c.num_layers; ++l) {
       const LayerWeights& L = layers_[l];
@@ -665,9 +769,9 @@ class CudaBackend final : public Backend {
   std::vector<LayerWeights> layers_;
 
   DeviceBuffer x_, q_, attn_, x_normed_, expert_ids_, expert_weights_, router_workspace_, act_, logits_;
-  DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, unembedding_sample_workspace_, sampled_,
-      d_step_;
-  std::unique_ptr<void, PinnedDeleter> host_steps_, host_sampled_;
+  DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, unembedding_sample_workspace_;
+  std::unique_ptr<void, PinnedDeleter> host_steps_;  // StepState[max_context]: replay_tokens' staging
+  EventPtr host_steps_read_;                         // recorded after the copies of host_steps_' last use
 
   DeviceBuffer prefill_tokens_, prefill_x_, prefill_xn_, prefill_xn_lo_, prefill_qkv_, prefill_q_, prefill_k_, prefill_v_, prefill_attn_;
   DeviceBuffer prefill_gate_, prefill_ids_, prefill_weights_, prefill_order_, prefill_sorted_of_, prefill_up_;

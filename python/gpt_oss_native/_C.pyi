@@ -2,7 +2,8 @@
 """Type stub of the native module (csrc/bindings.cpp; keep the two in step).
 
 Errors: std::invalid_argument and std::length_error arrive as ValueError, std::runtime_error as
-RuntimeError. forward, forward_sample and the constructor release the GIL.
+RuntimeError. forward, forward_sample, submit_sample, collect_sample, drop_last_token and the constructor
+release the GIL.
 """
 
 from types import ModuleType
@@ -61,7 +62,43 @@ class Model:
         draw: int = 0,
     ) -> int:
         """``forward``, then samples the next token on the backend; ``draw`` indexes ``seed``'s random
-        stream."""
+        stream. RuntimeError while the sequence has submitted samples not collected."""
+
+    def submit_sample(
+        self,
+        seq: int,
+        tokens: npt.NDArray[np.int32] | None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        draw: int = 0,
+    ) -> None:
+        """Queues ``forward_sample``'s work and returns without waiting for the token (run-ahead decode).
+        ``tokens=None`` feeds the token the sequence's previous submission drew, on the device, before the
+        host has seen it. At most 2 submissions of a sequence wait to be collected. RuntimeError (nothing
+        queued) when the queue is full or ``None`` has no draw to feed (none yet, or a ``forward`` since);
+        ``forward`` and ``forward_sample`` raise while submissions wait; ``free_sequence`` waits for them and
+        drops their tokens."""
+
+    def collect_sample(self, seq: int) -> int:
+        """Waits for the sequence's oldest submission and returns its token. RuntimeError when none waits,
+        when its sampling failed (as ``forward_sample``), or when it was fed a failed draw."""
+
+    def outstanding_samples(self, seq: int) -> int:
+        """The sequence's submissions not collected yet (0 to 2)."""
+
+    @property
+    def runs_ahead(self) -> bool:
+        """Whether ``submit_sample`` returns before its step is computed (CUDA), so submitting step k + 1
+        before collecting step k keeps the device busy. False on the CPU, which computes at submit: there,
+        running ahead only hands each token out a step late."""
+
+    def drop_last_token(self, seq: int) -> None:
+        """Forgets the sequence's newest token (the next token fed takes its position): what a run-ahead
+        step queued past a stop fed. Only the newest one: RuntimeError when the sequence is empty, has
+        submissions waiting, or was fed nothing since its last drop (sliding-window rings hold no more).
+        Afterwards ``submit_sample(seq, None, ...)`` raises, as after ``forward``."""
 
 def sample_logits(
     logits: npt.NDArray[np.float32],

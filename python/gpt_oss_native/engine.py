@@ -23,8 +23,15 @@ The API the server and the chat client build on:
   ``engine.open_sequences``, ``engine.cached_sequences``, ``engine.stats`` (prefix cache counters),
   ``engine.prefix_cache``, ``engine.clear_prefix_cache()``, ``engine.close()`` (also a context manager).
 
+Decode runs ahead where the backend computes asynchronously (``_C.Model.runs_ahead``: CUDA): step k + 1, fed
+step k's token on the device, is queued before the host waits for step k, so the device computes it while the
+caller handles token k and never waits for the host between tokens. The CPU backend computes at submit, where
+running ahead would only hand every token out a step late: there each step is submitted and collected in turn.
+
 Prefix cache: a finished generation's sequence stays in a pool (least recently used first out), tagged with the
 tokens its KV cache holds: the prompt and every generated token but the last (the last was sampled, never fed).
+A generation that ended early (a stop token, ``close()``) with a step run ahead had fed its last token too, so
+that token is dropped from the sequence again (``_C.Model.drop_last_token``) before the sequence is pooled.
 A new prompt that extends such a token list continues that sequence and prefills only the new suffix: a tool
 loop's next prompt is the last one, the model's call and the tool's output (the server and the chat command
 continue from the model's own tokens for that: ``server.conversation.Transcript``), and a new turn after an
@@ -153,6 +160,7 @@ class Engine:
             device,
         )
         build_seconds = time.perf_counter() - start
+        self._runs_ahead: bool = self._model.runs_ahead  # see the module docstring
         self.config: ModelConfig = checkpoint.config
         self.max_context = max_context
         self.max_sequences = max_sequences
@@ -180,10 +188,11 @@ class Engine:
         """Streams up to ``max_tokens`` token ids following ``prompt_tokens``.
 
         The prompt is prefilled in one native call, then each step feeds the last token back and samples the
-        next on the backend (draw ``i`` of ``sampling.seed`` for the ``i``-th token, so a seed repeats). Stops
-        after a token in ``stop_tokens`` (yielded), after ``max_tokens``, or when the sequence fills
-        ``max_context``. Arguments are checked here, before the iterator is returned. With the prefix cache,
-        only the part of the prompt that no cached sequence holds is prefilled.
+        next on the backend (draw ``i`` of ``sampling.seed`` for the ``i``-th token, so a seed repeats); on a
+        backend that runs ahead, the step after the one being waited for is already queued (see the module
+        docstring). Stops after a token in ``stop_tokens`` (yielded), after ``max_tokens``, or when the
+        sequence fills ``max_context``. Arguments are checked here, before the iterator is returned. With the
+        prefix cache, only the part of the prompt that no cached sequence holds is prefilled.
         """
         prompt = self._check_prompt(prompt_tokens)
         if not isinstance(sampling, SamplingParams):
@@ -207,22 +216,26 @@ class Engine:
             return
         seq, cached = self._acquire(prompt)
         cached_out[0] = cached
-        fed = [prompt]  # what the sequence's cache holds once each forward returned
-        exact = False  # whether `fed` is known to be the cache: not after a failed forward
+        # Steps queued when the loop waits for one: the next one too where the backend runs ahead.
+        depth = 2 if self._runs_ahead else 1
+        drawn: list[int] = []  # the tokens collected, in step order
+        submitted = 0  # steps queued; step s > 0 was fed drawn[s - 1], on the device
+        failed = False  # a native call raised: what the cache holds is unknown
         try:
-            tokens = prompt[cached:]
             for step in range(budget):
-                exact = False
-                token = self._forward_sample(seq, tokens, sampling, step)
-                exact = True
-                if step:
-                    fed.append(tokens)
+                while submitted < min(step + depth, budget):  # never past the budget
+                    self._submit(seq, None if submitted else prompt[cached:], sampling, submitted)
+                    submitted += 1
+                token = self._collect(seq)
+                drawn.append(token)
                 yield token
                 if token in stops:
                     return
-                tokens = np.array([token], dtype=np.int32)
+        except Exception:
+            failed = True
+            raise
         finally:
-            self._release(seq, np.concatenate(fed) if exact else None)
+            self._finish(seq, prompt, drawn, submitted, failed)
 
     def generate_harmony(
         self,
@@ -382,13 +395,45 @@ class Engine:
             else:
                 self._model.free_sequence(seq)
 
-    def _forward_sample(
-        self, seq: int, tokens: np.ndarray, sampling: tuple[float, float, int, int], draw: int
-    ) -> int:
+    def _finish(self, seq: int, prompt: np.ndarray, drawn: list[int], submitted: int, failed: bool) -> None:
+        """Releases a generation's sequence; ``drawn`` holds the tokens handed out. A pooled sequence has
+        nothing in flight and holds the prompt and every token handed out but the last, as without run-ahead:
+        a step still queued (run ahead past a stop or ``close()``) is collected, its draw ignored, and the
+        token it was fed, the last one handed out, is dropped again. After a failure the sequence is freed."""
+        handed = len(drawn)
+        try:
+            while not failed and len(drawn) < submitted:
+                drawn.append(self._collect(seq))
+            if not failed and submitted > max(handed, 1):
+                self._drop_last_token(seq)
+                submitted -= 1
+        except Exception:  # noqa: BLE001 - the generation's own error, if any, is already on its way
+            failed = True
+        fed = np.asarray(drawn[: submitted - 1], dtype=np.int32)  # step s > 0 was fed drawn[s - 1]
+        self._release(seq, None if failed else np.concatenate([prompt, fed]))
+
+    def _submit(
+        self, seq: int, tokens: np.ndarray | None, sampling: tuple[float, float, int, int], draw: int
+    ) -> None:
+        """Queues step ``draw``: ``tokens``, or (None) the sequence's previous draw, fed on the device."""
         with self._lock:
             if self._model is None:
                 raise RuntimeError("this Engine was closed while a generation was running")
-            return int(self._model.forward_sample(seq, tokens, *sampling, draw))
+            self._model.submit_sample(seq, tokens, *sampling, draw)
+
+    def _collect(self, seq: int) -> int:
+        """Waits for the sequence's oldest queued step and returns its token."""
+        with self._lock:
+            if self._model is None:
+                raise RuntimeError("this Engine was closed while a generation was running")
+            return int(self._model.collect_sample(seq))
+
+    def _drop_last_token(self, seq: int) -> None:
+        """Forgets the newest token fed to the sequence."""
+        with self._lock:
+            if self._model is None:
+                raise RuntimeError("this Engine was closed while a generation was running")
+            self._model.drop_last_token(seq)
 
 
 def _require_cuda(native, device: int) -> None:
