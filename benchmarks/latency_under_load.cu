@@ -1,0 +1,207 @@
+// What does a weight stream do to a dependent chain of loads running beside it? A standalone probe (of the
+// package, only the streaming load of weight_stream.cuh).
+// Question it answers: every variant that put weight bytes in flight during a latency-bound phase (attention's
+// chain, the router tail) lost (benchmarks/NOTES.md, sessions 3-7). Is that because a deep burst of streaming
+// loads queues every other load behind it, so that a shallower stream could keep HBM busy without slowing the
+// chain? If so, a persistent decode kernel can overlap the next phase's weights with a chain, paced; if not,
+// overlap has to keep chains off L2 / HBM altogether (shared or distributed shared memory only).
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/latency_under_load.cu \
+//     -o latency_under_load && ./latency_under_load
+// Stream: CTAs × warps, each warp reading its own contiguous span in batches of B 16-byte loads a lane
+// (B × 512 B a warp in flight), 2 GB in all; in flight = CTAs × warps × B × 512 B.
+// Chains (one thread, launched on another stream just before the stream kernel, running past its end):
+//   L2    pointer chase over 512 KB held in L2 by a persisting access-policy window (ld.global.cg), like attention's
+//         q / partial loads and the router tail's round trips (data another SM wrote a moment ago);
+//   HBM   pointer chase over 256 MB (every hop a miss), like a chain's first touch of cold data.
+// A hop's time inside the middle 80 % of the stream's window is the chain under load; hops before the stream
+// starts and after it ends are the idle figure.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "cuda/weight_stream.cuh"
+
+#define CK(x)                                                                                     \
+  do {                                                                                            \
+    cudaError_t e_ = (x);                                                                         \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s: %s (%s:%d)\n", #x, cudaGetErrorString(e_), __FILE__, __LINE__);  \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+using gpt_oss::ld_stream;
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+
+// stamps[0] = first CTA start (min), stamps[1] = last CTA end (max), in %globaltimer ns.
+template <int B>
+__global__ void stream_kernel(const uint4* __restrict__ buf, long chunks_per_warp, long buf_chunks,
+                              unsigned* __restrict__ sink, unsigned long long* __restrict__ stamps) {
+  if (threadIdx.x == 0) atomicMin(&stamps[0], global_ns());
+  const int lane = threadIdx.x % 32;
+  const long warp = blockIdx.x * static_cast<long>(blockDim.x / 32) + threadIdx.x / 32;
+  const long first = warp * chunks_per_warp;
+  uint32_t acc = 0;
+  for (long c = 0; c < chunks_per_warp; c += B) {
+    uint4 v[B];
+#pragma unroll
+    for (int i = 0; i < B; ++i) v[i] = ld_stream(buf + ((first + c + i) % buf_chunks) * 32 + lane);
+#pragma unroll
+    for (int i = 0; i < B; ++i) acc ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+  }
+  if (acc == 0x9e3779b9u) sink[0] = acc;  // keeps the loads
+  __syncthreads();
+  if (threadIdx.x == 0) atomicMax(&stamps[1], global_ns());
+}
+
+// One thread: hops of idx = next[idx] through L2 (ld.global.cg); times[k] = when hop 16·k finished.
+__global__ void chase_kernel(const unsigned* __restrict__ next, int hops, unsigned long long* __restrict__ times) {
+  unsigned idx = 0;
+  times[0] = global_ns();
+  for (int h = 1; h <= hops; ++h) {
+    unsigned n;
+    asm volatile("ld.global.cg.u32 %0, [%1];" : "=r"(n) : "l"(next + idx));
+    idx = n;
+    if (h % 16 == 0) times[h / 16] = global_ns() + (idx == 0xffffffffu);  // depends on the hop
+  }
+}
+
+// A random single cycle over `lines` 128-byte lines (Sattolo), as u32 indices of each line's first word.
+std::vector<unsigned> chase_array(size_t lines, unsigned seed) {
+  std::vector<unsigned> order(lines);
+  std::iota(order.begin(), order.end(), 0u);
+  std::mt19937 rng(seed);
+  for (size_t i = lines - 1; i > 0; --i) std::swap(order[i], order[std::uniform_int_distribution<size_t>(0, i - 1)(rng)]);
+  std::vector<unsigned> next(lines * 32, 0);
+  for (size_t i = 0; i < lines; ++i) next[static_cast<size_t>(order[i]) * 32] = order[(i + 1) % lines] * 32;
+  return next;
+}
+
+struct Chain {
+  const char* name;
+  unsigned* next;
+  int hops;
+  cudaStream_t stream;
+};
+
+struct Result {
+  double gbps, idle_ns, loaded_ns;
+};
+
+template <int B>
+Result run(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int warps, unsigned* sink,
+           unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
+  const long total_chunks = 2 * buf_chunks;  // 2 GB
+  const long warps_total = static_cast<long>(ctas) * warps;
+  const long per_warp = total_chunks / warps_total / B * B;
+  const unsigned long long init[2] = {~0ull, 0ull};
+  CK(cudaMemcpy(stamps, init, sizeof(init), cudaMemcpyHostToDevice));
+  CK(cudaDeviceSynchronize());
+  chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.hops, times);
+  stream_kernel<B><<<ctas, warps * 32, 0, stream>>>(buf, per_warp, buf_chunks, sink, stamps);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  unsigned long long st[2];
+  CK(cudaMemcpy(st, stamps, sizeof(st), cudaMemcpyDeviceToHost));
+  std::vector<unsigned long long> t(chain.hops / 16 + 1);
+  CK(cudaMemcpy(t.data(), times, t.size() * sizeof(t[0]), cudaMemcpyDeviceToHost));
+  const double window = static_cast<double>(st[1] - st[0]);
+  const unsigned long long lo = st[0] + static_cast<unsigned long long>(0.1 * window);
+  const unsigned long long hi = st[1] - static_cast<unsigned long long>(0.1 * window);
+  double idle = 0, loaded = 0;
+  long n_idle = 0, n_loaded = 0;
+  for (size_t k = 1; k < t.size(); ++k) {
+    const double ns = static_cast<double>(t[k] - t[k - 1]) / 16.0;
+    if (t[k - 1] >= lo && t[k] <= hi) loaded += ns, ++n_loaded;
+    else if (t[k] < st[0] || t[k - 1] > st[1]) idle += ns, ++n_idle;
+  }
+  const double bytes = static_cast<double>(per_warp) * warps_total * 512.0;
+  return {bytes / window, n_idle ? idle / n_idle : -1.0, n_loaded ? loaded / n_loaded : -1.0};
+}
+
+template <int B>
+void sweep(const Chain* chains, int n_chains, const uint4* buf, long buf_chunks, int sms, unsigned* sink,
+           unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
+  for (int per_sm : {1, 2}) {
+    for (int warps : {4, 8, 16}) {
+      const int ctas = sms * per_sm;
+      const double in_flight_mb = static_cast<double>(ctas) * warps * B * 512 / 1e6;
+      std::printf("%3d %6d %5d %6.2f", B, ctas, warps, in_flight_mb);
+      for (int c = 0; c < n_chains; ++c) {
+        const Result r = run<B>(chains[c], buf, buf_chunks, ctas, warps, sink, stamps, times, stream);
+        if (c == 0) std::printf(" %8.0f", r.gbps);
+        std::printf(" %9.0f %9.0f", r.idle_ns, r.loaded_ns);
+      }
+      std::printf("\n");
+    }
+  }
+}
+
+int main() {
+  int dev = 0, sms = 0;
+  CK(cudaGetDevice(&dev));
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, dev));
+
+  const size_t buf_bytes = size_t{1} << 30;
+  uint4* buf = nullptr;
+  CK(cudaMalloc(&buf, buf_bytes));
+  CK(cudaMemset(buf, 1, buf_bytes));
+  const long buf_chunks = static_cast<long>(buf_bytes / 512);
+
+  const size_t l2_lines = 512 * 1024 / 128, hbm_lines = (size_t{256} << 20) / 128;
+  unsigned *l2_next = nullptr, *hbm_next = nullptr;
+  {
+    const std::vector<unsigned> a = chase_array(l2_lines, 1), b = chase_array(hbm_lines, 2);
+    CK(cudaMalloc(&l2_next, a.size() * 4));
+    CK(cudaMalloc(&hbm_next, b.size() * 4));
+    CK(cudaMemcpy(l2_next, a.data(), a.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(hbm_next, b.data(), b.size() * 4, cudaMemcpyHostToDevice));
+  }
+  cudaStream_t stream, l2_stream, hbm_stream;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&l2_stream, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&hbm_stream, cudaStreamNonBlocking));
+  // Hold the L2 chain's 512 KB in L2 against the 2 GB stream: a persisting window on its stream.
+  CK(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, 4 << 20));
+  cudaStreamAttrValue attr{};
+  attr.accessPolicyWindow.base_ptr = l2_next;
+  attr.accessPolicyWindow.num_bytes = l2_lines * 128;
+  attr.accessPolicyWindow.hitRatio = 1.0f;
+  attr.accessPolicyWindow.hitProp = cudaAccessPropertyPersisting;
+  attr.accessPolicyWindow.missProp = cudaAccessPropertyStreaming;
+  CK(cudaStreamSetAttribute(l2_stream, cudaStreamAttributeAccessPolicyWindow, &attr));
+
+  unsigned* sink = nullptr;
+  unsigned long long *stamps = nullptr, *times = nullptr;
+  CK(cudaMalloc(&sink, 4));
+  CK(cudaMalloc(&stamps, 16));
+  const int max_hops = 16 * 1024;
+  CK(cudaMalloc(&times, (max_hops / 16 + 1) * sizeof(unsigned long long)));
+  // Hops: enough for each chain to outlast a 2 GB stream at its slowest (~1.5 ms).
+  const Chain chains[2] = {{"L2", l2_next, 16 * 1024, l2_stream}, {"HBM", hbm_next, 4 * 1024, hbm_stream}};
+  chase_kernel<<<1, 1, 0, l2_stream>>>(l2_next, 4096, times);  // warm the L2 chain's lines
+  CK(cudaDeviceSynchronize());
+
+  std::printf("%s, %d SMs, L2 %d MB; stream 2 GB; chain ns a hop: idle (outside the stream) / loaded (inside)\n",
+              prop.name, sms, prop.l2CacheSize >> 20);
+  std::printf("%3s %6s %5s %6s %8s %9s %9s %9s %9s\n", "B", "CTAs", "warps", "MB fly", "GB/s", "L2 idle",
+              "L2 load", "HBM idle", "HBM load");
+  sweep<1>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
+  sweep<2>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
+  sweep<4>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
+  sweep<8>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
+  sweep<16>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
+  return 0;
+}
