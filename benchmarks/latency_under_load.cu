@@ -64,6 +64,48 @@ __global__ void stream_kernel(const uint4* __restrict__ buf, long chunks_per_war
   if (threadIdx.x == 0) atomicMax(&stamps[1], global_ns());
 }
 
+// The same stream by the TMA: one thread a CTA keeps `slots` bulk copies of `slot_bytes` (global → shared, one
+// mbarrier each) in flight, re-issuing each as it lands. In flight = CTAs × slots × slot_bytes.
+__global__ void stream_tma_kernel(const char* __restrict__ buf, long bytes_per_cta, long buf_bytes, int slots,
+                                  int slot_bytes, unsigned long long* __restrict__ stamps) {
+  extern __shared__ __align__(128) unsigned char ring[];
+  __shared__ __align__(8) unsigned long long bars[16];
+  if (threadIdx.x != 0) return;
+  atomicMin(&stamps[0], global_ns());
+  const unsigned ring_s = static_cast<unsigned>(__cvta_generic_to_shared(ring));
+  const unsigned bar_s = static_cast<unsigned>(__cvta_generic_to_shared(bars));
+  for (int s = 0; s < slots; ++s) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar_s + 8 * s));
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  const long first = blockIdx.x * bytes_per_cta;
+  const long copies = bytes_per_cta / slot_bytes;
+  auto issue = [&](long c) {
+    const int s = static_cast<int>(c % slots);
+    const char* src = buf + (first + c * slot_bytes) % buf_bytes;
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar_s + 8 * s), "r"(slot_bytes)
+                 : "memory");
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+            ring_s + s * slot_bytes),
+        "l"(src), "r"(slot_bytes), "r"(bar_s + 8 * s)
+        : "memory");
+  };
+  for (long c = 0; c < slots && c < copies; ++c) issue(c);
+  for (long c = 0; c < copies; ++c) {
+    const int s = static_cast<int>(c % slots);
+    const unsigned parity = static_cast<unsigned>((c / slots) & 1);
+    unsigned done = 0;
+    while (!done) {
+      asm volatile(
+          "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+          : "=r"(done)
+          : "r"(bar_s + 8 * s), "r"(parity)
+          : "memory");
+    }
+    if (c + slots < copies) issue(c + slots);
+  }
+  atomicMax(&stamps[1], global_ns());
+}
+
 // One thread: hops of idx = next[idx] through L2 (ld.global.cg); times[k] = when hop 16·k finished.
 __global__ void chase_kernel(const unsigned* __restrict__ next, int hops, unsigned long long* __restrict__ times) {
   unsigned idx = 0;
@@ -98,6 +140,8 @@ struct Result {
   double gbps, idle_ns, loaded_ns;
 };
 
+Result summarize(const Chain& chain, unsigned long long* stamps, unsigned long long* times, double bytes);
+
 template <int B>
 Result run(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int warps, unsigned* sink,
            unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
@@ -111,6 +155,11 @@ Result run(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int 
   stream_kernel<B><<<ctas, warps * 32, 0, stream>>>(buf, per_warp, buf_chunks, sink, stamps);
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
+  return summarize(chain, stamps, times, static_cast<double>(per_warp) * warps_total * 512.0);
+}
+
+// Stream GB/s from its first CTA's start to its last CTA's end; the chain's mean hop outside / inside the window.
+Result summarize(const Chain& chain, unsigned long long* stamps, unsigned long long* times, double bytes) {
   unsigned long long st[2];
   CK(cudaMemcpy(st, stamps, sizeof(st), cudaMemcpyDeviceToHost));
   std::vector<unsigned long long> t(chain.hops / 16 + 1);
@@ -125,8 +174,21 @@ Result run(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int 
     if (t[k - 1] >= lo && t[k] <= hi) loaded += ns, ++n_loaded;
     else if (t[k] < st[0] || t[k - 1] > st[1]) idle += ns, ++n_idle;
   }
-  const double bytes = static_cast<double>(per_warp) * warps_total * 512.0;
   return {bytes / window, n_idle ? idle / n_idle : -1.0, n_loaded ? loaded / n_loaded : -1.0};
+}
+
+Result run_tma(const Chain& chain, const char* buf, long buf_bytes, int ctas, int slots, int slot_bytes,
+               unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
+  const long per_cta = 2 * buf_bytes / ctas / slot_bytes * slot_bytes;
+  const unsigned long long init[2] = {~0ull, 0ull};
+  CK(cudaMemcpy(stamps, init, sizeof(init), cudaMemcpyHostToDevice));
+  CK(cudaDeviceSynchronize());
+  chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.hops, times);
+  stream_tma_kernel<<<ctas, 32, static_cast<size_t>(slots) * slot_bytes, stream>>>(buf, per_cta, buf_bytes, slots,
+                                                                                     slot_bytes, stamps);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  return summarize(chain, stamps, times, static_cast<double>(per_cta) * ctas);
 }
 
 template <int B>
@@ -203,5 +265,23 @@ int main() {
   sweep<4>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
   sweep<8>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
   sweep<16>(chains, 2, buf, buf_chunks, sms, sink, stamps, times, stream);
+
+  std::printf("TMA bulk copies into shared memory, one CTA an SM\n%6s %6s %6s %8s %9s %9s %9s %9s\n", "slots",
+              "KB", "MB fly", "GB/s", "L2 idle", "L2 load", "HBM idle", "HBM load");
+  const char* bytes = reinterpret_cast<const char*>(buf);
+  for (int slot_kb : {8, 32}) {
+    for (int slots : {1, 2, 4, 6}) {
+      const int slot_bytes = slot_kb * 1024;
+      CK(cudaFuncSetAttribute(stream_tma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, slots * slot_bytes));
+      std::printf("%6d %6d %6.2f", slots, slot_kb, static_cast<double>(sms) * slots * slot_bytes / 1e6);
+      for (int c = 0; c < 2; ++c) {
+        const Result r = run_tma(chains[c], bytes, static_cast<long>(buf_bytes), sms, slots, slot_bytes, stamps,
+                                 times, stream);
+        if (c == 0) std::printf(" %8.0f", r.gbps);
+        std::printf(" %9.0f %9.0f", r.idle_ns, r.loaded_ns);
+      }
+      std::printf("\n");
+    }
+  }
   return 0;
 }
