@@ -206,6 +206,10 @@ bool qkv_attention_supported(const NormRopeParams& s) {
 void launch_qkv_attention(const QkvAttentionParams& p, cudaStream_t stream) {
   if (!qkv_attention_supported(p.qkv))
     throw std::invalid_argument("qkv_attention: unsupported shape or device (see qkv_attention_supported)");
+  // For this launch's hidden size (the support check set it for the first shape it saw); idempotent and legal
+  // during graph capture (not a stream operation).
+  CUDA_CHECK(cudaFuncSetAttribute(qkv_attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(dynamic_smem(p.qkv.hidden))));
   launch_kernel(qkv_attention_kernel, dim3(kCluster, p.qkv.kv_heads), dim3(kThreads), dynamic_smem(p.qkv.hidden),
                 stream, /*pdl=*/true, kCluster, p);
 }
