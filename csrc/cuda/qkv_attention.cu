@@ -46,7 +46,7 @@ static_assert(kAttentionMaxGroup * kHalf <= kThreads, "the merge gives each outp
 
 size_t dynamic_smem(int hidden) { return attention_split::kSmemBytes + static_cast<size_t>(hidden) * sizeof(float); }
 
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 2)
     qkv_attention_kernel(const QkvAttentionParams p) {
   TimelineScope timeline(kTlQkvAttention);
   extern __shared__ __align__(16) unsigned char smem_raw[];
