@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import MODELS, build_model, extend
 
 KERNELS = {1: "embedding", 2: "norm_qkv_rope", 3: "attention", 4: "out-proj + router", 5: "mlp1", 6: "mlp2",
-           7: "unembedding", 8: "sample", 9: "qkv+attention"}
+           7: "unembedding", 8: "sample"}
 LAUNCH_GAP_NS = 20_000  # CTAs of one launch start within this of each other; launches of a kernel are further apart
 
 

@@ -12,7 +12,6 @@
 
 #include "cuda/attention_decode.h"
 #include "cuda/norm_rope.h"
-#include "cuda/qkv_attention.h"
 
 // ---- weight-streaming kernels (cuda-weights) ----
 #include <algorithm>
@@ -174,62 +173,6 @@ nb::tuple attention_decode(Array<float> q, Array<uint16_t> k_cache, Array<uint16
   launch_attention_decode(p, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   return nb::make_tuple(download<uint16_t>(first, {out_elems}), download<uint16_t>(second, {out_elems}));
-}
-
-NormRopeParams attention_shape(int hidden, int q_heads, int kv_heads, int head_dim) {
-  NormRopeParams p;
-  p.hidden = hidden;
-  p.q_heads = q_heads;
-  p.kv_heads = kv_heads;
-  p.head_dim = head_dim;
-  p.cache.capacity = 1;
-  return p;
-}
-
-bool qkv_attention_supported(int hidden, int q_heads, int kv_heads, int head_dim) {
-  return gpt_oss::qkv_attention_supported(attention_shape(hidden, q_heads, kv_heads, head_dim));
-}
-
-// launch_qkv_attention at `pos`, twice on the same inputs (the second launch re-reads the row the first wrote and
-// must give the same bits): (out first, out second) bf16 (as uint16) [q_heads * 64], and the caches after both.
-nb::tuple qkv_attention(Array<float> x, Array<float> norm_scale, Array<uint16_t> w, Array<uint16_t> bias,
-                        Array<float> sinks, int kv_heads, int pos, Array<uint16_t> k_cache, Array<uint16_t> v_cache,
-                        float rope_theta, float rope_scaling_factor, int initial_context_length, float rope_ntk_alpha,
-                        float rope_ntk_beta, float eps) {
-  const int q_heads = static_cast<int>(sinks.size()), head_dim = kAttentionHeadDim;
-  if (k_cache.ndim() != 3 || v_cache.size() != k_cache.size() || k_cache.shape(0) != static_cast<size_t>(kv_heads) ||
-      k_cache.shape(2) != static_cast<size_t>(head_dim))
-    throw std::invalid_argument("k_cache / v_cache must both be [kv_heads, capacity, 64]");
-  const int hidden = static_cast<int>(x.size());
-  const size_t rows = static_cast<size_t>(q_heads + 2 * kv_heads) * head_dim;
-  if (w.size() != rows * hidden || bias.size() != rows || norm_scale.size() != static_cast<size_t>(hidden))
-    throw std::invalid_argument("w must be [(q_heads + 2 kv_heads) * 64, hidden] and bias its rows");
-  DeviceBuffer d_rope = device_rope_table(head_dim, rope_theta, rope_scaling_factor, initial_context_length,
-                                         rope_ntk_alpha, rope_ntk_beta, pos + 1);
-  DeviceBuffer d_x = upload(x), d_scale = upload(norm_scale), d_w = upload(w), d_bias = upload(bias);
-  DeviceBuffer d_sinks = upload(sinks), d_k = upload(k_cache), d_v = upload(v_cache), d_pos = device_int(pos);
-  const size_t out_elems = static_cast<size_t>(q_heads) * head_dim;
-  DeviceBuffer first = poisoned(out_elems * sizeof(bf16)), second = poisoned(out_elems * sizeof(bf16));
-  QkvAttentionParams p;
-  p.qkv = attention_shape(hidden, q_heads, kv_heads, head_dim);
-  p.qkv.x = d_x.get<float>();
-  p.qkv.norm_scale = d_scale.get<float>();
-  p.qkv.w = d_w.get<bf16>();
-  p.qkv.bias = d_bias.get<bf16>();
-  p.qkv.rope = d_rope.get<float2>();
-  p.qkv.pos = d_pos.get<int>();
-  p.qkv.cache = KvLayerCache{d_k.get<bf16>(), d_v.get<bf16>(), static_cast<int>(k_cache.shape(1))};
-  p.qkv.eps = eps;
-  p.sinks = d_sinks.get<float>();
-  p.sm_scale = 1.0f / 8.0f;
-  p.out = first.get<bf16>();
-  launch_qkv_attention(p, nullptr);
-  p.out = second.get<bf16>();
-  launch_qkv_attention(p, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  const std::vector<size_t> cache_shape{k_cache.shape(0), k_cache.shape(1), k_cache.shape(2)};
-  return nb::make_tuple(download<uint16_t>(first, {out_elems}), download<uint16_t>(second, {out_elems}),
-                        download<uint16_t>(d_k, cache_shape), download<uint16_t>(d_v, cache_shape));
 }
 
 }  // namespace forward_kernel_tests
@@ -801,11 +744,6 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("norm_qkv_rope", &forward_kernel_tests::norm_qkv_rope, "x"_a, "norm_scale"_a, "w"_a, "bias"_a,
           "q_heads"_a, "kv_heads"_a, "head_dim"_a, "pos"_a, "k_cache"_a, "v_cache"_a, "rope_theta"_a,
           "rope_scaling_factor"_a, "initial_context_length"_a, "rope_ntk_alpha"_a, "rope_ntk_beta"_a, "eps"_a);
-    m.def("qkv_attention_supported", &forward_kernel_tests::qkv_attention_supported, "hidden"_a, "q_heads"_a,
-          "kv_heads"_a, "head_dim"_a);
-    m.def("qkv_attention", &forward_kernel_tests::qkv_attention, "x"_a, "norm_scale"_a, "w"_a, "bias"_a, "sinks"_a,
-          "kv_heads"_a, "pos"_a, "k_cache"_a, "v_cache"_a, "rope_theta"_a, "rope_scaling_factor"_a,
-          "initial_context_length"_a, "rope_ntk_alpha"_a, "rope_ntk_beta"_a, "eps"_a);
     m.def("attention_decode", &forward_kernel_tests::attention_decode, "q"_a, "k_cache"_a, "v_cache"_a, "sinks"_a,
           "pos"_a, "max_splits"_a = 0);
   }

@@ -73,8 +73,7 @@ inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 // then the CTA's SM cycles from entry to exit. `benchmarks/decode.py --timeline` prints where one decode step's
 // time goes: each launch's first entry, last exit and its CTAs' spread.
 enum TimelineKernel : uint32_t {
-  kTlEmbedding = 1, kTlNormQkvRope, kTlAttention, kTlOutProj, kTlMlp1, kTlMlp2, kTlUnembedding, kTlSample,
-  kTlQkvAttention
+  kTlEmbedding = 1, kTlNormQkvRope, kTlAttention, kTlOutProj, kTlMlp1, kTlMlp2, kTlUnembedding, kTlSample
 };
 struct TimelineBuffer {
   unsigned long long* records = nullptr;  // [capacity][kTimelineWords]

@@ -56,7 +56,6 @@
 #include "cuda/moe_mxfp4.h"
 #include "cuda/norm_rope.h"
 #include "cuda/prefill.h"
-#include "cuda/qkv_attention.h"
 #include "cuda/sampling.h"
 
 namespace gpt_oss {
@@ -80,20 +79,6 @@ PrefillMode prefill_mode() {
   if (mode == "batched") return PrefillMode::batched;
   if (mode == "replay") return PrefillMode::replay;
   throw std::invalid_argument("GPT_OSS_NATIVE_CUDA_PREFILL must be auto, batched or replay, got '" + mode + "'");
-}
-
-// Decode attention: "fused" (qkv_attention.cu: the norm, qkv GEMV, RoPE and attention of a KV head in one cluster,
-// one launch), "split" (norm_qkv_rope, then attention_decode), or "auto" (default): fused where the device takes
-// it (qkv_attention_supported), else split. GPT_OSS_NATIVE_CUDA_ATTENTION sets it (tests, A/B).
-enum class AttentionMode { automatic, fused, split };
-
-AttentionMode attention_mode() {
-  const char* v = std::getenv("GPT_OSS_NATIVE_CUDA_ATTENTION");
-  const std::string mode = v ? v : "";
-  if (mode.empty() || mode == "auto") return AttentionMode::automatic;
-  if (mode == "fused") return AttentionMode::fused;
-  if (mode == "split") return AttentionMode::split;
-  throw std::invalid_argument("GPT_OSS_NATIVE_CUDA_ATTENTION must be auto, fused or split, got '" + mode + "'");
 }
 
 std::string gib(size_t bytes) {
@@ -173,18 +158,6 @@ class CudaBackend final : public Backend {
     check_memory(weights);
     upload_weights(weights);
     allocate_activations();
-    NormRopeParams shape;
-    shape.hidden = cfg_.hidden_size;
-    shape.q_heads = cfg_.num_attention_heads;
-    shape.kv_heads = cfg_.num_key_value_heads;
-    shape.head_dim = cfg_.head_dim;
-    shape.cache.capacity = 1;
-    const AttentionMode mode = attention_mode();
-    // automatic stays on split until the fused launch has been measured on a GPU (it was written without one).
-    fused_attention_ = mode == AttentionMode::fused && qkv_attention_supported(shape);
-    if (mode == AttentionMode::fused && !fused_attention_)
-      throw std::runtime_error("GPT_OSS_NATIVE_CUDA_ATTENTION=fused: this device or model cannot run the fused "
-                               "attention (qkv_attention_supported)");
   }
 
   ~CudaBackend() override {
@@ -747,30 +720,21 @@ class CudaBackend final : public Backend {
       np.kv_heads = c.num_key_value_heads;
       np.head_dim = c.head_dim;
       np.eps = c.norm_eps;
-      const float sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-      if (fused_attention_) {
-        QkvAttentionParams fp;
-        fp.qkv = np;
-        fp.sinks = L.sinks.get<float>();
-        fp.out = attn_.get<bf16>();
-        fp.sm_scale = sm_scale;
-        launch_qkv_attention(fp, s);
-      } else {
-        launch_norm_qkv_rope(np, s);
-        AttentionDecodeParams ap;
-        ap.q = q_.get<float>();
-        ap.cache = slot.layers[l];
-        ap.sinks = L.sinks.get<float>();
-        ap.pos = d_pos;
-        ap.out = attn_.get<bf16>();
-        ap.workspace = attention_workspace_.get<float>();
-        ap.counters = attention_counters_.get<int>();
-        ap.q_heads = c.num_attention_heads;
-        ap.kv_heads = c.num_key_value_heads;
-        ap.max_splits = L.attention_splits;
-        ap.sm_scale = sm_scale;
-        launch_attention_decode(ap, s);
-      }
+      launch_norm_qkv_rope(np, s);
+
+      AttentionDecodeParams ap;
+      ap.q = q_.get<float>();
+      ap.cache = slot.layers[l];
+      ap.sinks = L.sinks.get<float>();
+      ap.pos = d_pos;
+      ap.out = attn_.get<bf16>();
+      ap.workspace = attention_workspace_.get<float>();
+      ap.counters = attention_counters_.get<int>();
+      ap.q_heads = c.num_attention_heads;
+      ap.kv_heads = c.num_key_value_heads;
+      ap.max_splits = L.attention_splits;
+      ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+      launch_attention_decode(ap, s);
 
       // The out-projection routes the MoE block in its tail (RouterTail): x_normed, expert ids and weights.
       RouterTail router;
@@ -798,7 +762,6 @@ class CudaBackend final : public Backend {
   BackendOptions opts_;
   std::string device_name_;
   int multiprocessors_ = 0;
-  bool fused_attention_ = false;  // decode attention in one launch with its prologue (attention_mode)
   mutable std::mutex mu_;
   StreamPtr stream_;
 
