@@ -12,7 +12,8 @@
 // Chains (one thread, launched on another stream just before the stream kernel, running past its end):
 //   L2    pointer chase over 512 KB held in L2 by a persisting access-policy window (ld.global.cg), like attention's
 //         q / partial loads and the router tail's round trips (data another SM wrote a moment ago);
-//   HBM   pointer chase over 256 MB (every hop a miss), like a chain's first touch of cold data.
+//   HBM   pointer chase over 256 MB, each run on lines no earlier run touched (every hop a miss), like a chain's
+//         first touch of cold data. (Session 8's run restarted it at line 0 every time, so it hit L2.)
 // A hop's time inside the middle 80 % of the stream's window is the chain under load; hops before the stream
 // starts and after it ends are the idle figure.
 #include <cuda_runtime.h>
@@ -106,9 +107,11 @@ __global__ void stream_tma_kernel(const char* __restrict__ buf, long bytes_per_c
   atomicMax(&stamps[1], global_ns());
 }
 
-// One thread: hops of idx = next[idx] through L2 (ld.global.cg); times[k] = when hop 16·k finished.
-__global__ void chase_kernel(const unsigned* __restrict__ next, int hops, unsigned long long* __restrict__ times) {
-  unsigned idx = 0;
+// One thread: hops of idx = next[idx] through L2 (ld.global.cg); times[k] = when hop 16·k finished. The chain
+// goes on where the previous run left it (*cursor), so the HBM chain touches lines no earlier run cached.
+__global__ void chase_kernel(const unsigned* __restrict__ next, unsigned* cursor, int hops,
+                             unsigned long long* __restrict__ times) {
+  unsigned idx = *cursor;
   times[0] = global_ns();
   for (int h = 1; h <= hops; ++h) {
     unsigned n;
@@ -116,6 +119,7 @@ __global__ void chase_kernel(const unsigned* __restrict__ next, int hops, unsign
     idx = n;
     if (h % 16 == 0) times[h / 16] = global_ns() + (idx == 0xffffffffu);  // depends on the hop
   }
+  *cursor = idx;
 }
 
 // A random single cycle over `lines` 128-byte lines (Sattolo), as u32 indices of each line's first word.
@@ -132,6 +136,7 @@ std::vector<unsigned> chase_array(size_t lines, unsigned seed) {
 struct Chain {
   const char* name;
   unsigned* next;
+  unsigned* cursor;  // device: where the chain goes on
   int hops;
   cudaStream_t stream;
 };
@@ -151,7 +156,7 @@ Result run(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int 
   const unsigned long long init[2] = {~0ull, 0ull};
   CK(cudaMemcpy(stamps, init, sizeof(init), cudaMemcpyHostToDevice));
   CK(cudaDeviceSynchronize());
-  chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.hops, times);
+  chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.cursor, chain.hops, times);
   stream_kernel<B><<<ctas, warps * 32, 0, stream>>>(buf, per_warp, buf_chunks, sink, stamps);
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
@@ -183,7 +188,7 @@ Result run_tma(const Chain& chain, const char* buf, long buf_bytes, int ctas, in
   const unsigned long long init[2] = {~0ull, 0ull};
   CK(cudaMemcpy(stamps, init, sizeof(init), cudaMemcpyHostToDevice));
   CK(cudaDeviceSynchronize());
-  chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.hops, times);
+  chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.cursor, chain.hops, times);
   stream_tma_kernel<<<ctas, 32, static_cast<size_t>(slots) * slot_bytes, stream>>>(buf, per_cta, buf_bytes, slots,
                                                                                      slot_bytes, stamps);
   CK(cudaGetLastError());
@@ -252,8 +257,13 @@ int main() {
   const int max_hops = 16 * 1024;
   CK(cudaMalloc(&times, (max_hops / 16 + 1) * sizeof(unsigned long long)));
   // Hops: enough for each chain to outlast a 2 GB stream at its slowest (~1.5 ms).
-  const Chain chains[2] = {{"L2", l2_next, 16 * 1024, l2_stream}, {"HBM", hbm_next, 4 * 1024, hbm_stream}};
-  chase_kernel<<<1, 1, 0, l2_stream>>>(l2_next, 4096, times);  // warm the L2 chain's lines
+  unsigned* cursors = nullptr;
+  CK(cudaMalloc(&cursors, 2 * sizeof(unsigned)));
+  CK(cudaMemset(cursors, 0, 2 * sizeof(unsigned)));
+  // The HBM chain's 4096 hops a run walk on through its 2M-line cycle: ~500 runs before a line comes back.
+  const Chain chains[2] = {{"L2", l2_next, cursors, 16 * 1024, l2_stream},
+                           {"HBM", hbm_next, cursors + 1, 4 * 1024, hbm_stream}};
+  chase_kernel<<<1, 1, 0, l2_stream>>>(l2_next, cursors, 4096, times);  // warm the L2 chain's lines
   CK(cudaDeviceSynchronize());
 
   std::printf("%s, %d SMs, L2 %d MB; stream 2 GB; chain ns a hop: idle (outside the stream) / loaded (inside)\n",
