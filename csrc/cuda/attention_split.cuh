@@ -1,5 +1,5 @@
-// One split of decode attention, shared by the standalone kernel (attention_decode.cu) and the one fused with
-// its prologue (qkv_attention.cu): threads 0..127 of a CTA (4 warps) attend one query token's G ≤ 8 heads of one
+// One split of decode attention (attention_decode.cu; benchmarks/pending/qkv_attention_fused.patch runs it inside a
+// kernel fused with its prologue): threads 0..127 of a CTA (4 warps) attend one query token's G ≤ 8 heads of one
 // KV head over keys [start, end) of the cache and leave, per (head, dim pair), the split's softmax state
 // (m, l, o unnormalised, log2 domain) for the caller to write or merge.
 //   - Each warp streams its own 16-key blocks (blocks w, w+4, ... of the split) through its own cp.async
@@ -55,7 +55,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
                : "r"(a));
 }
 
-// The barrier of threads 0..127 only (the fused kernel's other warps never reach it).
+// The barrier of threads 0..127 only, so a CTA with more warps can run a split on its first four.
 __device__ __forceinline__ void sync_split_threads() { asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory"); }
 
 // One CTA's keys [start, end) of one KV head; smem: kSmemBytes of stages, reused for the cross-warp merge.

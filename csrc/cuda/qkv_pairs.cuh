@@ -1,6 +1,6 @@
-// The attention prologue's pieces shared by norm_qkv_rope (norm_rope.cu) and the fused qkv + attention kernel
-// (qkv_attention.cu): the RMSNorm of the residual into shared memory, one warp's GEMV of a rotation pair (rows i
-// and i + head_dim/2 of one head, so RoPE needs no exchange) and the pair's bias + RoPE epilogue.
+// The attention prologue's pieces (norm_rope.cu; benchmarks/pending/qkv_attention_fused.patch reuses them in a
+// kernel fused with attention): the RMSNorm of the residual into shared memory, one warp's GEMV of a rotation pair
+// (rows i and i + head_dim/2 of one head, so RoPE needs no exchange) and the pair's bias + RoPE epilogue.
 #pragma once
 
 #include "cuda/norm_rope.h"
