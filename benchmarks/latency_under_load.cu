@@ -26,15 +26,8 @@
 #include <vector>
 
 #include "cuda/weight_stream.cuh"
+#include "cuda_check.h"
 
-#define CK(x)                                                                                     \
-  do {                                                                                            \
-    cudaError_t e_ = (x);                                                                         \
-    if (e_ != cudaSuccess) {                                                                      \
-      std::fprintf(stderr, "%s: %s (%s:%d)\n", #x, cudaGetErrorString(e_), __FILE__, __LINE__);  \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
 
 using gpt_oss::ld_stream;
 
@@ -145,26 +138,18 @@ struct Result {
   double gbps, idle_ns, loaded_ns;
 };
 
-Result summarize(const Chain& chain, unsigned long long* stamps, unsigned long long* times, double bytes);
-
-template <int B>
-Result run(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int warps, unsigned* sink,
-           unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
-  const long total_chunks = 2 * buf_chunks;  // 2 GB
-  const long warps_total = static_cast<long>(ctas) * warps;
-  const long per_warp = total_chunks / warps_total / B * B;
+// Runs `launch_stream(stream)` (it returns the bytes it reads) with the chain beside it, started just before.
+// Result: the stream's GB/s from its first CTA's start to its last CTA's end (stamps), the chain's mean hop outside
+// and inside the middle 80 % of that window.
+template <typename LaunchStream>
+Result run(const Chain& chain, unsigned long long* stamps, unsigned long long* times, LaunchStream launch_stream) {
   const unsigned long long init[2] = {~0ull, 0ull};
   CK(cudaMemcpy(stamps, init, sizeof(init), cudaMemcpyHostToDevice));
   CK(cudaDeviceSynchronize());
   chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.cursor, chain.hops, times);
-  stream_kernel<B><<<ctas, warps * 32, 0, stream>>>(buf, per_warp, buf_chunks, sink, stamps);
+  const double bytes = launch_stream();
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
-  return summarize(chain, stamps, times, static_cast<double>(per_warp) * warps_total * 512.0);
-}
-
-// Stream GB/s from its first CTA's start to its last CTA's end; the chain's mean hop outside / inside the window.
-Result summarize(const Chain& chain, unsigned long long* stamps, unsigned long long* times, double bytes) {
   unsigned long long st[2];
   CK(cudaMemcpy(st, stamps, sizeof(st), cudaMemcpyDeviceToHost));
   std::vector<unsigned long long> t(chain.hops / 16 + 1);
@@ -182,18 +167,27 @@ Result summarize(const Chain& chain, unsigned long long* stamps, unsigned long l
   return {bytes / window, n_idle ? idle / n_idle : -1.0, n_loaded ? loaded / n_loaded : -1.0};
 }
 
+// Register stream: 2 GB over ctas × warps, B chunks a warp in flight.
+template <int B>
+Result run_registers(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int warps, unsigned* sink,
+                     unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
+  const long warps_total = static_cast<long>(ctas) * warps;
+  const long per_warp = 2 * buf_chunks / warps_total / B * B;
+  return run(chain, stamps, times, [&] {
+    stream_kernel<B><<<ctas, warps * 32, 0, stream>>>(buf, per_warp, buf_chunks, sink, stamps);
+    return static_cast<double>(per_warp) * warps_total * 512.0;
+  });
+}
+
+// TMA stream: 2 GB over ctas CTAs, `slots` bulk copies of slot_bytes a CTA in flight.
 Result run_tma(const Chain& chain, const char* buf, long buf_bytes, int ctas, int slots, int slot_bytes,
                unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
   const long per_cta = 2 * buf_bytes / ctas / slot_bytes * slot_bytes;
-  const unsigned long long init[2] = {~0ull, 0ull};
-  CK(cudaMemcpy(stamps, init, sizeof(init), cudaMemcpyHostToDevice));
-  CK(cudaDeviceSynchronize());
-  chase_kernel<<<1, 1, 0, chain.stream>>>(chain.next, chain.cursor, chain.hops, times);
-  stream_tma_kernel<<<ctas, 32, static_cast<size_t>(slots) * slot_bytes, stream>>>(buf, per_cta, buf_bytes, slots,
-                                                                                     slot_bytes, stamps);
-  CK(cudaGetLastError());
-  CK(cudaDeviceSynchronize());
-  return summarize(chain, stamps, times, static_cast<double>(per_cta) * ctas);
+  return run(chain, stamps, times, [&] {
+    stream_tma_kernel<<<ctas, 32, static_cast<size_t>(slots) * slot_bytes, stream>>>(buf, per_cta, buf_bytes, slots,
+                                                                                       slot_bytes, stamps);
+    return static_cast<double>(per_cta) * ctas;
+  });
 }
 
 template <int B>
@@ -205,7 +199,7 @@ void sweep(const Chain* chains, int n_chains, const uint4* buf, long buf_chunks,
       const double in_flight_mb = static_cast<double>(ctas) * warps * B * 512 / 1e6;
       std::printf("%3d %6d %5d %6.2f", B, ctas, warps, in_flight_mb);
       for (int c = 0; c < n_chains; ++c) {
-        const Result r = run<B>(chains[c], buf, buf_chunks, ctas, warps, sink, stamps, times, stream);
+        const Result r = run_registers<B>(chains[c], buf, buf_chunks, ctas, warps, sink, stamps, times, stream);
         if (c == 0) std::printf(" %8.0f", r.gbps);
         std::printf(" %9.0f %9.0f", r.idle_ns, r.loaded_ns);
       }

@@ -23,17 +23,10 @@
 #include <string>
 
 #include "cuda/weight_stream.cuh"
+#include "cuda_check.h"
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                             \
-  do {                                                                                    \
-    cudaError_t e_ = (x);                                                                 \
-    if (e_ != cudaSuccess) {                                                              \
-      std::fprintf(stderr, "%s: %s (%s:%d)\n", #x, cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(1);                                                                       \
-    }                                                                                     \
-  } while (0)
 
 using gpt_oss::ld_stream;  // the decode kernels' own streaming loads
 using gpt_oss::ld_stream_u32;
