@@ -172,7 +172,7 @@ template <int B>
 Result run_registers(const Chain& chain, const uint4* buf, long buf_chunks, int ctas, int warps, unsigned* sink,
                      unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
   const long warps_total = static_cast<long>(ctas) * warps;
-  const long per_warp = 2 * buf_chunks / warps_total / B * B;
+  const long per_warp = buf_chunks / warps_total / B * B;  // each line once: no two warps share a line
   return run(chain, stamps, times, [&] {
     stream_kernel<B><<<ctas, warps * 32, 0, stream>>>(buf, per_warp, buf_chunks, sink, stamps);
     return static_cast<double>(per_warp) * warps_total * 512.0;
@@ -182,7 +182,7 @@ Result run_registers(const Chain& chain, const uint4* buf, long buf_chunks, int 
 // TMA stream: 2 GB over ctas CTAs, `slots` bulk copies of slot_bytes a CTA in flight.
 Result run_tma(const Chain& chain, const char* buf, long buf_bytes, int ctas, int slots, int slot_bytes,
                unsigned long long* stamps, unsigned long long* times, cudaStream_t stream) {
-  const long per_cta = 2 * buf_bytes / ctas / slot_bytes * slot_bytes;
+  const long per_cta = buf_bytes / ctas / slot_bytes * slot_bytes;
   return run(chain, stamps, times, [&] {
     stream_tma_kernel<<<ctas, 32, static_cast<size_t>(slots) * slot_bytes, stream>>>(buf, per_cta, buf_bytes, slots,
                                                                                        slot_bytes, stamps);
@@ -215,7 +215,7 @@ int main() {
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, dev));
 
-  const size_t buf_bytes = size_t{1} << 30;
+  const size_t buf_bytes = size_t{2} << 30;
   uint4* buf = nullptr;
   CK(cudaMalloc(&buf, buf_bytes));
   CK(cudaMemset(buf, 1, buf_bytes));
