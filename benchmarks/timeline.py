@@ -2,7 +2,8 @@
 
 Needs a build with the timeline compiled in (`-DGPT_OSS_NATIVE_TIMELINE=ON`; `bash benchmarks/build_device_wheel.sh
 timeline` makes one in .devwheel/timeline/). Builds the model from random weights in memory, fills the context,
-records `--steps` greedy decode steps and prints, per kernel (median over the layers of the last step):
+records `--steps` greedy decode steps and prints, per kernel (median over the layers of the last step; the
+attention and the out-projection apart for the sliding-window and the full layers):
 
   span    its share of the step: its last CTA's exit minus the previous launch's last exit
   early   how long before the previous launch finished its first CTA was resident (programmatic launch)
@@ -63,8 +64,13 @@ def launches(records: np.ndarray) -> list[dict]:
 
 def summarize(step: list[dict]) -> dict:
     per_kernel: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    layer = -1
     for prev, cur in itertools.pairwise(step):
-        k = per_kernel[cur["kernel"]]
+        name = cur["kernel"]
+        layer += name == "norm_qkv_rope"
+        if name in ("attention", "out-proj + router"):  # gpt-oss: a sliding window on the even layers
+            name += " (sliding)" if layer % 2 == 0 else " (full)"
+        k = per_kernel[name]
         k["span"].append(cur["last_end"] - prev["last_end"])
         k["early"].append(prev["last_end"] - cur["first_start"])
         if cur["first_waited"] is not None:
@@ -74,14 +80,14 @@ def summarize(step: list[dict]) -> dict:
         k["ctas"].append(cur["ctas"])
     total = step[-1]["last_end"] - step[0]["first_start"]
     print(f"one decode step: {total / 1e3:.1f} µs, {len(step)} launches")
-    print(f"{'kernel':<20}{'launches':>9}{'CTAs':>7}{'span µs':>9}{'Σ span':>9}{'early':>8}{'wake':>8}"
+    print(f"{'kernel':<28}{'launches':>9}{'CTAs':>7}{'span µs':>9}{'Σ span':>9}{'early':>8}{'wake':>8}"
           f"{'cta':>8}{'tail':>8}")
     table = {}
     for name, k in per_kernel.items():
         med = {key: float(np.median(v)) / 1e3 for key, v in k.items() if v and key != "ctas"}
         med["launches"], med["ctas"], med["span_sum"] = len(k["span"]), int(np.median(k["ctas"])), sum(k["span"]) / 1e3
         table[name] = med
-        print(f"{name:<20}{med['launches']:>9}{med['ctas']:>7}{med['span']:>9.2f}{med['span_sum']:>9.1f}"
+        print(f"{name:<28}{med['launches']:>9}{med['ctas']:>7}{med['span']:>9.2f}{med['span_sum']:>9.1f}"
               f"{med['early']:>8.2f}{med.get('wake', float('nan')):>8.2f}{med['cta']:>8.2f}{med['tail']:>8.2f}")
     return {"step_us": total / 1e3, "kernels": table}
 
