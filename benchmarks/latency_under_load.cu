@@ -8,7 +8,9 @@
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/latency_under_load.cu \
 //     -o latency_under_load && ./latency_under_load
 // Stream: CTAs × warps, each warp reading its own contiguous span in batches of B 16-byte loads a lane
-// (B × 512 B a warp in flight), 2 GB in all; in flight = CTAs × warps × B × 512 B.
+// (B × 512 B a warp in flight), 2 GB in all, each line once; in flight = CTAs × warps × B × 512 B. (Sessions 8-9's
+// runs read a 1 GB buffer twice with warp w + N/2 starting on warp w's lines: half the stream hit L2, so their
+// GB/s and depths are up to twice the DRAM's.)
 // Chains (one thread, launched on another stream just before the stream kernel, running past its end):
 //   L2    pointer chase over 512 KB held in L2 by a persisting access-policy window (ld.global.cg), like attention's
 //         q / partial loads and the router tail's round trips (data another SM wrote a moment ago);
