@@ -2,9 +2,10 @@
 # Builds the cp312 CUDA wheel for the device machine here on the CPU machine (nvcc, sm_90a), into .devwheel/,
 # so benchmarks/device_run.sh installs it instead of spending device minutes on a build. Carry ".devwheel".
 # Each NAME=PATCH argument also builds HEAD + that patch into .devwheel/NAME/, for `device_run.sh ab`, which
-# times every variant against the baseline in one device call. The argument `timeline` builds HEAD with the per-CTA
-# timeline compiled in (-DGPT_OSS_NATIVE_TIMELINE=ON) into .devwheel/timeline/, for benchmarks/timeline.py.
-#   bash benchmarks/build_device_wheel.sh [NAME=PATCH ...] [timeline]
+# times every variant against the baseline in one device call. The argument `timeline` builds the working tree with
+# the per-CTA timeline compiled in (-DGPT_OSS_NATIVE_TIMELINE=ON) into .devwheel/timeline/main/, and
+# `timeline:NAME=PATCH` builds HEAD + that patch so into .devwheel/timeline/NAME/, for `device_run.sh timeline`.
+#   bash benchmarks/build_device_wheel.sh [NAME=PATCH ...] [timeline] [timeline:NAME=PATCH ...]
 # PY312 (default /work/venv312/bin/python): a Python 3.12 with scikit-build-core and nanobind, as on the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,15 +21,22 @@ build() {  # SOURCE_DIR OUT_DIR BUILD_DIR [TIMELINE=OFF]
 rm -rf .devwheel && mkdir -p .devwheel
 build "$ROOT" .devwheel build/wheel312
 for spec in "$@"; do
-  if [ "$spec" = timeline ]; then build "$ROOT" .devwheel/timeline build/wheel312-timeline ON; continue; fi
+  if [ "$spec" = timeline ]; then build "$ROOT" .devwheel/timeline/main build/wheel312-timeline ON; continue; fi
+  timeline=OFF
+  if [[ "$spec" == timeline:* ]]; then spec="${spec#timeline:}" timeline=ON; fi
   name="${spec%%=*}" patch="${spec#*=}"
-  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && -f "$patch" ]] || { echo "want NAME=PATCH (an existing file), got '$spec'" >&2; exit 2; }
+  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && "$name" != main && -f "$patch" ]] \
+    || { echo "want NAME=PATCH (NAME not 'main', PATCH an existing file), got '$spec'" >&2; exit 2; }
   tree="$(mktemp -d)/$name"
   git worktree add -q --detach "$tree" HEAD
   git -C "$tree" apply "$ROOT/$patch" || { git worktree remove --force "$tree"; echo "$patch does not apply" >&2; exit 1; }
-  build "$tree" ".devwheel/$name" "build/wheel312-$name"
-  # The variant's own tests and benchmarks (a patch may add or change them): device_run.sh ab runs these.
-  mkdir -p ".devwheel/$name/tree" && cp -r "$tree/tests" "$tree/benchmarks" "$tree/pyproject.toml" ".devwheel/$name/tree/"
+  if [ "$timeline" = ON ]; then
+    build "$tree" ".devwheel/timeline/$name" "build/wheel312-timeline-$name" ON
+  else
+    build "$tree" ".devwheel/$name" "build/wheel312-$name"
+    # The variant's own tests and benchmarks (a patch may add or change them): device_run.sh ab runs these.
+    mkdir -p ".devwheel/$name/tree" && cp -r "$tree/tests" "$tree/benchmarks" "$tree/pyproject.toml" ".devwheel/$name/tree/"
+  fi
   git worktree remove --force "$tree"
 done
 ls -laR .devwheel

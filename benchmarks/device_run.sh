@@ -11,8 +11,9 @@
 #   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus, with
 #   AB_SWEEP=1, the baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
 #   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants;
-#   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME. timeline: benchmarks/timeline.py (20b, 1k and 8k)
-#   with the profiling wheel of `build_device_wheel.sh timeline`. Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
+#   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME. timeline: benchmarks/timeline.py (20b, at
+#   TIMELINE_CONTEXTS, default 1k and 8k) with each profiling wheel of `build_device_wheel.sh timeline
+#   timeline:NAME=PATCH` (main and the variants). Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
 # instead of building here, which saves the device minutes of a build.
@@ -59,12 +60,16 @@ if ! (cd /tmp && $PY -c "from gpt_oss_native import _C; assert _C.built_with_cud
   echo "BUILD FAILED"; exit 1
 fi
 
-if [ "$MODE" = timeline ]; then  # needs .devwheel/timeline (build_device_wheel.sh timeline)
-  stage "timeline: one 20b decode step at 1k and 8k, kernel by kernel"
-  rm -rf /tmp/ab/timeline && $PY -m pip install -q --no-deps --target /tmp/ab/timeline .devwheel/timeline/*.whl
-  for ctx in 1024 8192; do
-    PYTHONPATH=/tmp/ab/timeline:${PYTHONPATH:-} timeout 120 $PY benchmarks/timeline.py --model 20b --context $ctx \
-      2>&1 | tee "$OUT/timeline_20b_$ctx.log" | grep -v '^{'
+if [ "$MODE" = timeline ]; then  # needs .devwheel/timeline/NAME/ (build_device_wheel.sh timeline timeline:NAME=PATCH)
+  for dir in .devwheel/timeline/*/; do
+    compgen -G "$dir/*.whl" > /dev/null || continue
+    name=$(basename "$dir"); site=/tmp/ab/timeline-$name
+    stage "timeline of $name: one 20b decode step at ${TIMELINE_CONTEXTS:-1024 8192}, kernel by kernel"
+    rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
+    for ctx in ${TIMELINE_CONTEXTS:-1024 8192}; do
+      PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/timeline.py --model 20b --context "$ctx" \
+        2>&1 | tee "$OUT/timeline_${name}_20b_$ctx.log" | grep -v '^{'
+    done
   done
   stage done
   exit 0

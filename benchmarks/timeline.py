@@ -1,7 +1,7 @@
 """Where one decode step's time goes, kernel by kernel, from the per-CTA timeline (csrc/cuda/common.cuh).
 
 Needs a build with the timeline compiled in (`-DGPT_OSS_NATIVE_TIMELINE=ON`; `bash benchmarks/build_device_wheel.sh
-timeline` makes one in .devwheel/timeline/). Builds the model from random weights in memory, fills the context,
+timeline` makes one in .devwheel/timeline/main/). Builds the model from random weights in memory, fills the context,
 records `--steps` greedy decode steps and prints, per kernel (median over the layers of the last step; the
 attention and the out-projection apart for the sliding-window and the full layers):
 
