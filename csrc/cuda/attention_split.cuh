@@ -27,15 +27,6 @@ constexpr int kMmaBlock = 16;   // keys per warp step: two n8 score blocks, one 
 constexpr int kMmaStages = 3;   // blocks in flight per warp
 constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kMmaStages * 2 * kMmaBlock * kRowPad * sizeof(bf16);
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0 → zero-fill, so masked V rows contribute exactly 0
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -84,6 +75,7 @@ struct Split {
       const int row = idx / (kD / 8), chunk = idx % (kD / 8);
       const bool valid = first + row < end;
       const size_t at = static_cast<size_t>(valid ? first + row : 0) * kD + chunk * 8;
+      // Rows past the split zero-fill, so masked V rows contribute exactly 0.
       cp_async16(k_stage(warp, stage) + row * kRowPad + chunk * 8, k + at, valid);
       cp_async16(v_stage(warp, stage) + row * kRowPad + chunk * 8, v + at, valid);
     }
