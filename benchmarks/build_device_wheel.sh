@@ -39,4 +39,7 @@ for spec in "$@"; do
   fi
   git worktree remove --force "$tree"
 done
+# The standalone probe of how a weight stream slows a chain of loads beside it: `device_run.sh ab` runs it first.
+nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/latency_under_load.cu \
+  -o .devwheel/latency_under_load
 ls -laR .devwheel

@@ -9,7 +9,8 @@
 #   20b-shaped model). `full` takes more than the device tool's 10 minutes a call: run `tests`, then
 #   `bench-full`. ab: decode of AB_MODELS (default 20b) at AB_CONTEXTS (default 1024) and the graph-timed weight kernels for the
 #   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus, with
-#   AB_SWEEP=1, the baseline's fixed-cost sweep (bench_kernels_weights --sweep); AB_TESTS="FILES" runs those test files against
+#   AB_SWEEP=1, the baseline's fixed-cost sweep (bench_kernels_weights --sweep). It starts with the
+#   latency_under_load probe when .devwheel holds its binary (AB_PROBE=0 skips it); AB_TESTS="FILES" runs those test files against
 #   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants;
 #   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME. timeline: benchmarks/timeline.py (20b, at
 #   TIMELINE_CONTEXTS, default 1k and 8k) with each profiling wheel of `build_device_wheel.sh timeline
@@ -90,6 +91,11 @@ fi
 [ "$MODE" = tests ] && { stage done; exit 0; }
 
 if [ "$MODE" = ab ]; then
+  if [ -x .devwheel/latency_under_load ] && [ "${AB_PROBE:-1}" != 0 ]; then  # built by build_device_wheel.sh; ~30 s
+    stage "latency_under_load (benchmarks/latency_under_load.cu)"
+    timeout 90 .devwheel/latency_under_load > "$OUT/latency_under_load.txt" 2>&1
+    head -n 3 "$OUT/latency_under_load.txt"
+  fi
   for dir in .devwheel .devwheel/*/; do
     compgen -G "$dir/*.whl" > /dev/null || continue
     name=$(basename "$dir"); [ "$dir" = .devwheel ] && name=baseline; site=/tmp/ab/$name
