@@ -49,18 +49,25 @@ __global__ void __launch_bounds__(kThreads, 3) norm_qkv_rope_kernel(const NormRo
     stream.start(p.w, p.hidden, static_cast<size_t>(pair / half) * p.head_dim + pair % half, half);
   };
   if (first_pair < pairs) start_pair(first_pair);  // weights need no earlier kernel: stream while it drains
+  qkv_pairs::stage_norm_scale<kWarps>(p, xn);
+  // Nor do the first pair's bias and rotation (pos is written before the graph): most warps own one pair, whose
+  // epilogue then reads nothing from memory on the way to attention's wait.
+  const int pos = *p.pos;
+  qkv_pairs::PairConsts first_consts{};
+  if (lane == 0 && first_pair < pairs)
+    first_consts = qkv_pairs::pair_consts(p, first_pair / half, first_pair % half, pos);
   pdl_launch_dependents();
   pdl_wait();
   timeline.mark_waited();
   qkv_pairs::rmsnorm_to_shared<kWarps>(p, xn);  // RMSNorm statistics in fp32 over the whole residual stream
-  const int pos = *p.pos;
 
   for (int pair = first_pair; pair < pairs; pair += pair_stride) {
     if (pair != first_pair) start_pair(pair);
     const float2 dots = stream.finish(xn);
     if (lane != 0) continue;
     const int head = pair / half, i = pair % half;
-    const float2 v = qkv_pairs::pair_epilogue(p, head, i, dots, pos);
+    const qkv_pairs::PairConsts consts = pair == first_pair ? first_consts : qkv_pairs::pair_consts(p, head, i, pos);
+    const float2 v = qkv_pairs::pair_epilogue(consts, dots);
     if (head < p.q_heads) {
       const size_t row0 = static_cast<size_t>(head) * p.head_dim + i;
       p.q[row0] = v.x;

@@ -54,11 +54,14 @@ def rel_l2(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 GPT_OSS = {"theta": 150000.0, "factor": 32.0, "initial": 4096, "alpha": 1.0, "beta": 32.0}
-# (hidden, q_heads, kv_heads, head_dim, rope): gpt-oss's attention shape, and odd widths without YaRN.
+# (hidden, q_heads, kv_heads, head_dim, rope): gpt-oss's attention shape, odd widths without YaRN, and a residual
+# too wide for the RMSNorm's one round of loads (hidden > 3072: its loop path).
+PLAIN = {"theta": 10000.0, "factor": 1.0, "initial": 4096, "alpha": 1.0, "beta": 32.0}
 SHAPES = {
     "gpt-oss": (2880, 64, 8, 64, GPT_OSS),
-    "odd": (264, 6, 2, 34, {"theta": 10000.0, "factor": 1.0, "initial": 4096, "alpha": 1.0, "beta": 32.0}),
+    "odd": (264, 6, 2, 34, PLAIN),
     "short-yarn": (136, 4, 1, 64, GPT_OSS | {"initial": 512}),
+    "wide": (3080, 2, 1, 16, PLAIN),
 }
 
 
