@@ -34,7 +34,9 @@ def test_gemv_bias_residual(rows: int, cols: int) -> None:
     assert np.all(np.abs(out - ref) <= 2e-6 * bound), f"max rel {np.max(np.abs(out - ref) / bound):.3g}"
 
 
-@pytest.mark.parametrize(("vocab", "hidden"), [(4099, 2880), (1000, 64), (33, 96), (16, 8)])
+# The real hidden size, small ones off the 32-column chunks, and one past the final RMSNorm's one round of loads
+# (hidden > 3072: its loop path).
+@pytest.mark.parametrize(("vocab", "hidden"), [(4099, 2880), (1000, 64), (33, 96), (16, 8), (40, 3104)])
 def test_unembedding(vocab: int, hidden: int) -> None:
     rng = np.random.default_rng(vocab + hidden)
     w = random_bf16(rng, (vocab, hidden), scale=0.02)
