@@ -253,13 +253,16 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int row = row0 + threadIdx.x;
   if (threadIdx.x < kTileRows) {
     float x = 0.f;
+    // Read before the residual store, which the compiler must otherwise assume may alias it: loaded after the
+    // store, it was a second L2 round trip on every CTA's way to the router's arrival.
+    const float scale = route && row < rows ? rt.norm_scale[row] : 0.f;
     if (row < rows) {
       float sum = 0.f;
       for (int w = 0; w < kWarps; ++w) sum += s_sum[w][threadIdx.x];
       x = __ldcg(residual + row) + (sum + __bfloat162float(bias[row]));  // L2, see rows_dot
       residual[row] = x;
     }
-    if (route) s_xs[threadIdx.x] = row < rows ? x * rt.norm_scale[row] : 0.f, s_sq[threadIdx.x] = x * x;
+    if (route) s_xs[threadIdx.x] = x * scale, s_sq[threadIdx.x] = x * x;
   }
   if (route) router_tail(rt, residual, rows, tile, gate_lo, gate_hi, s_xs, s_sq);
 }

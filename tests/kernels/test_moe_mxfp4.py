@@ -60,14 +60,19 @@ def test_mlp1_swiglu(experts: int, inter: int, hidden: int) -> None:
     assert np.all(np.abs(got - ref) <= tol), f"max excess {np.max(np.abs(got - ref) - tol):.3g}"
 
 
-@pytest.mark.parametrize(("experts", "inter", "hidden"), MLP2_SHAPES)
-def test_mlp2_residual(experts: int, inter: int, hidden: int) -> None:
-    rng = np.random.default_rng(experts * 7 + inter * 3 + hidden)
+# The MLP2 shapes at k = 4, and k around the last CTA's one round of loads (4 slots; past them, a loop) and the
+# splits' shares of slots (odd k leaves the second split one fewer).
+@pytest.mark.parametrize(
+    ("experts", "inter", "hidden", "k"),
+    [(*shape, 4) for shape in MLP2_SHAPES] + [(8, 96, 40, 1), (8, 96, 40, 3), (8, 96, 40, 5), (16, 64, 40, 8)],
+)
+def test_mlp2_residual(experts: int, inter: int, hidden: int, k: int) -> None:
+    rng = np.random.default_rng(experts * 7 + inter * 3 + hidden + k)
     blocks, scales = random_mxfp4(rng, experts, hidden, inter)
     bias = random_bf16(rng, (experts, hidden))
-    act = random_bf16(rng, (4, inter), scale=3.0)
-    ids = expert_set(rng, experts)
-    logits = rng.standard_normal(4)
+    act = random_bf16(rng, (k, inter), scale=3.0)
+    ids = expert_set(rng, experts, k)
+    logits = rng.standard_normal(k)
     weights = (np.exp(logits) / np.exp(logits).sum()).astype(np.float32)
     residual = rng.standard_normal(hidden).astype(np.float32)
     out = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, residual)
