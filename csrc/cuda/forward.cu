@@ -374,7 +374,9 @@ class CudaBackend final : public Backend {
     const int64_t Q = c.num_attention_heads, D = c.head_dim, qkv = c.qkv_dim();
     embedding_ = upload(w, "embedding.weight", DType::bf16, {V, H});
     final_norm_ = upload(w, "norm.scale", DType::f32, {H});
-    unembedding_ = upload(w, "unembedding.weight", DType::bf16, {V, H});
+    unembedding_ = upload_unembedding_packed(
+        static_cast<const bf16*>(w.get("unembedding.weight", DType::bf16, {V, H}).data), static_cast<int>(V),
+        static_cast<int>(H));
     layers_.resize(c.num_layers);
     for (int l = 0; l < c.num_layers; ++l) {
       const std::string p = "block." + std::to_string(l) + ".";

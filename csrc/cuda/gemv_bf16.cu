@@ -5,7 +5,8 @@
 //   out-projection  2880 × 4096 bf16 = 23.6 MB                   → 7.9 µs
 //   unembedding     201088 × 2880 bf16 = 1.158 GB (+ 0.8 MB out) → 386 µs
 // Measured (H100 SXM, 2026-11-25; torch copy 2.98 TB/s): out-projection 10.2 µs (2.31 TB/s, rotating 8 copies,
-// successive launches overlapping through PDL; 10.9 before PDL), unembedding 417-436 µs (2.66-2.78 TB/s).
+// successive launches overlapping through PDL; 10.9 before PDL), unembedding 417-436 µs (2.66-2.78 TB/s) row-major,
+// 383.5 µs (3.02 TB/s) packed (H100, session 11).
 // The fused draw (FusedSample) costs the unembedding 417.0 → 419.2 µs greedy and 420.0 at T = 1, where the
 // sampler launch it replaces took 7.5 µs greedy (+ a ~3 µs launch gap) and 49 µs at T = 1 (H100, session 7).
 //
@@ -20,7 +21,10 @@
 //     wait was tried and measured slower on the H100: 12.15 vs 10.9 µs.) With a router, each CTA then adds its
 //     rows' share of the gate dots, and the last CTA to finish routes (router_tail).
 //   unembedding: a persistent grid (SMs × resident CTAs); each CTA normalises x into shared bf16 once, then
-//     each warp walks tiles gw, gw + warps, ... over all columns.
+//     each warp walks tiles gw, gw + warps, ... over all columns. Its weight is stored packed in that load order
+//     (pack_unembedding_kernel, at upload), so every load instruction reads 512 contiguous bytes. Row-major, each
+//     instruction read 8 rows × 64 B and HBM served that at 2.49 TB/s, packed 3.03 (benchmarks/
+//     unembedding_layout.cu): the kernel went 426.6 → 383.5 µs, 101 % of the copy rate (H100, session 11).
 //
 // Warning: cols must be a multiple of 8 and the matrices 16-byte aligned (cudaMalloc'd buffers are).
 #include "cuda/gemv_bf16.h"
@@ -46,17 +50,17 @@ constexpr int kChunkCols = 32;
 constexpr int kWarps = 8;
 constexpr int kBatch = 8;  // chunks whose loads a warp issues before it uses the first
 
-// Adds W[rg] · x and W[rg8] · x over chunks [c_begin, c_end) into d[0] / d[2]. x_at(col) returns the 8 inputs
-// at col as a uint4 (from global or shared memory). Full batches issue all their loads before the first mma
-// (no predicates, so the scheduler keeps them together); the rest, including a partial last chunk, go one by one.
-// before_x() runs once, after the first batch's weight loads are issued and before any input is read (the
-// out-projection waits for the previous kernel there).
-template <typename XAt, typename BeforeX>
-__device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, int rg, int rg8, int c_begin,
-                                         int c_end, XAt x_at, BeforeX before_x, float (&d)[4]) {
+// Adds W[rg] · x and W[rg8] · x over chunks [c_begin, c_end) of cols columns into d[0] / d[2]. w_at(c, h) returns
+// this lane's 16 weight bytes of chunk c for row g (h = 0) or g + 8 (h = 1), columns 32c + 8t .. + 7, from either
+// layout (row-major: the out-projection; tile-packed: the unembedding). x_at(col) returns the 8 inputs at col as a
+// uint4 (from global or shared memory). Full batches issue all their loads before the first mma (no predicates,
+// so the scheduler keeps them together); the rest, including a partial last chunk, go one by one. before_x() runs
+// once, after the first batch's weight loads are issued and before any input is read (the out-projection waits
+// for the previous kernel there).
+template <typename WAt, typename XAt, typename BeforeX>
+__device__ __forceinline__ void rows_dot(WAt w_at, int cols, int c_begin, int c_end, XAt x_at, BeforeX before_x,
+                                         float (&d)[4]) {
   const int t = threadIdx.x % 4;
-  const bf16* row_g = W + static_cast<int64_t>(rg) * cols + 8 * t;
-  const bf16* row_g8 = W + static_cast<int64_t>(rg8) * cols + 8 * t;
   const int full_end = max(c_begin, min(c_end, cols / kChunkCols));
   int c = c_begin;
   bool inputs_ready = false;
@@ -64,8 +68,8 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
     uint4 wa[kBatch], wb[kBatch], xv[kBatch];
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      wa[u] = ld_stream(row_g + (c + u) * kChunkCols);
-      wb[u] = ld_stream(row_g8 + (c + u) * kChunkCols);
+      wa[u] = ld_stream(w_at(c + u, 0));
+      wb[u] = ld_stream(w_at(c + u, 1));
     }
     if (!inputs_ready) before_x(), inputs_ready = true;
 #pragma unroll
@@ -81,8 +85,8 @@ __device__ __forceinline__ void rows_dot(const bf16* __restrict__ W, int cols, i
     const int col = c * kChunkCols + 8 * t;
     uint4 wa = make_uint4(0, 0, 0, 0), wb = wa, xv = wa;
     if (col < cols) {  // cols % 8 == 0: a lane's 8 columns are all inside or all outside
-      wa = ld_stream(row_g + c * kChunkCols);
-      wb = ld_stream(row_g8 + c * kChunkCols);
+      wa = ld_stream(w_at(c, 0));
+      wb = ld_stream(w_at(c, 1));
       xv = x_at(col);
     }
     // Outside the branch: every lane of the warp must reach the same mma.sync instruction.
@@ -228,6 +232,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int c_begin = min(chunks, warp * per_warp), c_end = min(chunks, c_begin + per_warp);
   const int row0 = tile * kTileRows;
   const int rg = min(row0 + g, rows - 1), rg8 = min(row0 + g + 8, rows - 1);
+  const bf16* row_g = W + static_cast<int64_t>(rg) * cols + 8 * (lane % 4);
+  const bf16* row_g8 = W + static_cast<int64_t>(rg8) * cols + 8 * (lane % 4);
   const bool route = rt.gate_w != nullptr;
   // Router: thread e's 16 gate weights of this tile's rows stream in with the first weight batch.
   uint4 gate_lo = make_uint4(0, 0, 0, 0), gate_hi = gate_lo;
@@ -241,7 +247,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   // and the residual are read only after it, and through L2 (ld.cg): under PDL the producer may still have been
   // running during this kernel's lifetime, which the non-coherent (ld.global.nc) path does not allow.
   rows_dot(
-      W, cols, rg, rg8, c_begin, c_end, [in](int col) { return __ldcg(reinterpret_cast<const uint4*>(in + col)); },
+      [row_g, row_g8](int c, int h) { return (h ? row_g8 : row_g) + c * kChunkCols; }, cols, c_begin, c_end,
+      [in](int col) { return __ldcg(reinterpret_cast<const uint4*>(in + col)); },
       [&timeline] {
         pdl_wait();
         timeline.mark_waited();
@@ -358,18 +365,21 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   } else {
     for (int i = tid; i < hidden; i += kThreads) xs[i] = __float2bfloat16(__ldcg(x + i) * inv_rms * norm_scale[i]);
   }
+  const int tiles = (vocab + kTileRows - 1) / kTileRows, chunks = (hidden + kChunkCols - 1) / kChunkCols;
+  const int padded = chunks * kChunkCols;  // the packed weight's zero columns meet zero inputs (0 · garbage may be NaN)
+  for (int i = hidden + tid; i < padded; i += kThreads) xs[i] = __float2bfloat16(0.f);
   __syncthreads();
 
-  const int tiles = (vocab + kTileRows - 1) / kTileRows, chunks = (hidden + kChunkCols - 1) / kChunkCols;
   const int warps = gridDim.x * kWarps;
   // This lane's best key (FusedSample): the logit itself at temperature 0, else its Gumbel-max key, computed
   // from the very fp32 value written to logits, so the CPU sampler on those logits computes the same double.
   BestKey best{-INFINITY, INT_MAX, 0};
   for (int tile = blockIdx.x * kWarps + warp; tile < tiles; tile += warps) {
-    const int rg = min(tile * kTileRows + g, vocab - 1), rg8 = min(tile * kTileRows + g + 8, vocab - 1);
+    // The tile's 16 rows, packed (pack_unembedding_kernel): load (c, h) of the warp is 512 contiguous bytes.
+    const bf16* tile_w = W + static_cast<int64_t>(tile) * kTileRows * padded + 8 * lane;
     float d[4] = {0.f, 0.f, 0.f, 0.f};
-    rows_dot(
-        W, hidden, rg, rg8, 0, chunks, [xs](int col) { return *reinterpret_cast<const uint4*>(xs + col); }, [] {}, d);
+    rows_dot([tile_w](int c, int h) { return tile_w + (2 * c + h) * 256; }, padded, 0, chunks,
+             [xs](int col) { return *reinterpret_cast<const uint4*>(xs + col); }, [] {}, d);
     // Every lane of a quad holds rows g and g + 8 (each lane feeds the same x fragment whatever its column, so
     // the 8 output columns all hold W · x): lane t = 0 takes row g, t = 1 row g + 8, so a quad's two key
     // computations run side by side instead of one after the other.
@@ -384,6 +394,25 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     }
   }
   if (draw.workspace) sample_tail(draw, best);
+}
+
+// The unembedding's weight in the order unembedding_kernel reads it. Tile T (rows 16T .. 16T + 15) is one block of
+// 16 × padded bf16; its 16-byte piece (j, lane), at byte 512 j + 16 lane of the block, is what lane (g, t) of the
+// warp loads for chunk c = j / 2 of row g + 8 (j % 2): columns 32c + 8t .. + 7. So each load instruction of a warp
+// reads 512 contiguous bytes and a batch of 8 chunks 8 KB, where the row-major order gave 16 pieces of 512 B,
+// 5760 B apart. Rows past vocab and columns past hidden are zero. One thread a piece; `src` holds rows
+// first_row .. first_row + rows - 1 (first_row a multiple of 16), row-major.
+__global__ void pack_unembedding_kernel(const bf16* __restrict__ src, int first_row, int rows, int hidden,
+                                        uint4* __restrict__ packed) {
+  const int chunks = (hidden + kChunkCols - 1) / kChunkCols, pieces = kTileRows * chunks * 4;  // a tile's
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= static_cast<int64_t>((rows + kTileRows - 1) / kTileRows) * pieces) return;
+  const int tile = static_cast<int>(p / pieces), q = static_cast<int>(p % pieces);
+  const int j = q / 32, lane = q % 32, row = tile * kTileRows + lane / 4 + 8 * (j % 2);
+  const int col = (j / 2) * kChunkCols + 8 * (lane % 4);
+  uint4 v = make_uint4(0, 0, 0, 0);
+  if (row < rows && col < hidden) v = *reinterpret_cast<const uint4*>(src + static_cast<int64_t>(row) * hidden + col);
+  packed[static_cast<int64_t>(first_row / kTileRows + tile) * pieces + q] = v;
 }
 
 void check_gemv(const void* W, int rows, int cols, const char* who) {
@@ -429,9 +458,9 @@ size_t unembedding_sample_workspace_bytes() {
   return kSampleHeader + static_cast<size_t>(kSampleMaxCtas) * sizeof(BestKey);
 }
 
-void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,
-                        float* logits, const FusedSample* sample, cudaStream_t stream) {
-  check_gemv(W, vocab, hidden, "launch_unembedding");
+void launch_unembedding(const bf16* W_packed, const float* norm_scale, const float* x, int vocab, int hidden,
+                        float eps, float* logits, const FusedSample* sample, cudaStream_t stream) {
+  check_gemv(W_packed, vocab, hidden, "launch_unembedding");
   const size_t smem = static_cast<size_t>(ceil_div(hidden, kChunkCols)) * kChunkCols * sizeof(bf16);
   if (smem > 48 * 1024)
     throw std::invalid_argument("launch_unembedding: hidden " + std::to_string(hidden) + " is too large (max 24576)");
@@ -447,8 +476,37 @@ void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, 
           "launch_unembedding: the fused sample needs its workspace and token buffers and a temperature >= 0");
     draw = TokenDraw{sample->workspace, sample->token, sample->temperature, draw_key(sample->seed, sample->draw)};
   }
-  launch_pdl(unembedding_kernel, dim3(grid), dim3(kWarps * 32), smem, stream, W, norm_scale, x, vocab, hidden, eps,
+  launch_pdl(unembedding_kernel, dim3(grid), dim3(kWarps * 32), smem, stream, W_packed, norm_scale, x, vocab, hidden, eps,
              logits, draw);
+}
+
+size_t unembedding_packed_bytes(int vocab, int hidden) {
+  return static_cast<size_t>(ceil_div(vocab, kTileRows)) * kTileRows * ceil_div(hidden, kChunkCols) * kChunkCols *
+         sizeof(bf16);
+}
+
+DeviceBuffer upload_unembedding_packed(const bf16* host, int vocab, int hidden) {
+  if (vocab < 1 || hidden < 8 || hidden % 8 != 0)  // a host pointer: any alignment (cudaMemcpy reads it)
+    throw std::invalid_argument("upload_unembedding_packed: need vocab >= 1 and hidden a positive multiple of 8 (got " +
+                                std::to_string(vocab) + " x " + std::to_string(hidden) + ")");
+  DeviceBuffer packed(unembedding_packed_bytes(vocab, hidden));
+  // Through a staging buffer of whole tiles (~24 MB for gpt-oss), so loading costs no second copy of the matrix.
+  constexpr int kSlabRows = 4096;
+  const int slab_rows = std::min(vocab, kSlabRows);
+  DeviceBuffer staging(static_cast<size_t>(slab_rows) * hidden * sizeof(bf16));
+  const int pieces = kTileRows * ceil_div(hidden, kChunkCols) * 4;
+  for (int r0 = 0; r0 < vocab; r0 += kSlabRows) {
+    const int rows = std::min(kSlabRows, vocab - r0);
+    // Synchronous on the legacy stream: the previous slab's pack (same stream) has finished reading the staging.
+    CUDA_CHECK(cudaMemcpy(staging.get(), host + static_cast<int64_t>(r0) * hidden,
+                          static_cast<size_t>(rows) * hidden * sizeof(bf16), cudaMemcpyHostToDevice));
+    const int64_t threads = static_cast<int64_t>(ceil_div(rows, kTileRows)) * pieces;
+    pack_unembedding_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256>>>(staging.get<bf16>(), r0, rows,
+                                                                                    hidden, packed.get<uint4>());
+    CUDA_CHECK_LAUNCH();
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  return packed;
 }
 
 }  // namespace gpt_oss

@@ -49,9 +49,14 @@ struct FusedSample {
 };
 size_t unembedding_sample_workspace_bytes();
 
-// logits[v] = W[v, :] · (rmsnorm(x) * norm_scale);  W bf16 [vocab, hidden], x fp32 [hidden], logits fp32 [vocab].
-// With sample (not null), also the sampled token (FusedSample).
-void launch_unembedding(const bf16* W, const float* norm_scale, const float* x, int vocab, int hidden, float eps,
-                        float* logits, const FusedSample* sample, cudaStream_t);
+// logits[v] = W[v, :] · (rmsnorm(x) * norm_scale);  W bf16 [vocab, hidden] packed (upload_unembedding_packed),
+// x fp32 [hidden], logits fp32 [vocab]. With sample (not null), also the sampled token (FusedSample).
+void launch_unembedding(const bf16* W_packed, const float* norm_scale, const float* x, int vocab, int hidden,
+                        float eps, float* logits, const FusedSample* sample, cudaStream_t);
+
+// The unembedding's weight in the order its kernel streams it (gemv_bf16.cu, pack_unembedding_kernel): from a host
+// row-major bf16 [vocab, hidden] (hidden a multiple of 8) into a new device buffer of unembedding_packed_bytes.
+size_t unembedding_packed_bytes(int vocab, int hidden);
+DeviceBuffer upload_unembedding_packed(const bf16* host, int vocab, int hidden);
 
 }  // namespace gpt_oss
