@@ -366,7 +366,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     for (int i = tid; i < hidden; i += kThreads) xs[i] = __float2bfloat16(__ldcg(x + i) * inv_rms * norm_scale[i]);
   }
   const int tiles = (vocab + kTileRows - 1) / kTileRows, chunks = (hidden + kChunkCols - 1) / kChunkCols;
-  const int padded = chunks * kChunkCols;  // the packed weight's zero columns meet zero inputs (0 · garbage may be NaN)
+  // The packed weight's zero columns must meet zero inputs (0 · uninitialised shared memory may be NaN).
+  const int padded = chunks * kChunkCols;
   for (int i = hidden + tid; i < padded; i += kThreads) xs[i] = __float2bfloat16(0.f);
   __syncthreads();
 
@@ -476,20 +477,16 @@ void launch_unembedding(const bf16* W_packed, const float* norm_scale, const flo
           "launch_unembedding: the fused sample needs its workspace and token buffers and a temperature >= 0");
     draw = TokenDraw{sample->workspace, sample->token, sample->temperature, draw_key(sample->seed, sample->draw)};
   }
-  launch_pdl(unembedding_kernel, dim3(grid), dim3(kWarps * 32), smem, stream, W_packed, norm_scale, x, vocab, hidden, eps,
-             logits, draw);
-}
-
-size_t unembedding_packed_bytes(int vocab, int hidden) {
-  return static_cast<size_t>(ceil_div(vocab, kTileRows)) * kTileRows * ceil_div(hidden, kChunkCols) * kChunkCols *
-         sizeof(bf16);
+  launch_pdl(unembedding_kernel, dim3(grid), dim3(kWarps * 32), smem, stream, W_packed, norm_scale, x, vocab, hidden,
+             eps, logits, draw);
 }
 
 DeviceBuffer upload_unembedding_packed(const bf16* host, int vocab, int hidden) {
   if (vocab < 1 || hidden < 8 || hidden % 8 != 0)  // a host pointer: any alignment (cudaMemcpy reads it)
     throw std::invalid_argument("upload_unembedding_packed: need vocab >= 1 and hidden a positive multiple of 8 (got " +
                                 std::to_string(vocab) + " x " + std::to_string(hidden) + ")");
-  DeviceBuffer packed(unembedding_packed_bytes(vocab, hidden));
+  DeviceBuffer packed(static_cast<size_t>(ceil_div(vocab, kTileRows)) * kTileRows * ceil_div(hidden, kChunkCols) *
+                      kChunkCols * sizeof(bf16));  // whole tiles of whole chunks
   // Through a staging buffer of whole tiles (~24 MB for gpt-oss), so loading costs no second copy of the matrix.
   constexpr int kSlabRows = 4096;
   const int slab_rows = std::min(vocab, kSlabRows);

@@ -55,8 +55,7 @@ void launch_unembedding(const bf16* W_packed, const float* norm_scale, const flo
                         float eps, float* logits, const FusedSample* sample, cudaStream_t);
 
 // The unembedding's weight in the order its kernel streams it (gemv_bf16.cu, pack_unembedding_kernel): from a host
-// row-major bf16 [vocab, hidden] (hidden a multiple of 8) into a new device buffer of unembedding_packed_bytes.
-size_t unembedding_packed_bytes(int vocab, int hidden);
+// row-major bf16 [vocab, hidden] (hidden a multiple of 8) into a new device buffer of whole 16-row, 32-column tiles.
 DeviceBuffer upload_unembedding_packed(const bf16* host, int vocab, int hidden);
 
 }  // namespace gpt_oss
