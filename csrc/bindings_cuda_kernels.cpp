@@ -41,6 +41,12 @@ DeviceBuffer upload(const Array<T>& a) {
   return DeviceBuffer::from_host(a.data(), a.size() * sizeof(T));
 }
 
+// A [vocab, hidden] bf16 unembedding, packed in its kernel's load order as the model stores it.
+DeviceBuffer upload_unembedding(const Array<uint16_t>& w) {
+  return upload_unembedding_packed(reinterpret_cast<const bf16*>(w.data()), static_cast<int>(w.shape(0)),
+                                   static_cast<int>(w.shape(1)));
+}
+
 // 0xFF bytes: NaN for fp32 / bf16 / fp16, -1 for int32, so an unwritten output never passes for a result.
 DeviceBuffer poisoned(size_t bytes) {
   DeviceBuffer d(bytes);
@@ -322,8 +328,7 @@ nb::ndarray<nb::numpy, float> unembedding(Array<uint16_t> w, Array<float> norm_s
   require(w.ndim() == 2 && w.shape(1) == x.size() && norm_scale.size() == x.size(),
           "w must be [vocab, hidden], norm_scale and x [hidden]");
   const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
-  DeviceBuffer d_w = upload_unembedding_packed(reinterpret_cast<const bf16*>(w.data()), vocab, hidden),
-               d_s = upload(norm_scale), d_x = upload(x);
+  DeviceBuffer d_w = upload_unembedding(w), d_s = upload(norm_scale), d_x = upload(x);
   DeviceBuffer logits = poisoned(sizeof(float) * vocab);
   launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, eps, logits.get<float>(),
                      nullptr, nullptr);
@@ -339,8 +344,7 @@ nb::tuple unembedding_sample(Array<uint16_t> w, Array<float> norm_scale, Array<f
               temperature >= 0.0f,
           "w must be [vocab, hidden], norm_scale and x [hidden], at least one draw, temperature >= 0");
   const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
-  DeviceBuffer d_w = upload_unembedding_packed(reinterpret_cast<const bf16*>(w.data()), vocab, hidden),
-               d_s = upload(norm_scale), d_x = upload(x);
+  DeviceBuffer d_w = upload_unembedding(w), d_s = upload(norm_scale), d_x = upload(x);
   DeviceBuffer logits = poisoned(sizeof(float) * vocab), tokens = poisoned(sizeof(int32_t) * draws.size());
   DeviceBuffer ws(unembedding_sample_workspace_bytes());
   CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
@@ -537,8 +541,7 @@ double time_unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float>
                         int reps) {
   require(!temperature || *temperature >= 0.0f, "temperature must be None or >= 0");
   const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
-  DeviceBuffer d_w = upload_unembedding_packed(reinterpret_cast<const bf16*>(w.data()), vocab, hidden),
-               d_s = upload(norm_scale), d_x = upload(x), logits(sizeof(float) * vocab);
+  DeviceBuffer d_w = upload_unembedding(w), d_s = upload(norm_scale), d_x = upload(x), logits(sizeof(float) * vocab);
   DeviceBuffer ws(unembedding_sample_workspace_bytes()), token(sizeof(int32_t));
   CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
   const FusedSample fused{ws.get(), token.get<int32_t>(), temperature.value_or(0.0f), 1234, 0};
