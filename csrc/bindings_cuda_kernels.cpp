@@ -204,10 +204,11 @@ DeviceBuffer checked_ids(const Array<int32_t>& ids, int experts) {
   return upload(ids);
 }
 
-// The router's device side for one hidden size: gate, norm scale, workspace (zeroed) and outputs (poisoned).
+// The router's device side for one hidden size: gate, norm scale, workspace and outputs (all poisoned: a partials
+// row the out-projection's tail leaves unwritten routes NaN).
 struct RouterBuffers {
   DeviceBuffer norm_scale, gate_w, gate_b, workspace, x_normed, ids, weights;
-  int experts = 0, k = 0;
+  int experts = 0, k = 0, hidden = 0;
   float eps = 0.f;
 
   RouterBuffers(const Array<float>& ns, const Array<uint16_t>& gw, const Array<uint16_t>& gb, int k_, float eps_)
@@ -215,21 +216,22 @@ struct RouterBuffers {
     require(gw.ndim() == 2 && gw.shape(1) == ns.size() && gb.size() == gw.shape(0),
             "gate_w must be [experts, hidden], gate_b [experts], norm_scale [hidden]");
     experts = static_cast<int>(gw.shape(0));
-    const int hidden = static_cast<int>(ns.size());
+    hidden = static_cast<int>(ns.size());
     norm_scale = upload(ns), gate_w = upload(gw), gate_b = upload(gb);
-    workspace = DeviceBuffer(router_tail_workspace_bytes(hidden, experts));
-    CUDA_CHECK(cudaMemset(workspace.get(), 0, workspace.bytes()));
+    workspace = poisoned(router_tail_workspace_bytes(hidden, experts));
     x_normed = poisoned(sizeof(uint16_t) * hidden);
     ids = poisoned(sizeof(int32_t) * std::max(k, 1));
     weights = poisoned(sizeof(float) * std::max(k, 1));
   }
-  RouterTail tail() const {
-    return RouterTail{norm_scale.get<float>(), gate_w.get<bf16>(), gate_b.get<bf16>(), experts, k, eps,
-                      workspace.get(), x_normed.get<bf16>(), ids.get<int32_t>(), weights.get<float>()};
+  RouterTail tail() const { return RouterTail{norm_scale.get<float>(), gate_w.get<bf16>(), experts, workspace.get()}; }
+  MoeRoute route(const float* residual) const {
+    return MoeRoute{workspace.get(), router_clusters(hidden), gate_b.get<bf16>(), residual, norm_scale.get<float>(),
+                    eps};
   }
 };
 
-// residual += W · x + bias, then the MoE router of the new residual: (residual, x_normed, ids, weights).
+// residual += W · x + bias, then the MoE router of the new residual (the out-projection's partials, finished by
+// launch_route): (residual, x_normed, ids, weights).
 nb::tuple gemv_bias_residual_router(Array<uint16_t> w, Array<uint16_t> bias, Array<uint16_t> x, Array<float> residual,
                                     Array<float> norm_scale, Array<uint16_t> gate_w, Array<uint16_t> gate_b, int k,
                                     float eps) {
@@ -242,6 +244,8 @@ nb::tuple gemv_bias_residual_router(Array<uint16_t> w, Array<uint16_t> bias, Arr
   const RouterTail tail = router.tail();
   launch_bf16_gemv_bias_residual(d_w.get<bf16>(), d_b.get<bf16>(), d_x.get<bf16>(), rows, cols, d_r.get<float>(),
                                  &tail, nullptr);
+  launch_route(router.route(d_r.get<float>()), router.experts, k, rows, router.x_normed.get<bf16>(),
+               router.ids.get<int32_t>(), router.weights.get<float>(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   const size_t kk = static_cast<size_t>(k);
   return nb::make_tuple(download<float>(d_r, {static_cast<size_t>(rows)}),
@@ -277,8 +281,8 @@ nb::ndarray<nb::numpy, float> mlp2_residual(Array<uint16_t> act, Array<int32_t> 
   return download<float>(d_r, {static_cast<size_t>(m.rows)});
 }
 
-// `layers` blocks of [out-projection + router → mlp1 → mlp2] on x (fp32 residual, updated in place) the way
-// forward.cu launches them: one stream, no host sync in between, each launch overlapping the previous one's tail
+// `layers` blocks of [out-projection + router partials → mlp1 → mlp2, both routing] on x (fp32 residual, updated
+// in place) the way forward.cu launches them: one stream, no host sync in between, each launch overlapping the previous one's tail
 // (programmatic dependent launch). The same weights and attention output serve every layer; x changes, so the
 // routes do.
 nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<uint16_t> w_o, Array<uint16_t> b_o,
@@ -303,10 +307,9 @@ nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<uint16_t> w_o, Ar
   for (int l = 0; l < layers; ++l) {
     launch_bf16_gemv_bias_residual(d_wo.get<bf16>(), d_bo.get<bf16>(), d_attn.get<bf16>(), hidden,
                                    static_cast<int>(attn.size()), d_x.get<float>(), &tail, s);
-    launch_bf16_mxfp4w_moe_mlp1_swiglu(router.x_normed.get<bf16>(), router.ids.get<int32_t>(), k, m1, alpha, limit,
-                                       act.get<bf16>(), s);
-    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), router.ids.get<int32_t>(), router.weights.get<float>(), k,
-                                         m2, d_x.get<float>(), s);
+    const MoeRoute route = router.route(d_x.get<float>());
+    launch_bf16_mxfp4w_moe_mlp1_swiglu(route, k, m1, alpha, limit, act.get<bf16>(), s);
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), route, k, m2, d_x.get<float>(), s);
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
   return download<float>(d_x, {static_cast<size_t>(hidden)});
@@ -464,8 +467,8 @@ double time_copy(size_t bytes, int reps) {
                   1, reps);
 }
 
-// Out-projection + router, mlp1 and mlp2 of one layer (µs each, and chained). Launch i uses experts
-// {k·i, .., k·i + k - 1} mod E and its own copy of the out-projection, so a graph of E / k launches streams every
+// Out-projection + router partials, mlp1 and mlp2 (each routing) of one layer (µs each, and chained). Launch i
+// routes to experts {k·i, .., k·i + k - 1} mod E and uses its own copy of the out-projection, so a graph of E / k launches streams every
 // expert once and no weight sits in L2.
 nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> w_o, Array<uint16_t> gate_w,
                   Array<uint16_t> gate_b, Array<uint8_t> blocks1, Array<uint8_t> scales1, Array<uint16_t> bias1,
@@ -476,11 +479,13 @@ nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> w_o, 
               gate_w.size() == static_cast<size_t>(E) * hidden && w_o.ndim() == 2 && w_o.shape(0) == x.size(),
           "mlp1 must be [E, 2I, H], mlp2 [E, H, I], gate [E, H], w_o [H, cols]");
   const int per_graph = std::max(1, E / k), cols = static_cast<int>(w_o.shape(1));
-  std::vector<int32_t> ids(static_cast<size_t>(per_graph) * k);
-  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i % E);
-  std::vector<float> w(ids.size(), 1.0f / k);
-  DeviceBuffer d_ids = DeviceBuffer::from_host(ids.data(), ids.size() * sizeof(int32_t));
-  DeviceBuffer d_w = DeviceBuffer::from_host(w.data(), w.size() * sizeof(float));
+  // Launch i routes to experts k·i .. k·i + k - 1 (mod E): its own gate bias lifts them far above the rest.
+  std::vector<DeviceBuffer> gate_bs;
+  for (int i = 0; i < per_graph; ++i) {
+    std::vector<uint16_t> b(gate_b.data(), gate_b.data() + E);
+    for (int j = 0; j < k; ++j) b[(k * i + j) % E] = 0x42C8;  // bf16 100
+    gate_bs.push_back(DeviceBuffer::from_host(b.data(), b.size() * sizeof(uint16_t)));
+  }
   std::vector<DeviceBuffer> w_os;
   for (int i = 0; i < per_graph; ++i) w_os.push_back(upload(w_o));
   const RouterBuffers router(norm_scale, gate_w, gate_b, k, 1e-5f);
@@ -494,13 +499,18 @@ nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> w_o, 
     launch_bf16_gemv_bias_residual(w_os[i].get<bf16>(), b_o.get<bf16>(), attn.get<bf16>(), hidden, cols,
                                    residual.get<float>(), &tail, s);
   };
+  outproj_router(nullptr, 0);  // the partials mlp1 and mlp2 route from when timed alone
+  CUDA_CHECK(cudaDeviceSynchronize());
+  auto route = [&](int i) {
+    MoeRoute r = router.route(residual.get<float>());
+    r.gate_b = gate_bs[i].get<bf16>();
+    return r;
+  };
   auto mlp1 = [&](cudaStream_t s, int i) {
-    launch_bf16_mxfp4w_moe_mlp1_swiglu(router.x_normed.get<bf16>(), d_ids.get<int32_t>() + k * i, k, m1, 1.702f,
-                                       7.0f, act.get<bf16>(), s);
+    launch_bf16_mxfp4w_moe_mlp1_swiglu(route(i), k, m1, 1.702f, 7.0f, act.get<bf16>(), s);
   };
   auto mlp2 = [&](cudaStream_t s, int i) {
-    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), d_ids.get<int32_t>() + k * i, d_w.get<float>() + k * i, k,
-                                         m2, residual.get<float>(), s);
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), route(i), k, m2, residual.get<float>(), s);
   };
   nb::dict out;
   out["outproj_router_us"] = graph_us(outproj_router, per_graph, reps);

@@ -16,8 +16,8 @@
 // Decode step (one token), all on one non-default stream:
 //   embedding gather (x fp32)
 //   per layer: norm_qkv_rope (q, KV append) → attention_decode → x += Wo·attn + bo
-//              with the MoE router in its tail (ids, weights, x_normed) → mlp1 + SwiGLU
-//              → x += Σ_k w_k (W2·act_k + b2)
+//              with the router's partials in its tail → mlp1 (routes, normalises) + SwiGLU
+//              → x += Σ_k w_k (W2·act_k + b2) (mlp2 routes too, before its wait)
 //   unembedding with the final norm fused (only when logits are needed) → fp32 logits → device sampler.
 // Prefill (n ≥ kBatchedPrefillMinTokens tokens) runs in chunks of up to kPrefillChunk tokens through the batched
 // kernels of prefill.h / moe_mxfp4.h, which read every weight matrix once per chunk instead of once per token:
@@ -416,11 +416,7 @@ class CudaBackend final : public Backend {
     x_ = DeviceBuffer(sizeof(float) * c.hidden_size);
     q_ = DeviceBuffer(sizeof(float) * c.num_attention_heads * c.head_dim);
     attn_ = DeviceBuffer(sizeof(bf16) * c.num_attention_heads * c.head_dim);
-    x_normed_ = DeviceBuffer(sizeof(bf16) * c.hidden_size);
-    expert_ids_ = DeviceBuffer(sizeof(int32_t) * k);
-    expert_weights_ = DeviceBuffer(sizeof(float) * k);
     router_workspace_ = DeviceBuffer(router_tail_workspace_bytes(c.hidden_size, c.num_experts));
-    CUDA_CHECK(cudaMemset(router_workspace_.get(), 0, router_workspace_.bytes()));
     act_ = DeviceBuffer(sizeof(bf16) * k * c.intermediate_size);
     logits_ = DeviceBuffer(sizeof(float) * c.vocab_size);
     attention_workspace_ = DeviceBuffer(attention_decode_workspace_bytes(c.num_attention_heads, max_splits));
@@ -738,25 +734,26 @@ class CudaBackend final : public Backend {
       ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
       launch_attention_decode(ap, s);
 
-      // The out-projection routes the MoE block in its tail (RouterTail): x_normed, expert ids and weights.
+      // The out-projection leaves the router's partials in its tail (RouterTail); mlp1 and mlp2 finish the
+      // routing themselves (MoeRoute), and mlp1 normalises the residual.
       RouterTail router;
       router.norm_scale = L.mlp_norm.get<float>();
       router.gate_w = L.gate_w.get<bf16>();
-      router.gate_b = L.gate_b.get<bf16>();
       router.experts = c.num_experts;
-      router.k = c.experts_per_token;
-      router.eps = c.norm_eps;
       router.workspace = router_workspace_.get();
-      router.x_normed = x_normed_.get<bf16>();
-      router.ids = expert_ids_.get<int32_t>();
-      router.weights = expert_weights_.get<float>();
       launch_bf16_gemv_bias_residual(L.out_w.get<bf16>(), L.out_b.get<bf16>(), attn_.get<bf16>(),
                                      /*rows=*/c.hidden_size, /*cols=*/c.num_attention_heads * c.head_dim, x, &router,
                                      s);
-      launch_bf16_mxfp4w_moe_mlp1_swiglu(x_normed_.get<bf16>(), expert_ids_.get<int32_t>(), c.experts_per_token,
-                                         L.mlp1, c.swiglu_alpha, c.swiglu_limit, act_.get<bf16>(), s);
-      launch_bf16_mxfp4w_moe_mlp2_residual(act_.get<bf16>(), expert_ids_.get<int32_t>(),
-                                           expert_weights_.get<float>(), c.experts_per_token, L.mlp2, x, s);
+      MoeRoute route;
+      route.workspace = router_workspace_.get();
+      route.clusters = router_clusters(c.hidden_size);
+      route.gate_b = L.gate_b.get<bf16>();
+      route.residual = x;
+      route.norm_scale = L.mlp_norm.get<float>();
+      route.eps = c.norm_eps;
+      launch_bf16_mxfp4w_moe_mlp1_swiglu(route, c.experts_per_token, L.mlp1, c.swiglu_alpha, c.swiglu_limit,
+                                         act_.get<bf16>(), s);
+      launch_bf16_mxfp4w_moe_mlp2_residual(act_.get<bf16>(), route, c.experts_per_token, L.mlp2, x, s);
     }
   }
 
@@ -770,7 +767,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer embedding_, final_norm_, unembedding_, rope_;
   std::vector<LayerWeights> layers_;
 
-  DeviceBuffer x_, q_, attn_, x_normed_, expert_ids_, expert_weights_, router_workspace_, act_, logits_;
+  DeviceBuffer x_, q_, attn_, router_workspace_, act_, logits_;
   DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, unembedding_sample_workspace_;
   std::unique_ptr<void, PinnedDeleter> host_steps_;  // StepState[max_context]: replay_tokens' staging
   EventPtr host_steps_read_;                         // recorded after the copies of host_steps_' last use

@@ -19,7 +19,7 @@
 //     programmatic dependent launch: its CTAs become resident while attention drains and each warp's first
 //     weight batch is in flight before pdl_wait(). (A bulk L2 prefetch of each warp's whole share before the
 //     wait was tried and measured slower on the H100: 12.15 vs 10.9 µs.) With a router, each CTA then adds its
-//     rows' share of the gate dots, and the last CTA to finish routes (router_tail).
+//     rows' share of the gate dots into its cluster's row of partials (router_tail); the MoE launches route.
 //   unembedding: a persistent grid (SMs × resident CTAs); each CTA normalises x into shared bf16 once, then
 //     each warp walks tiles gw, gw + warps, ... over all columns. Its weight is stored packed in that load order
 //     (pack_unembedding_kernel, at upload), so every load instruction reads 512 contiguous bytes. Row-major, each
@@ -37,6 +37,7 @@
 #include <cooperative_groups.h>
 
 #include "core/rng.h"
+#include "cuda/router.cuh"
 #include "cuda/weight_stream.cuh"
 
 namespace gpt_oss {
@@ -96,37 +97,24 @@ __device__ __forceinline__ void rows_dot(WAt w_at, int cols, int c_begin, int c_
 }
 
 constexpr int kThreads = kWarps * 32;
-constexpr int kRouteWorkspaceHeader = 16;  // bytes before the partials: the arrival counter, padded to 16
-static_assert(kRouteMaxExperts <= kThreads, "router_tail: one thread per expert for the bias and gate loads");
+static_assert(kRouteMaxExperts <= kThreads, "router_tail: one thread per expert for the gate loads");
 // With a router the grid is launched in clusters of kRouteCluster CTAs whose partials first meet in distributed
-// shared memory, so the last CTA reads gridDim / kRouteCluster rows of partials instead of gridDim (120b: 23 × 132
+// shared memory, so each consumer reads gridDim / kRouteCluster rows of partials instead of gridDim (120b: 23 × 132
 // floats, one round of loads, instead of 180 × 132). Clusters of 8 instead of 4 took the tail 16.3 → 15.6 µs (20b)
-// and 16.9 → 16.1 µs (120b), 120b decode 366.2 → 368.8 tok/s at 1k (H100, session 6).
+// and 16.9 → 16.1 µs (120b), 120b decode 366.2 → 368.8 tok/s at 1k (H100, session 6, when one last CTA read them).
 constexpr int kRouteCluster = 8;
 
-// Partials per tile: the experts' gate dots, then the sum of squares, padded to whole float4s.
-__host__ __device__ inline int route_cols_padded(int experts) { return (experts + 1 + 3) / 4 * 4; }
-
-// The router in the out-projection's tail. Every CTA owns 16 rows of the new residual x: it adds its share of
-// each expert's gate dot, Σ_r gate_w[e, r] · x_r · norm_scale_r, and of Σ_r x_r², into its row of partials.
-// rmsnorm's 1 / rms is one factor common to the whole vector, so it is applied after the sum: logits =
-// inv_rms · Σ_tiles partial + bias. The last CTA to arrive (an arrival counter) adds the partials in a fixed
-// order (deterministic), routes (warp_route) and writes x_normed, while the other CTAs have already exited.
-// This replaced a separate router launch (6.1 µs on the H100, graph-timed, for 0.18 MB); the tail itself costs
-// 4.6–5.2 µs for 20b (fence, arrival atomic, one round of loads, the warp top-k, grid completion) and ~9 µs for
-// 120b when the last CTA read all 180 × 132 partials; reducing them per cluster first (kRouteCluster) took 120b
-// decode 334.0 → 341.8 tok/s at 1k (H100, session 4; 20b unchanged). benchmarks/NOTES.md says what would remove
-// the tail altogether.
-__device__ __forceinline__ void router_tail(const RouterTail& rt, const float* __restrict__ residual, int hidden,
-                                            int tile, uint4 gate_lo, uint4 gate_hi, const float* s_xs,
-                                            const float* s_sq) {
-  __shared__ float s_red[kThreads * 4];
-  __shared__ float s_total[kRouteMaxExperts + 1], s_bias[kRouteMaxExperts];
+// The router's first half in the out-projection's tail. Every CTA owns 16 rows of the new residual x: it adds its
+// share of each expert's gate dot, Σ_r gate_w[e, r] · x_r · norm_scale_r, and of Σ_r x_r², into a row of
+// partials; the cluster's rows meet in its rank-0 CTA (fixed rank order), which stores the cluster's row. The
+// MoE launches finish the routing from those rows (router.cuh). This replaced a separate router launch (6.1 µs on
+// the H100, graph-timed, for 0.18 MB); until session 13 the last CTA to arrive (an arrival counter) also routed
+// here, 3.6–3.8 µs of tail on the critical path (session 11's timeline).
+__device__ __forceinline__ void router_tail(const RouterTail& rt, int tile, uint4 gate_lo, uint4 gate_hi,
+                                            const float* s_xs, const float* s_sq) {
   __shared__ __align__(16) float s_part[kRouteMaxExperts + 4];  // this CTA's row of partials (cols_pad ≤ 260)
-  __shared__ int s_last;
   const int tid = threadIdx.x, experts = rt.experts, cols_pad = route_cols_padded(experts);
-  int* arrivals = static_cast<int*>(rt.workspace);
-  float* partials = reinterpret_cast<float*>(static_cast<char*>(rt.workspace) + kRouteWorkspaceHeader);
+  float* partials = static_cast<float*>(rt.workspace);
   __syncthreads();  // s_xs, s_sq
   for (int c = tid; c < cols_pad; c += kThreads) {  // column `experts` is the sum of squares, then zero padding
     float p = 0.f;
@@ -143,80 +131,29 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, const float* _
     }
     s_part[c] = p;
   }
-  // The cluster's rows meet in its rank-0 CTA (fixed rank order); the others exit once they have been read.
-  __threadfence();  // this CTA's residual rows are visible device-wide before its cluster leader's arrival
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
-  const bool leader = cluster.block_rank() == 0;
-  if (leader) {
+  if (cluster.block_rank() == 0) {
     for (int c = tid; c < cols_pad; c += kThreads) {
       float sum = 0.f;
       for (int r = 0; r < kRouteCluster; ++r) sum += *cluster.map_shared_rank(&s_part[c], r);
       partials[static_cast<int64_t>(tile / kRouteCluster) * cols_pad + c] = sum;
     }
   }
-  cluster.sync();
-  if (!leader) return;
-  const int clusters = static_cast<int>(gridDim.x) / kRouteCluster;
-  __threadfence();  // the cluster's partials are visible device-wide before its arrival counts
-  __syncthreads();
-  if (tid == 0) s_last = atomicAdd(arrivals, 1) == clusters - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();  // every other CTA's writes (fenced before its arrival) are read after the count
+  cluster.sync();  // the other CTAs' shared memory stays alive until their rank 0 has read it
+}
 
-  // Everything below reads final data: the residual loads for x_normed go out with the partial loads, one round
-  // trip for both (hidden ≤ kXLoads · kThreads; longer vectors finish in a loop).
-  constexpr int kXLoads = 12;
-  float xv[kXLoads], sv[kXLoads];
-#pragma unroll
-  for (int u = 0; u < kXLoads; ++u) {
-    const int i = tid + u * kThreads;
-    xv[u] = i < hidden ? __ldcg(residual + i) : 0.f;
-    sv[u] = i < hidden ? rt.norm_scale[i] : 0.f;
-  }
-  if (tid < experts) s_bias[tid] = __bfloat162float(rt.gate_b[tid]);  // experts ≤ kThreads
-  // Thread (group, quad) sums float4 column quad `quad` over tiles group, group + groups, ...; then column c is
-  // summed over the groups: one fixed order whatever the arrival order.
-  // A round's kTailLoads loads all go out before the first add (unpredicated, rows clamped, extras not added):
-  // one L2 round trip for up to kTailLoads rows a thread (120b: 4), where the loop of dependent adds it replaces
-  // waited for each load in turn. 120b out-projection + router 16.40 → 15.9 µs graph-timed (H100, session 10).
-  constexpr int kTailLoads = 8;
-  const int quads = cols_pad / 4, groups = kThreads / quads, quad = tid % quads, group = tid / quads;
-  if (group < groups) {
-    const float4* p4 = reinterpret_cast<const float4*>(partials) + quad;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int t0 = group; t0 < clusters; t0 += kTailLoads * groups) {
-      float4 v[kTailLoads];
-#pragma unroll
-      for (int u = 0; u < kTailLoads; ++u)
-        v[u] = __ldcg(p4 + static_cast<int64_t>(min(t0 + u * groups, clusters - 1)) * quads);
-#pragma unroll
-      for (int u = 0; u < kTailLoads; ++u)
-        if (t0 + u * groups < clusters) acc.x += v[u].x, acc.y += v[u].y, acc.z += v[u].z, acc.w += v[u].w;
-    }
-    reinterpret_cast<float4*>(s_red)[group * quads + quad] = acc;
-  }
-  __syncthreads();
-  for (int c = tid; c <= experts; c += kThreads) {
-    float total = 0.f;
-    for (int gi = 0; gi < groups; ++gi) total += s_red[gi * cols_pad + c];
-    s_total[c] = total;
-  }
-  __syncthreads();
-  const float inv_rms = rsqrtf(s_total[experts] / static_cast<float>(hidden) + rt.eps);
-#pragma unroll
-  for (int u = 0; u < kXLoads; ++u) {
-    const int i = tid + u * kThreads;
-    if (i < hidden) rt.x_normed[i] = __float2bfloat16(xv[u] * inv_rms * sv[u]);
-  }
-  for (int i = tid + kXLoads * kThreads; i < hidden; i += kThreads)
-    rt.x_normed[i] = __float2bfloat16(__ldcg(residual + i) * inv_rms * rt.norm_scale[i]);
-  if (tid < 32) {
-    warp_route(
-        experts, rt.k, [&](int e) { return fmaf(s_total[e], inv_rms, s_bias[e]); }, rt.ids, rt.weights);
-    if (tid == 0) *arrivals = 0;  // ready for the next launch
-  }
+// launch_route: the routing alone, one CTA (router.cuh), with x_normed written as mlp1 stages it.
+__global__ void __launch_bounds__(kThreads) route_kernel(RoutePartials rp, int experts, int k, int hidden,
+                                                         const float* __restrict__ residual,
+                                                         const float* __restrict__ norm_scale, float eps,
+                                                         bf16* __restrict__ x_normed, int32_t* __restrict__ ids,
+                                                         float* __restrict__ weights) {
+  __shared__ RouteSmem<kThreads> s;
+  pdl_wait();
+  const float inv_rms = route_from_partials<kThreads, 8>(rp, experts, k, hidden, eps, s, ids, weights);
+  for (int i = threadIdx.x; i < hidden; i += kThreads)
+    x_normed[i] = __float2bfloat16(normed_bf16(__ldcg(residual + i), inv_rms, norm_scale[i]));
 }
 
 __global__ void __launch_bounds__(kThreads, 2)
@@ -271,7 +208,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     if (route) s_xs[threadIdx.x] = x * scale, s_sq[threadIdx.x] = x * x;
   }
-  if (route) router_tail(rt, residual, rows, tile, gate_lo, gate_hi, s_xs, s_sq);
+  if (route) router_tail(rt, tile, gate_lo, gate_hi, s_xs, s_sq);
 }
 
 // FusedSample as the kernel takes it: temperature widened, the draw's random bits derived on the host.
@@ -427,8 +364,21 @@ void check_gemv(const void* W, int rows, int cols, const char* who) {
 }  // namespace
 
 size_t router_tail_workspace_bytes(int hidden, int experts) {
-  return kRouteWorkspaceHeader +
-         static_cast<size_t>(ceil_div(hidden, kTileRows)) * route_cols_padded(experts) * sizeof(float);
+  return static_cast<size_t>(router_clusters(hidden)) * route_cols_padded(experts) * sizeof(float);
+}
+
+int router_clusters(int hidden) { return ceil_div(ceil_div(hidden, kTileRows), kRouteCluster); }
+
+void launch_route(const MoeRoute& route, int experts, int k, int hidden, bf16* x_normed, int32_t* ids,
+                  float* weights, cudaStream_t stream) {
+  if (experts < 1 || experts > kRouteMaxExperts || k < 1 || k > kRouteMaxK || k > experts || hidden < 1)
+    throw std::invalid_argument("launch_route: need 1 <= experts <= " + std::to_string(kRouteMaxExperts) +
+                                ", 1 <= k <= min(" + std::to_string(kRouteMaxK) + ", experts) and hidden >= 1");
+  if (!route.workspace || !route.gate_b || !route.residual || !route.norm_scale || !x_normed || !ids || !weights)
+    throw std::invalid_argument("launch_route: every buffer is needed");
+  launch_pdl(route_kernel, dim3(1), dim3(kThreads), 0, stream,
+             RoutePartials{static_cast<const float*>(route.workspace), route.clusters, route.gate_b}, experts, k,
+             hidden, route.residual, route.norm_scale, route.eps, x_normed, ids, weights);
 }
 
 void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16* in, int rows, int cols,
@@ -439,13 +389,10 @@ void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16*
   RouterTail rt = {};
   if (router) {
     rt = *router;
-    if (rt.experts < 1 || rt.experts > kRouteMaxExperts || rt.k < 1 || rt.k > kRouteMaxK || rt.k > rt.experts)
+    if (rt.experts < 1 || rt.experts > kRouteMaxExperts)
       throw std::invalid_argument("launch_bf16_gemv_bias_residual: the router needs 1 <= experts <= " +
-                                  std::to_string(kRouteMaxExperts) + " and 1 <= k <= min(" +
-                                  std::to_string(kRouteMaxK) + ", experts) (got experts " +
-                                  std::to_string(rt.experts) + ", k " + std::to_string(rt.k) + ")");
-    if (rows % 8 != 0 || reinterpret_cast<uintptr_t>(rt.gate_w) % 16 != 0 || !rt.workspace || !rt.norm_scale ||
-        !rt.gate_b || !rt.x_normed || !rt.ids || !rt.weights)
+                                  std::to_string(kRouteMaxExperts) + " (got " + std::to_string(rt.experts) + ")");
+    if (rows % 8 != 0 || reinterpret_cast<uintptr_t>(rt.gate_w) % 16 != 0 || !rt.workspace || !rt.norm_scale)
       throw std::invalid_argument(
           "launch_bf16_gemv_bias_residual: the router needs hidden (rows) a multiple of 8, a 16-byte aligned gate "
           "matrix, and every buffer");

@@ -8,28 +8,38 @@
 
 namespace gpt_oss {
 
-// The MoE router of the block after the attention, run in the out-projection's tail (gemv_bf16.cu says how):
-// with x the updated residual [rows = hidden],
+// The MoE router of the block after the attention, with x the updated residual [rows = hidden]:
 //   x_normed = bf16(rmsnorm(x) · norm_scale)            (mlp1's input)
 //   logits   = gate_w · (rmsnorm(x) · norm_scale) + gate_b  (fp32, from the unrounded normed x)
 //   ids / weights = the top k of the logits (ties → lower id), softmax over those k.
-// The workspace (router_tail_workspace_bytes) must be zero before the first launch; each launch leaves it so.
-// Launches sharing a workspace must be stream-ordered.
+// Split in two (router.cuh says why): the out-projection's tail (RouterTail) leaves per cluster of its CTAs a row
+// of partial gate dots and sum of squares in the workspace (router_tail_workspace_bytes); the MoE launches read
+// them (MoeRoute) and finish the routing themselves, each CTA the same bits. launch_route finishes it alone.
 struct RouterTail {
-  const float* norm_scale;
-  const bf16* gate_w;  // [experts, hidden]
-  const bf16* gate_b;  // [experts]
-  int experts, k;
-  float eps;
+  const float* norm_scale;  // [hidden]
+  const bf16* gate_w;       // [experts, hidden]
+  int experts;
   void* workspace;
-  bf16* x_normed;   // [hidden]
-  int32_t* ids;     // [k]
-  float* weights;   // [k]
 };
 size_t router_tail_workspace_bytes(int hidden, int experts);
 
+// What an MoE launch needs to finish the routing of the residual an out-projection + RouterTail updated.
+struct MoeRoute {
+  const void* workspace;    // the RouterTail's
+  int clusters;             // router_clusters(hidden)
+  const bf16* gate_b;       // [experts]
+  const float* residual;    // [hidden], as the out-projection left it
+  const float* norm_scale;  // [hidden]
+  float eps;
+};
+int router_clusters(int hidden);
+
+// The routing alone, from an out-projection's partials: x_normed [hidden], ids / weights [k] (one CTA).
+void launch_route(const MoeRoute& route, int experts, int k, int hidden, bf16* x_normed, int32_t* ids,
+                  float* weights, cudaStream_t);
+
 // residual[r] += W[r, :] · in + bias[r];  W bf16 [rows, cols] row-major, in bf16 [cols], residual fp32 [rows].
-// With a router (not null), then the MoE routing of the updated residual (RouterTail).
+// With a router (not null), then the router's partials of the updated residual (RouterTail).
 void launch_bf16_gemv_bias_residual(const bf16* W, const bf16* bias, const bf16* in, int rows, int cols,
                                     float* residual, const RouterTail* router, cudaStream_t);
 

@@ -1,5 +1,5 @@
-// MXFP4 mixture of experts for batch-1 decode: mlp1 + SwiGLU, mlp2 + weighted sum + residual. (The router runs
-// in the out-projection's tail: RouterTail in gemv_bf16.cu.)
+// MXFP4 mixture of experts for batch-1 decode: mlp1 + SwiGLU, mlp2 + weighted sum + residual. (The router starts
+// in the out-projection's tail, RouterTail in gemv_bf16.cu, and every CTA here finishes it: router.cuh.)
 //
 // Floors (bytes / 3.0 TB/s; gpt-oss hidden = intermediate = 2880, k = 4; 1530 B a row: 1440 codes + 90 scales):
 //   mlp1    4 experts × 5760 rows × 1530 B = 35.3 MB                        → 11.8 µs
@@ -20,9 +20,10 @@
 // persistent TMA-fed MoE (benchmarks/NOTES.md).
 //
 // Steps of one layer's MoE (two launches after the out-projection + router, no host sync; ids stay on the GPU):
-//   1. mlp1: grid (group of 4 row tiles, expert slot j); each CTA stages x once and streams 4 16-row tiles of
-//      expert ids[j] over all of K, 2 warps a tile splitting K; epilogue: bias, clamped interleaved SwiGLU →
-//      act[j] bf16.
+//   1. mlp1: grid (group of 4 row tiles, expert slot j); each CTA routes (one round of the router's partials,
+//      with the residual it normalises), stages x once and streams 4 16-row tiles of expert ids[j] over all of
+//      K, 2 warps a tile splitting K; epilogue: bias, clamped interleaved SwiGLU → act[j] bf16.
+//   (mlp2's CTAs route the same way before their dependency wait, while mlp1 runs.)
 //   2. mlp2: grid (row tile, split); each CTA streams one 16-row tile of half the k experts, its 8 warps
 //      shared among those experts, each warp one contiguous run of K chunks of one expert; partial sums meet in
 //      shared memory in a fixed order, and the last CTA of a tile adds both splits, the routing-weighted biases
@@ -49,6 +50,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/router.cuh"
 #include "cuda/weight_stream.cuh"
 
 namespace gpt_oss {
@@ -228,6 +230,16 @@ __device__ __forceinline__ void warp_range(int n_items, int warps, int warp, int
 // sits on every CTA's critical path, so its L2 round trips must not run one at a time.
 constexpr int kStageLoads = 4;
 
+// For a vector whose largest magnitude is mj: down = 2^-p, which puts mj in [2^14, 2^15), and up = 2^(14 + p).
+// NaN or inf inputs give p = 113: they stay NaN / inf and the result says so. Tiny vectors are scaled up (p < 0)
+// so they do not become fp16 subnormals.
+__device__ __forceinline__ void stage_scales(float mj, float& down, float& up) {
+  const int e = (mj == mj) ? static_cast<int>((__float_as_uint(mj) >> 23) & 0xFF) - 127 : 127;
+  const int p = min(113, max(-100, e - 14));
+  down = __uint_as_float(static_cast<uint32_t>(127 - p) << 23);
+  up = __uint_as_float(static_cast<uint32_t>(127 + 14 + p) << 23);
+}
+
 template <int kSlots>
 __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int xs_stride,
                                              __half* xs, float* s_up, float* s_red) {
@@ -267,12 +279,7 @@ __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj,
   if (tid < nj) {
     float mj = 0.f;
     for (int w = 0; w < nwarps; ++w) mj = fmaxf(mj, s_red[tid * nwarps + w]);
-    // NaN or inf inputs give p = 113: they stay NaN / inf and the result says so. Tiny vectors are scaled up
-    // (p < 0) so they do not become fp16 subnormals.
-    const int e = (mj == mj) ? static_cast<int>((__float_as_uint(mj) >> 23) & 0xFF) - 127 : 127;
-    const int p = min(113, max(-100, e - 14));
-    s_red[kMaxK * 32 + tid] = __uint_as_float(static_cast<uint32_t>(127 - p) << 23);
-    s_up[tid] = __uint_as_float(static_cast<uint32_t>(127 + 14 + p) << 23);
+    stage_scales(mj, s_red[kMaxK * 32 + tid], s_up[tid]);
   }
   __syncthreads();
   const int xs_groups = xs_stride / 8, xs_total = nj * xs_groups;
@@ -302,25 +309,82 @@ __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj,
   __syncthreads();
 }
 
+// ---- how a launch gets its route ---------------------------------------------------------------------------
+
+// Routed (rp.partials set: decode): every CTA finishes the routing from the out-projection's partials
+// (router.cuh) and mlp1 normalises the residual itself. Given: ids / weights (and mlp1's x_normed) that an
+// earlier launch wrote (launch_route, or a test's own).
+struct MoeRouting {
+  RoutePartials rp;
+  const float* residual;
+  const float* norm_scale;
+  float eps;
+  const bf16* x_normed;
+  const int32_t* ids;
+  const float* weights;
+};
+
 // ---- mlp1 + SwiGLU ------------------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(kMlp1Warps * 32, 12 / kMlp1TilesPerCta)
-    moe_mlp1_swiglu_kernel(const bf16* __restrict__ x_normed, const int32_t* __restrict__ ids, StreamArgs a,
-                           const bf16* __restrict__ bias, int experts, int rows, int cols, float alpha, float limit,
-                           bf16* __restrict__ act) {
+constexpr int kMlp1Threads = kMlp1Warps * 32;
+// Routed mlp1 holds its share of the normed input in registers for hidden ≤ kXPerThread · kMlp1Threads (3072;
+// gpt-oss 2880); the rest, if any, is normalised again from L2 where it is staged.
+constexpr int kXPerThread = 12;
+
+__global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
+    moe_mlp1_swiglu_kernel(MoeRouting r, int k, StreamArgs a, const bf16* __restrict__ bias, int experts, int rows,
+                           int cols, float alpha, float limit, bf16* __restrict__ act) {
   TimelineScope timeline(kTlMlp1);
   extern __shared__ uint4 dyn_smem[];
   __half* xs = reinterpret_cast<__half*>(dyn_smem);
   __shared__ float s_up[1], s_red[kMaxK * 32 + kMaxK];
   __shared__ float s_sum[kMlp1Warps][kTileRows];
+  __shared__ RouteSmem<kMlp1Threads> s_route;
+  __shared__ int32_t s_ids[kRouteMaxK];
+  __shared__ float s_weights[kRouteMaxK];
   const int j = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tile = blockIdx.x * kMlp1TilesPerCta + warp / kMlp1WarpsPerTile;  // this warp's row tile
-  // Every weight depends on the router's ids (the out-projection's tail, right before): nothing to stream before the wait.
-  // Dependents are released only after it, so mlp2 may read the ids before its own wait.
+  // Every weight depends on the route (the out-projection, right before): nothing to stream before the wait.
+  // Dependents are released only after it, so mlp2 may read the out-projection's partials before its own wait.
   pdl_wait();
   timeline.mark_waited();
   pdl_launch_dependents();
-  const int id = __ldcg(ids + j);  // every thread: one L2 request a warp, and no barrier before the first loads
+  const bool routed = r.rp.partials != nullptr;
+  uint32_t xn[kXPerThread / 2];  // routed: bf16 pairs of the normed input at threadIdx.x + kMlp1Threads · u
+  float inv_rms = 0.f;
+  int id;
+  if (routed) {
+    // The residual and norm scale go out with the partials: one L2 round trip for all of them.
+    float xv[kXPerThread], sv[kXPerThread];
+#pragma unroll
+    for (int u = 0; u < kXPerThread; ++u) {
+      const int i = threadIdx.x + u * kMlp1Threads;
+      xv[u] = i < cols ? __ldcg(r.residual + i) : 0.f;
+      sv[u] = i < cols ? r.norm_scale[i] : 0.f;
+    }
+    inv_rms = route_from_partials<kMlp1Threads, 4>(r.rp, experts, k, cols, r.eps, s_route, s_ids, s_weights);
+    float m = 0.f;  // as stage_inputs: the largest magnitude of the bf16 inputs (NaN ignored, and kept)
+#pragma unroll
+    for (int u = 0; u < kXPerThread / 2; ++u) {
+      const __nv_bfloat162 v =
+          __floats2bfloat162_rn(xv[2 * u] * inv_rms * sv[2 * u], xv[2 * u + 1] * inv_rms * sv[2 * u + 1]);
+      xn[u] = *reinterpret_cast<const uint32_t*>(&v);
+      m = fmaxf(m, fmaxf(fabsf(__low2float(v)), fabsf(__high2float(v))));
+    }
+    for (int i = threadIdx.x + kXPerThread * kMlp1Threads; i < cols; i += kMlp1Threads)
+      m = fmaxf(m, fabsf(normed_bf16(__ldcg(r.residual + i), inv_rms, r.norm_scale[i])));
+    m = warp_max(m);
+    if (lane == 0) s_red[warp] = m;
+    __syncthreads();  // also publishes warp 0's route
+    if (threadIdx.x == 0) {
+      float mj = 0.f;
+      for (int w = 0; w < kMlp1Warps; ++w) mj = fmaxf(mj, s_red[w]);
+      stage_scales(mj, s_red[kMaxK * 32], s_up[0]);
+    }
+    id = s_ids[j];
+  } else {
+    id = __ldcg(r.ids + j);  // every thread: one L2 request a warp, and no barrier before the first loads
+  }
   const bool bad_id = id < 0 || id >= experts;
   const int expert = bad_id ? 0 : id;
   // Thread p < 8 · kMlp1TilesPerCta writes activation 8 · out_tile + pair: glu row 2i, linear row 2i + 1.
@@ -335,10 +399,29 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12 / kMlp1TilesPerCta)
   int begin = 0, end = 0;
   if (tile < a.tiles) warp_range(a.chunks, kMlp1WarpsPerTile, warp % kMlp1WarpsPerTile, begin, end);
   float acc_g = 0.f, acc_g8 = 0.f;
+  const int xs_len = a.chunks * kChunkValues;
   stream_chunks<kMlp1Batch>(
       chunk_codes(a, expert, tile, begin), chunk_scales(a, expert, tile, begin), xs + begin * kChunkValues,
-      end - begin, [&] { stage_inputs<1>(x_normed, 1, cols, a.chunks * kChunkValues, xs, s_up, s_red); }, acc_g,
-      acc_g8);
+      end - begin,
+      [&] {
+        if (!routed) {
+          stage_inputs<1>(r.x_normed, 1, cols, xs_len, xs, s_up, s_red);
+          return;
+        }
+        __syncthreads();  // s_red's scale (thread 0)
+        const float down = s_red[kMaxK * 32];  // the same conversion as stage_inputs'; past cols, zeros
+#pragma unroll
+        for (int u = 0; u < kXPerThread; ++u) {
+          const int ix = threadIdx.x + u * kMlp1Threads;
+          const float v = __uint_as_float(u % 2 ? xn[u / 2] & 0xFFFF0000u : xn[u / 2] << 16);
+          if (ix < xs_len) xs[ix] = __float2half_rn(ix < cols ? v * down : 0.f);
+        }
+        for (int ix = threadIdx.x + kXPerThread * kMlp1Threads; ix < xs_len; ix += kMlp1Threads)
+          xs[ix] = __float2half_rn(ix < cols ? normed_bf16(__ldcg(r.residual + ix), inv_rms, r.norm_scale[ix]) * down
+                                             : 0.f);
+        __syncthreads();
+      },
+      acc_g, acc_g8);
   if (lane % 4 == 0) s_sum[warp][lane / 4] = acc_g, s_sum[warp][lane / 4 + 8] = acc_g8;
   __syncthreads();
   if (writes) {
@@ -364,9 +447,8 @@ __global__ void __launch_bounds__(kMlp1Warps * 32, 12 / kMlp1TilesPerCta)
 // its 16 partial rows; the last to arrive at the tile (an arrival counter) adds the partials in split order,
 // the routing-weighted biases and the residual: deterministic.
 __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
-    moe_mlp2_residual_kernel(const bf16* __restrict__ act, const int32_t* __restrict__ ids,
-                             const float* __restrict__ weights, int k, StreamArgs a, const bf16* __restrict__ bias,
-                             int experts, int rows, int cols, float* __restrict__ residual,
+    moe_mlp2_residual_kernel(const bf16* __restrict__ act, MoeRouting r, int k, StreamArgs a,
+                             const bf16* __restrict__ bias, int experts, int rows, int cols, float* __restrict__ residual,
                              float* __restrict__ partial, int* __restrict__ arrivals) {
   TimelineScope timeline(kTlMlp2);
   extern __shared__ uint4 dyn_smem[];
@@ -374,15 +456,26 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   __shared__ int s_expert[kMaxK];
   __shared__ float s_factor[kMaxK], s_up[kMaxK], s_red[kMaxK * 32 + kMaxK];
   __shared__ float s_sum[kMlp2Warps][kTileRows];
+  __shared__ RouteSmem<kMlp2Warps * 32> s_route;
+  __shared__ int32_t s_ids[kRouteMaxK];
+  __shared__ float s_weight[kRouteMaxK];
   __shared__ int s_bad, s_last;
   const int tile = blockIdx.x, split = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int per = (k + kMlp2Splits - 1) / kMlp2Splits, j0 = min(k, split * per), nj = min(k, j0 + per) - j0;
   if (threadIdx.x == 0) s_bad = 0;
+  // The route, before pdl_wait(): the out-projection (or the launch that wrote the given ids and weights) finished
+  // before mlp1 released this launch (see mlp1), so what it wrote is final in L2; read there (ld.cg), never from
+  // an L1 line an earlier layer's launch left on this SM. mlp2 is resident long before its wait, so routing here
+  // costs the critical path nothing.
+  if (r.rp.partials) {
+    route_from_partials<kMlp2Warps * 32, 4>(r.rp, experts, k, rows, r.eps, s_route, s_ids, s_weight);
+  } else if (threadIdx.x < k) {
+    s_ids[threadIdx.x] = __ldcg(r.ids + threadIdx.x);
+    s_weight[threadIdx.x] = __ldcg(r.weights + threadIdx.x);
+  }
   __syncthreads();
   if (threadIdx.x < k) {
-    // Before pdl_wait(): the router finished before mlp1 released this launch (see mlp1), so its ids are final
-    // in L2; read there (ld.cg), never from an L1 line an earlier layer's launch left on this SM.
-    const int id = __ldcg(ids + threadIdx.x);
+    const int id = s_ids[threadIdx.x];
     const bool bad = id < 0 || id >= experts;
     s_expert[threadIdx.x] = bad ? 0 : id;
     if (bad) s_bad = 1;
@@ -402,12 +495,12 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
       chunk_codes(a, expert, tile, begin), chunk_scales(a, expert, tile, begin),
       xs + slot * xs_stride + begin * kChunkValues, end - begin,
       [&] {
-        pdl_wait();  // act (mlp1), weights (router) and the residual are read only after this
+        pdl_wait();  // act (mlp1) and the residual are read only after this
         timeline.mark_waited();
         pdl_launch_dependents();
         if (nj > 0) stage_inputs<kMaxK>(act + static_cast<int64_t>(j0) * cols, nj, cols, xs_stride, xs, s_up + j0, s_red);
         if (threadIdx.x >= j0 && threadIdx.x < j0 + nj)
-          s_factor[threadIdx.x] = __ldcg(weights + threadIdx.x) * s_up[threadIdx.x];
+          s_factor[threadIdx.x] = s_weight[threadIdx.x] * s_up[threadIdx.x];
         __syncthreads();
       },
       acc_g, acc_g8);
@@ -443,7 +536,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
 #pragma unroll
     for (int j = 0; j < kTailSlots; ++j) {
       const int jj = min(j, k - 1);
-      w[j] = __ldcg(weights + jj);
+      w[j] = s_weight[jj];
       b[j] = __bfloat162float(bias[static_cast<int64_t>(s_expert[jj]) * rows + row]);
     }
     const float old = __ldcg(residual + row);  // L2: see pdl_wait
@@ -454,7 +547,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
     for (int j = 0; j < kTailSlots; ++j)
       if (j < k) sum = fmaf(w[j], b[j], sum);
     for (int j = kTailSlots; j < k; ++j)  // k > kTailSlots: the rest, one by one
-      sum = fmaf(__ldcg(weights + j), __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
+      sum = fmaf(s_weight[j], __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
     residual[row] = old + (s_bad ? __int_as_float(0x7fc00000) : sum);
   }
   if (threadIdx.x == 0) arrivals[tile] = 0;  // ready for the next launch (stream order separates launches)
@@ -661,26 +754,76 @@ Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, 
   return m;
 }
 
-void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids, int k, const Mxfp4Experts& mlp1,
-                                        float alpha, float limit, bf16* act, cudaStream_t stream) {
-  check_moe_shapes(mlp1, k, "launch_bf16_mxfp4w_moe_mlp1_swiglu");
-  if (mlp1.rows % 2 != 0)
-    throw std::invalid_argument("launch_bf16_mxfp4w_moe_mlp1_swiglu: mlp1 rows must be even (glu/linear pairs)");
+namespace {
+
+MoeRouting given_route(const bf16* x_normed, const int32_t* ids, const float* weights) {
+  MoeRouting r{};
+  r.x_normed = x_normed, r.ids = ids, r.weights = weights;
+  return r;
+}
+
+MoeRouting routed(const MoeRoute& route, int experts, const char* who) {
+  if (!route.workspace || route.clusters < 1 || !route.gate_b || !route.residual || !route.norm_scale)
+    throw std::invalid_argument(std::string(who) + ": the route needs the router's workspace, clusters >= 1, the "
+                                "gate bias, the residual and the norm scale");
+  if (experts > kRouteMaxExperts)
+    throw std::invalid_argument(std::string(who) + ": routing supports at most " +
+                                std::to_string(kRouteMaxExperts) + " experts, got " + std::to_string(experts));
+  MoeRouting r{};
+  r.rp = RoutePartials{static_cast<const float*>(route.workspace), route.clusters, route.gate_b};
+  r.residual = route.residual, r.norm_scale = route.norm_scale, r.eps = route.eps;
+  return r;
+}
+
+void launch_mlp1(const MoeRouting& r, int k, const Mxfp4Experts& mlp1, float alpha, float limit, bf16* act,
+                 cudaStream_t stream) {
   const size_t smem = stage_bytes(mlp1, 1);
   allow_dynamic_smem(moe_mlp1_swiglu_kernel, smem, "mlp1");
-  launch_pdl(moe_mlp1_swiglu_kernel, dim3(ceil_div(row_tiles(mlp1), kMlp1TilesPerCta), k), dim3(kMlp1Warps * 32),
-             smem, stream, x_normed, ids, stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.experts, mlp1.rows,
-             mlp1.cols, alpha, limit, act);
+  launch_pdl(moe_mlp1_swiglu_kernel, dim3(ceil_div(row_tiles(mlp1), kMlp1TilesPerCta), k), dim3(kMlp1Threads), smem,
+             stream, r, k, stream_args(mlp1), mlp1.bias.get<bf16>(), mlp1.experts, mlp1.rows, mlp1.cols, alpha,
+             limit, act);
+}
+
+void launch_mlp2(const bf16* act, const MoeRouting& r, int k, const Mxfp4Experts& mlp2, float* residual,
+                 cudaStream_t stream) {
+  const size_t smem = stage_bytes(mlp2, (k + kMlp2Splits - 1) / kMlp2Splits);
+  allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
+  launch_pdl(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2), kMlp2Splits), dim3(kMlp2Warps * 32), smem, stream, act,
+             r, k, stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual,
+             mlp2.partial.get<float>(), mlp2.arrivals.get<int>());
+}
+
+void check_mlp1(const Mxfp4Experts& mlp1, int k, const char* who) {
+  check_moe_shapes(mlp1, k, who);
+  if (mlp1.rows % 2 != 0) throw std::invalid_argument(std::string(who) + ": mlp1 rows must be even (glu/linear pairs)");
+}
+
+}  // namespace
+
+void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids, int k, const Mxfp4Experts& mlp1,
+                                        float alpha, float limit, bf16* act, cudaStream_t stream) {
+  check_mlp1(mlp1, k, "launch_bf16_mxfp4w_moe_mlp1_swiglu");
+  launch_mlp1(given_route(x_normed, ids, nullptr), k, mlp1, alpha, limit, act, stream);
+}
+
+void launch_bf16_mxfp4w_moe_mlp1_swiglu(const MoeRoute& route, int k, const Mxfp4Experts& mlp1, float alpha,
+                                        float limit, bf16* act, cudaStream_t stream) {
+  const char* who = "launch_bf16_mxfp4w_moe_mlp1_swiglu";
+  check_mlp1(mlp1, k, who);
+  launch_mlp1(routed(route, mlp1.experts, who), k, mlp1, alpha, limit, act, stream);
 }
 
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
                                           const Mxfp4Experts& mlp2, float* residual, cudaStream_t stream) {
   check_moe_shapes(mlp2, k, "launch_bf16_mxfp4w_moe_mlp2_residual");
-  const size_t smem = stage_bytes(mlp2, (k + kMlp2Splits - 1) / kMlp2Splits);
-  allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
-  launch_pdl(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2), kMlp2Splits), dim3(kMlp2Warps * 32), smem, stream, act,
-             ids, weights, k, stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual,
-             mlp2.partial.get<float>(), mlp2.arrivals.get<int>());
+  launch_mlp2(act, given_route(nullptr, ids, weights), k, mlp2, residual, stream);
+}
+
+void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const MoeRoute& route, int k, const Mxfp4Experts& mlp2,
+                                          float* residual, cudaStream_t stream) {
+  const char* who = "launch_bf16_mxfp4w_moe_mlp2_residual";
+  check_moe_shapes(mlp2, k, who);
+  launch_mlp2(act, routed(route, mlp2.experts, who), k, mlp2, residual, stream);
 }
 
 void launch_moe_prefill_stage(const bf16* in, int n_rows, int cols, __half* staged, float* up, cudaStream_t stream) {

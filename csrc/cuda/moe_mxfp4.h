@@ -1,5 +1,6 @@
 // Public launchers of the MXFP4 mixture-of-experts family (moe_mxfp4.cu): mlp1 + SwiGLU, mlp2 + sum + residual
-// (the router is the out-projection's tail: RouterTail in gemv_bf16.h). Decode (one token). Device pointers; every launcher is graph-capturable (no sync, no alloc).
+// (the out-projection's tail leaves the router's partials, which these launches finish: MoeRoute in gemv_bf16.h).
+// Decode (one token). Device pointers; every launcher is graph-capturable (no sync, no alloc).
 #pragma once
 
 #include <cstdint>
@@ -7,6 +8,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda/common.cuh"
+#include "cuda/gemv_bf16.h"
 
 namespace gpt_oss {
 
@@ -29,13 +31,21 @@ Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, 
                                   int rows, int cols);
 
 // act[j, :] = swiglu(W1[ids[j]] · x_normed + b1[ids[j]]) for j < k; rows of W1 interleave glu (even) and
-// linear (odd); act is bf16 [k, intermediate].
+// linear (odd); act is bf16 [k, intermediate]. The route either given (x_normed, ids from an earlier launch) or
+// finished by every CTA from the out-projection's router partials (MoeRoute, gemv_bf16.h: decode), in which case
+// x_normed is the route's bf16(rmsnorm(residual) · norm_scale) and the out-projection must be the launch right
+// before.
 void launch_bf16_mxfp4w_moe_mlp1_swiglu(const bf16* x_normed, const int32_t* ids, int k, const Mxfp4Experts& mlp1,
                                         float alpha, float limit, bf16* act, cudaStream_t);
+void launch_bf16_mxfp4w_moe_mlp1_swiglu(const MoeRoute& route, int k, const Mxfp4Experts& mlp1, float alpha,
+                                        float limit, bf16* act, cudaStream_t);
 
-// residual[h] += Σ_j weights[j] · (W2[ids[j]] · act[j] + b2[ids[j]])[h]   (fp32 residual, in place).
+// residual[h] += Σ_j weights[j] · (W2[ids[j]] · act[j] + b2[ids[j]])[h]   (fp32 residual, in place); the route
+// as for mlp1 (given ids / weights, or MoeRoute with mlp1 the launch right before).
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
                                           const Mxfp4Experts& mlp2, float* residual, cudaStream_t);
+void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const MoeRoute& route, int k, const Mxfp4Experts& mlp2,
+                                          float* residual, cudaStream_t);
 
 // ---- batched prefill (T tokens; see prefill.h for the grouping) ----------------------------------------------
 

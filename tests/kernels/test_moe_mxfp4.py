@@ -1,5 +1,6 @@
-"""The MoE launchers against float64 NumPy: the router in the out-projection's tail (csrc/cuda/gemv_bf16.cu:
-RMSNorm + gate GEMV + top-k + softmax of the updated residual), and (csrc/cuda/moe_mxfp4.cu) mlp1 + clamped
+"""The MoE launchers against float64 NumPy: the router (RMSNorm + gate GEMV + top-k + softmax of the updated
+residual: partials in the out-projection's tail, csrc/cuda/gemv_bf16.cu, finished by csrc/cuda/router.cuh, here
+through launch_route and inside mlp1 / mlp2 in the chained test), and (csrc/cuda/moe_mxfp4.cu) mlp1 + clamped
 interleaved SwiGLU, mlp2 + bias + routing weights + sum over experts + fp32 residual. References are computed
 from the same bf16-rounded inputs; outputs are poisoned (NaN) before every launch."""
 
@@ -151,13 +152,15 @@ def route(x, norm_scale, gate_w, gate_b, k, rng):
     return K.bf16_gemv_bias_residual_router(w_o, b_o, attn, x, norm_scale, gate_w, gate_b, k, EPS)
 
 
-@pytest.mark.parametrize(("experts", "inter", "hidden"), [(32, 2880, 2880), (128, 96, 64)])
+# hidden 3104: mlp1 normalises the inputs past the 3072 it holds in registers from L2.
+@pytest.mark.parametrize(("experts", "inter", "hidden"), [(32, 2880, 2880), (128, 96, 64), (8, 64, 3104)])
 def test_layers_chained_match_one_kernel_at_a_time(experts: int, inter: int, hidden: int) -> None:
-    """[out-projection + router] → mlp1 → mlp2 launched back to back for several layers, as the decode graph
-    does (each launch may start before the previous one ends: programmatic dependent launch, and the router's
-    arrival counter is reused layer after layer), gives the same bits as the kernels run one at a time with a
-    host sync after each. mlp2 reads the router's ids before its own dependency wait, and each layer routes
-    differently, so a read of stale ids or activations would show."""
+    """[out-projection + router partials] → mlp1 → mlp2, each routing from the partials, launched back to back
+    for several layers as the decode graph does (each launch may start before the previous one ends:
+    programmatic dependent launch, and the partials are rewritten layer after layer), gives the same bits as the
+    kernels run one at a time with a host sync after each, routed by launch_route. mlp2 routes from the
+    partials before its own dependency wait, and each layer routes differently, so a read of stale partials or
+    activations would show."""
     rng = np.random.default_rng(experts + inter + hidden)
     b1, s1 = random_mxfp4(rng, experts, 2 * inter, hidden)
     b2, s2 = random_mxfp4(rng, experts, hidden, inter)

@@ -1,0 +1,82 @@
+// The MoE router's last step, run by each CTA that needs the route (the MoE kernels, and launch_route for tests):
+// the out-projection's tail (gemv_bf16.cu) leaves one row of partials per cluster of its CTAs, and every CTA of
+// mlp1 and mlp2 sums those rows itself, in one fixed order, so all of them reach the same bits. No last CTA of
+// the out-projection routes on the critical path (an arrival atomic, one more L2 round trip and a CTA's serial
+// work, ~3 µs a layer in session 11's timeline); each consumer pays one round of partial loads instead.
+// H100, one call (session 13), graph-timed: out-projection + router 15.72 → 12.32 µs (20b), 15.58 → 12.08 (120b);
+// mlp1 16.51 → 17.94 / 16.21 → 17.22 (its route is after its wait); decode at 1k 20b 552.8 → 550.4 tok/s (a
+// tie), 120b 393.3 → 403.2 (+2.5 %). 20b's mlp1 pays more than 120b's: with 9 float4 columns, 28 groups of
+// threads, the serial total over groups below is 28 dependent shared loads (120b: 7); benchmarks/NOTES.md.
+#pragma once
+
+#include "cuda/common.cuh"
+
+namespace gpt_oss {
+
+// A partials row: the experts' gate dots Σ_r gate_w[e, r] · x_r · norm_scale_r, then Σ_r x_r², padded to whole
+// float4s. rmsnorm's 1 / rms is one factor common to the whole vector, so it is applied after the sum.
+__host__ __device__ inline int route_cols_padded(int experts) { return (experts + 1 + 3) / 4 * 4; }
+
+// The kernel argument: the out-projection's partials and the gate bias (gemv_bf16.h: MoeRoute).
+struct RoutePartials {
+  const float* partials;  // [clusters, route_cols_padded(experts)]
+  int clusters;
+  const bf16* gate_b;  // [experts]
+};
+
+template <int kThreads>
+struct RouteSmem {
+  __align__(16) float red[kThreads * 4];  // written as float4
+  float total[kRouteMaxExperts + 1];
+  float bias[kRouteMaxExperts];
+};
+
+// Every thread of a kThreads CTA: the logits' sums from the partials into s.total (in one fixed order whatever
+// CTA runs it), then warp 0 routes (warp_route) into ids / weights, which may be shared memory; returns 1 / rms
+// of the residual (every thread). The caller's next barrier publishes ids and weights. kLoads partial rows a
+// thread go out before the first add (unpredicated, rows clamped, extras not added): one round trip for up to
+// kLoads · kThreads / quads rows (gpt-oss: 23 rows, 9 quads (20b) or 33 (120b): one round at kLoads = 4).
+template <int kThreads, int kLoads>
+__device__ __forceinline__ float route_from_partials(const RoutePartials& rp, int experts, int k, int hidden,
+                                                     float eps, RouteSmem<kThreads>& s, int32_t* ids,
+                                                     float* weights) {
+  static_assert(kRouteMaxExperts <= kThreads, "one thread per expert for the bias load");
+  const int tid = threadIdx.x, cols_pad = route_cols_padded(experts);
+  if (tid < experts) s.bias[tid] = __bfloat162float(rp.gate_b[tid]);
+  // Thread (group, quad) sums float4 column quad `quad` over rows group, group + groups, ...; then column c is
+  // summed over the groups.
+  const int quads = cols_pad / 4, groups = kThreads / quads, quad = tid % quads, group = tid / quads;
+  if (group < groups) {
+    const float4* p4 = reinterpret_cast<const float4*>(rp.partials) + quad;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int t0 = group; t0 < rp.clusters; t0 += kLoads * groups) {
+      float4 v[kLoads];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u)
+        v[u] = __ldcg(p4 + static_cast<int64_t>(min(t0 + u * groups, rp.clusters - 1)) * quads);
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u)
+        if (t0 + u * groups < rp.clusters) acc.x += v[u].x, acc.y += v[u].y, acc.z += v[u].z, acc.w += v[u].w;
+    }
+    reinterpret_cast<float4*>(s.red)[group * quads + quad] = acc;
+  }
+  __syncthreads();
+  for (int c = tid; c <= experts; c += kThreads) {
+    float total = 0.f;
+    for (int gi = 0; gi < groups; ++gi) total += s.red[gi * cols_pad + c];
+    s.total[c] = total;
+  }
+  __syncthreads();
+  const float inv_rms = rsqrtf(s.total[experts] / static_cast<float>(hidden) + eps);
+  if (tid < 32)
+    warp_route(
+        experts, k, [&](int e) { return fmaf(s.total[e], inv_rms, s.bias[e]); }, ids, weights);
+  return inv_rms;
+}
+
+// mlp1's input as the reference rounds it: bf16(x · inv_rms · norm_scale), as a float.
+__device__ __forceinline__ float normed_bf16(float x, float inv_rms, float scale) {
+  return __bfloat162float(__float2bfloat16(x * inv_rms * scale));
+}
+
+}  // namespace gpt_oss
