@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) route_kernel(RoutePartials rp, int e
   pdl_wait();
   const float inv_rms = route_from_partials<kThreads, 8>(rp, experts, k, hidden, eps, s, ids, weights);
   for (int i = threadIdx.x; i < hidden; i += kThreads)
-    x_normed[i] = __float2bfloat16(normed_bf16(__ldcg(residual + i), inv_rms, norm_scale[i]));
+    x_normed[i] = normed_bf16(__ldcg(residual + i), inv_rms, norm_scale[i]);
 }
 
 __global__ void __launch_bounds__(kThreads, 2)
@@ -369,13 +369,22 @@ size_t router_tail_workspace_bytes(int hidden, int experts) {
 
 int router_clusters(int hidden) { return ceil_div(ceil_div(hidden, kTileRows), kRouteCluster); }
 
+void check_moe_route(const MoeRoute& route, int experts, const char* who) {
+  if (!route.workspace || route.clusters < 1 || !route.gate_b || !route.residual || !route.norm_scale)
+    throw std::invalid_argument(std::string(who) + ": the route needs the router's workspace, clusters >= 1, the "
+                                "gate bias, the residual and the norm scale");
+  if (experts < 1 || experts > kRouteMaxExperts)
+    throw std::invalid_argument(std::string(who) + ": routing needs 1 <= experts <= " +
+                                std::to_string(kRouteMaxExperts) + ", got " + std::to_string(experts));
+}
+
 void launch_route(const MoeRoute& route, int experts, int k, int hidden, bf16* x_normed, int32_t* ids,
                   float* weights, cudaStream_t stream) {
-  if (experts < 1 || experts > kRouteMaxExperts || k < 1 || k > kRouteMaxK || k > experts || hidden < 1)
-    throw std::invalid_argument("launch_route: need 1 <= experts <= " + std::to_string(kRouteMaxExperts) +
-                                ", 1 <= k <= min(" + std::to_string(kRouteMaxK) + ", experts) and hidden >= 1");
-  if (!route.workspace || !route.gate_b || !route.residual || !route.norm_scale || !x_normed || !ids || !weights)
-    throw std::invalid_argument("launch_route: every buffer is needed");
+  check_moe_route(route, experts, "launch_route");
+  if (k < 1 || k > kRouteMaxK || k > experts || hidden < 1)
+    throw std::invalid_argument("launch_route: need 1 <= k <= min(" + std::to_string(kRouteMaxK) +
+                                ", experts) and hidden >= 1");
+  if (!x_normed || !ids || !weights) throw std::invalid_argument("launch_route: every output buffer is needed");
   launch_pdl(route_kernel, dim3(1), dim3(kThreads), 0, stream,
              RoutePartials{static_cast<const float*>(route.workspace), route.clusters, route.gate_b}, experts, k,
              hidden, route.residual, route.norm_scale, route.eps, x_normed, ids, weights);

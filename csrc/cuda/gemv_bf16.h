@@ -33,6 +33,8 @@ struct MoeRoute {
   float eps;
 };
 int router_clusters(int hidden);
+// Throws std::invalid_argument (prefixed with who) unless route can serve a launch of `experts` experts.
+void check_moe_route(const MoeRoute& route, int experts, const char* who);
 
 // The routing alone, from an out-projection's partials: x_normed [hidden], ids / weights [k] (one CTA).
 void launch_route(const MoeRoute& route, int experts, int k, int hidden, bf16* x_normed, int32_t* ids,

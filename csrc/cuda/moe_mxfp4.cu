@@ -366,13 +366,13 @@ __global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
     float m = 0.f;  // as stage_inputs: the largest magnitude of the bf16 inputs (NaN ignored, and kept)
 #pragma unroll
     for (int u = 0; u < kXPerThread / 2; ++u) {
-      const __nv_bfloat162 v =
-          __floats2bfloat162_rn(xv[2 * u] * inv_rms * sv[2 * u], xv[2 * u + 1] * inv_rms * sv[2 * u + 1]);
+      const __nv_bfloat162 v = __halves2bfloat162(normed_bf16(xv[2 * u], inv_rms, sv[2 * u]),
+                                                  normed_bf16(xv[2 * u + 1], inv_rms, sv[2 * u + 1]));
       xn[u] = *reinterpret_cast<const uint32_t*>(&v);
       m = fmaxf(m, fmaxf(fabsf(__low2float(v)), fabsf(__high2float(v))));
     }
     for (int i = threadIdx.x + kXPerThread * kMlp1Threads; i < cols; i += kMlp1Threads)
-      m = fmaxf(m, fabsf(normed_bf16(__ldcg(r.residual + i), inv_rms, r.norm_scale[i])));
+      m = fmaxf(m, fabsf(__bfloat162float(normed_bf16(__ldcg(r.residual + i), inv_rms, r.norm_scale[i]))));
     m = warp_max(m);
     if (lane == 0) s_red[warp] = m;
     __syncthreads();  // also publishes warp 0's route
@@ -417,8 +417,9 @@ __global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
           if (ix < xs_len) xs[ix] = __float2half_rn(ix < cols ? v * down : 0.f);
         }
         for (int ix = threadIdx.x + kXPerThread * kMlp1Threads; ix < xs_len; ix += kMlp1Threads)
-          xs[ix] = __float2half_rn(ix < cols ? normed_bf16(__ldcg(r.residual + ix), inv_rms, r.norm_scale[ix]) * down
-                                             : 0.f);
+          xs[ix] = __float2half_rn(
+              ix < cols ? __bfloat162float(normed_bf16(__ldcg(r.residual + ix), inv_rms, r.norm_scale[ix])) * down
+                        : 0.f);
         __syncthreads();
       },
       acc_g, acc_g8);
@@ -763,12 +764,7 @@ MoeRouting given_route(const bf16* x_normed, const int32_t* ids, const float* we
 }
 
 MoeRouting routed(const MoeRoute& route, int experts, const char* who) {
-  if (!route.workspace || route.clusters < 1 || !route.gate_b || !route.residual || !route.norm_scale)
-    throw std::invalid_argument(std::string(who) + ": the route needs the router's workspace, clusters >= 1, the "
-                                "gate bias, the residual and the norm scale");
-  if (experts > kRouteMaxExperts)
-    throw std::invalid_argument(std::string(who) + ": routing supports at most " +
-                                std::to_string(kRouteMaxExperts) + " experts, got " + std::to_string(experts));
+  check_moe_route(route, experts, who);
   MoeRouting r{};
   r.rp = RoutePartials{static_cast<const float*>(route.workspace), route.clusters, route.gate_b};
   r.residual = route.residual, r.norm_scale = route.norm_scale, r.eps = route.eps;

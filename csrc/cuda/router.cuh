@@ -74,9 +74,9 @@ __device__ __forceinline__ float route_from_partials(const RoutePartials& rp, in
   return inv_rms;
 }
 
-// mlp1's input as the reference rounds it: bf16(x · inv_rms · norm_scale), as a float.
-__device__ __forceinline__ float normed_bf16(float x, float inv_rms, float scale) {
-  return __bfloat162float(__float2bfloat16(x * inv_rms * scale));
+// mlp1's input as the reference rounds it: bf16(x · inv_rms · scale).
+__device__ __forceinline__ bf16 normed_bf16(float x, float inv_rms, float scale) {
+  return __float2bfloat16(x * inv_rms * scale);
 }
 
 }  // namespace gpt_oss
