@@ -153,7 +153,7 @@ __device__ void combine_in_cluster(const AttentionDecodeParams& p, int group, in
           return *reinterpret_cast<const float2*>(cluster.map_shared_rank(s_part, s) + h * kPartEntry + 2 * pair);
         });
   }
-  cluster.sync();  // the peers' shared memory stays until rank 0 has read it
+  cluster_sync_relaxed();  // the peers' shared memory stays until rank 0 has read it (consumed above)
 }
 
 __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p) {

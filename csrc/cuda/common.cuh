@@ -179,6 +179,21 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;"
 // Lets the next PDL kernel of the stream launch now (it still waits in pdl_wait() for this one to finish).
 __device__ __forceinline__ void pdl_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
+// Cluster barriers in halves. cg's cluster.sync() is arrive.release + wait.acquire, and the release compiles to
+// MEMBAR.ALL.GPU, which waits until every store and load the thread has in flight is done: global stores before
+// it cost an L2 round trip, and loads issued before it lose their overlap with the wait. Issue independent loads
+// between cluster_arrive_release() and cluster_wait_acquire(); end a cluster's life with cluster_sync_relaxed()
+// when that barrier publishes nothing (it only keeps shared memory alive for remote readers whose reads are
+// consumed already): a grid's completion still flushes its stores before a dependent's pdl_wait() returns.
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait_acquire() { asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory"); }
+__device__ __forceinline__ void cluster_sync_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+  asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
+
 // 16 bytes global → shared through L2 (cp.async.cg, no L1 allocation); valid = false zero-fills instead (no read).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));

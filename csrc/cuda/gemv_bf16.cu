@@ -110,8 +110,12 @@ constexpr int kRouteCluster = 8;
 // MoE launches finish the routing from those rows (router.cuh). This replaced a separate router launch (6.1 µs on
 // the H100, graph-timed, for 0.18 MB); until session 13 the last CTA to arrive (an arrival counter) also routed
 // here, 3.6–3.8 µs of tail on the critical path (session 11's timeline).
+// store_residual() runs right after the first cluster barrier, whose release waits for every store in flight
+// (common.cuh: cluster_arrive_release): before it, the residual store put an L2 round trip on every CTA's path
+// ahead of the partials' store; after it, the two drain together.
+template <typename StoreResidual>
 __device__ __forceinline__ void router_tail(const RouterTail& rt, int tile, uint4 gate_lo, uint4 gate_hi,
-                                            const float* s_xs, const float* s_sq) {
+                                            const float* s_xs, const float* s_sq, StoreResidual store_residual) {
   __shared__ __align__(16) float s_part[kRouteMaxExperts + 4];  // this CTA's row of partials (cols_pad ≤ 260)
   const int tid = threadIdx.x, experts = rt.experts, cols_pad = route_cols_padded(experts);
   float* partials = static_cast<float*>(rt.workspace);
@@ -133,6 +137,7 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, int tile, uint
   }
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
+  store_residual();
   if (cluster.block_rank() == 0) {
     for (int c = tid; c < cols_pad; c += kThreads) {
       float sum = 0.f;
@@ -140,7 +145,7 @@ __device__ __forceinline__ void router_tail(const RouterTail& rt, int tile, uint
       partials[static_cast<int64_t>(tile / kRouteCluster) * cols_pad + c] = sum;
     }
   }
-  cluster.sync();  // the other CTAs' shared memory stays alive until their rank 0 has read it
+  cluster_sync_relaxed();  // the other CTAs' shared memory stays until rank 0 has read it (consumed above)
 }
 
 // launch_route: the routing alone, one CTA (router.cuh), with x_normed written as mlp1 stages it.
@@ -151,7 +156,7 @@ __global__ void __launch_bounds__(kThreads) route_kernel(RoutePartials rp, int e
                                                          float* __restrict__ weights) {
   __shared__ RouteSmem<kThreads> s;
   pdl_wait();
-  const float inv_rms = route_from_partials<kThreads, 8>(rp, experts, k, hidden, eps, s, ids, weights);
+  const float inv_rms = route_from_partials<kThreads>(rp, experts, k, hidden, eps, s, ids, weights);
   for (int i = threadIdx.x; i < hidden; i += kThreads)
     x_normed[i] = normed_bf16(__ldcg(residual + i), inv_rms, norm_scale[i]);
 }
@@ -195,8 +200,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (lane % 4 == 0) s_sum[warp][g] = d[0], s_sum[warp][g + 8] = d[2];
   __syncthreads();
   const int row = row0 + threadIdx.x;
+  const bool stores = threadIdx.x < kTileRows && row < rows;
+  float x = 0.f;
   if (threadIdx.x < kTileRows) {
-    float x = 0.f;
     // Read before the residual store, which the compiler must otherwise assume may alias it: loaded after the
     // store, it was a second L2 round trip on every CTA's way to the router's arrival.
     const float scale = route && row < rows ? rt.norm_scale[row] : 0.f;
@@ -204,11 +210,13 @@ __global__ void __launch_bounds__(kThreads, 2)
       float sum = 0.f;
       for (int w = 0; w < kWarps; ++w) sum += s_sum[w][threadIdx.x];
       x = __ldcg(residual + row) + (sum + __bfloat162float(bias[row]));  // L2, see rows_dot
-      residual[row] = x;
+      if (!route) residual[row] = x;
     }
     if (route) s_xs[threadIdx.x] = x * scale, s_sq[threadIdx.x] = x * x;
   }
-  if (route) router_tail(rt, tile, gate_lo, gate_hi, s_xs, s_sq);
+  if (route) router_tail(rt, tile, gate_lo, gate_hi, s_xs, s_sq, [&] {
+    if (stores) residual[row] = x;
+  });
 }
 
 // FusedSample as the kernel takes it: temperature widened, the draw's random bits derived on the host.

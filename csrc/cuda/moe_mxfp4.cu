@@ -24,10 +24,10 @@
 //      with the residual it normalises), stages x once and streams 4 16-row tiles of expert ids[j] over all of
 //      K, 2 warps a tile splitting K; epilogue: bias, clamped interleaved SwiGLU → act[j] bf16.
 //   (mlp2's CTAs route the same way before their dependency wait, while mlp1 runs.)
-//   2. mlp2: grid (row tile, split); each CTA streams one 16-row tile of half the k experts, its 8 warps
-//      shared among those experts, each warp one contiguous run of K chunks of one expert; partial sums meet in
-//      shared memory in a fixed order, and the last CTA of a tile adds both splits, the routing-weighted biases
-//      and the fp32 residual: deterministic.
+//   2. mlp2: grid (row tile × split, in clusters of the splits); each CTA streams one 16-row tile of half the k
+//      experts, its 8 warps shared among those experts, each warp one contiguous run of K chunks of one expert;
+//      partial sums meet in shared memory in a fixed order, and the cluster's rank 0 adds both splits (DSMEM),
+//      the routing-weighted biases and the fp32 residual: deterministic.
 //
 // Repacked layout (upload_mxfp4_experts, a device kernel): rows in tiles of 16, K in chunks of 64 values (two
 // MXFP4 blocks). Tile row ρ < 8 is row 2ρ of the tile's 16, ρ ≥ 8 is row 2(ρ-8)+1, so a lane holds a glu row
@@ -50,12 +50,16 @@
 #include <stdexcept>
 #include <string>
 
+#include <cooperative_groups.h>
+
 #include "cuda/router.cuh"
 #include "cuda/weight_stream.cuh"
 
 namespace gpt_oss {
 
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kTileRows = 16;
 constexpr int kChunkValues = 64;
@@ -362,7 +366,7 @@ __global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
       xv[u] = i < cols ? __ldcg(r.residual + i) : 0.f;
       sv[u] = i < cols ? r.norm_scale[i] : 0.f;
     }
-    inv_rms = route_from_partials<kMlp1Threads, 4>(r.rp, experts, k, cols, r.eps, s_route, s_ids, s_weights);
+    inv_rms = route_from_partials<kMlp1Threads>(r.rp, experts, k, cols, r.eps, s_route, s_ids, s_weights);
     float m = 0.f;  // as stage_inputs: the largest magnitude of the bf16 inputs (NaN ignored, and kept)
 #pragma unroll
     for (int u = 0; u < kXPerThread / 2; ++u) {
@@ -444,13 +448,13 @@ __global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
 // Each tile is split over kMlp2Splits CTAs by expert slot (slots [split · per, (split + 1) · per)): 360 CTAs of
 // 8 warps keep 2880 warps' weight batches in flight where 180 whole-tile CTAs kept 1440. The kernel is
 // latency-bound (time grows by ~3 µs per serial batch a warp), so halving each warp's share is what counts:
-// H100, graph-timed, 20b k = 4: 14.9 → 12.9 µs (4 splits of 4 warps: 13.0, but decode lost 2 %). Each CTA writes
-// its 16 partial rows; the last to arrive at the tile (an arrival counter) adds the partials in split order,
-// the routing-weighted biases and the residual: deterministic.
+// H100, graph-timed, 20b k = 4: 14.9 → 12.9 µs (4 splits of 4 warps: 13.0, but decode lost 2 %). A tile's splits
+// are one cluster: each CTA sums its 16 rows into shared memory and rank 0 adds the partner's through DSMEM, in
+// split order, with the routing-weighted biases and the residual: deterministic.
 __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
     moe_mlp2_residual_kernel(const bf16* __restrict__ act, MoeRouting r, int k, StreamArgs a,
-                             const bf16* __restrict__ bias, int experts, int rows, int cols, float* __restrict__ residual,
-                             float* __restrict__ partial, int* __restrict__ arrivals) {
+                             const bf16* __restrict__ bias, int experts, int rows, int cols,
+                             float* __restrict__ residual) {
   TimelineScope timeline(kTlMlp2);
   extern __shared__ uint4 dyn_smem[];
   __half* xs = reinterpret_cast<__half*>(dyn_smem);
@@ -460,8 +464,11 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   __shared__ RouteSmem<kMlp2Warps * 32> s_route;
   __shared__ int32_t s_ids[kRouteMaxK];
   __shared__ float s_weight[kRouteMaxK];
-  __shared__ int s_bad, s_last;
-  const int tile = blockIdx.x, split = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __shared__ float s_row[kTileRows];
+  __shared__ int s_bad;
+  // A tile's kMlp2Splits CTAs are one cluster (consecutive x): their rows meet in distributed shared memory.
+  const int tile = blockIdx.x / kMlp2Splits, split = blockIdx.x % kMlp2Splits, warp = threadIdx.x / 32,
+            lane = threadIdx.x % 32;
   const int per = (k + kMlp2Splits - 1) / kMlp2Splits, j0 = min(k, split * per), nj = min(k, j0 + per) - j0;
   if (threadIdx.x == 0) s_bad = 0;
   // The route, before pdl_wait(): the out-projection (or the launch that wrote the given ids and weights) finished
@@ -469,7 +476,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   // an L1 line an earlier layer's launch left on this SM. mlp2 is resident long before its wait, so routing here
   // costs the critical path nothing.
   if (r.rp.partials) {
-    route_from_partials<kMlp2Warps * 32, 4>(r.rp, experts, k, rows, r.eps, s_route, s_ids, s_weight);
+    route_from_partials<kMlp2Warps * 32>(r.rp, experts, k, rows, r.eps, s_route, s_ids, s_weight);
   } else if (threadIdx.x < k) {
     s_ids[threadIdx.x] = __ldcg(r.ids + threadIdx.x);
     s_weight[threadIdx.x] = __ldcg(r.weights + threadIdx.x);
@@ -513,37 +520,36 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   __syncthreads();
   const int rho = threadIdx.x, row = tile * kTileRows + tile_row_offset(rho % kTileRows);
   const bool mine = rho < kTileRows && row < rows;
+  // The cluster's rank 0 (split 0) adds the splits' rows in split order, the routing-weighted biases and the
+  // residual: deterministic. The partner's rows cost one DSMEM read, where global partials, a fence, an arrival
+  // atomic and a load of the partials were three dependent round trips on the tile's path. The cluster barrier
+  // is split (common.cuh): rank 0's bias and residual loads go out between its arrive and its wait, so their L2
+  // round trip runs while the other split finishes. All loads of the sum go out before its first add (slots past k clamped to
+  // slot k - 1 and not added): one round trip for k ≤ kTailSlots (gpt-oss: 4); more would spill (80 registers).
+  float own = 0.f;
   if (mine) {
-    float sum = 0.f;
-    for (int w = 0; w < kMlp2Warps; ++w) sum += s_sum[w][rho];
-    partial[static_cast<int64_t>(split) * rows + row] = sum;
-    __threadfence();  // this split's rows are visible device-wide before its arrival counts
+    for (int w_ = 0; w_ < kMlp2Warps; ++w_) own += s_sum[w_][rho];
+    s_row[rho] = own;
   }
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(arrivals + tile, 1) == kMlp2Splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();  // the other splits' rows (fenced before their arrivals) are read after the count
-  if (mine) {
-    // Every load of the sum goes out before its first add (slots past k clamped to slot k - 1 and not added):
-    // one L2 round trip for k ≤ kTailSlots (gpt-oss: 4). The loop over k, bounded at run time, issued the
-    // partials, then the weights and biases, then the residual, each after the previous one's adds (three round
-    // trips, per the SASS). More slots would spill in this 80-register kernel. With the out-projection's scale
-    // read below: H100, decode at 1k, 20b 526.8 → 530.4 tok/s, 120b 377.6 → 379.6 (session 11).
-    constexpr int kTailSlots = 4;
-    float parts[kMlp2Splits], w[kTailSlots], b[kTailSlots];
-#pragma unroll
-    for (int sp = 0; sp < kMlp2Splits; ++sp) parts[sp] = __ldcg(partial + static_cast<int64_t>(sp) * rows + row);
+  cluster_arrive_release();  // s_row is published
+  constexpr int kTailSlots = 4;
+  float w[kTailSlots], b[kTailSlots], old = 0.f;
+  const bool adds = mine && split == 0;
+  if (adds) {
 #pragma unroll
     for (int j = 0; j < kTailSlots; ++j) {
       const int jj = min(j, k - 1);
       w[j] = s_weight[jj];
       b[j] = __bfloat162float(bias[static_cast<int64_t>(s_expert[jj]) * rows + row]);
     }
-    const float old = __ldcg(residual + row);  // L2: see pdl_wait
-    float sum = 0.f;
+    old = __ldcg(residual + row);  // L2: see pdl_wait
+  }
+  cluster_wait_acquire();
+  cg::cluster_group cluster = cg::this_cluster();
+  if (adds) {
+    float sum = own;
 #pragma unroll
-    for (int sp = 0; sp < kMlp2Splits; ++sp) sum += parts[sp];
+    for (int sp = 1; sp < kMlp2Splits; ++sp) sum += *cluster.map_shared_rank(&s_row[rho], sp);
 #pragma unroll
     for (int j = 0; j < kTailSlots; ++j)
       if (j < k) sum = fmaf(w[j], b[j], sum);
@@ -551,7 +557,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
       sum = fmaf(s_weight[j], __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
     residual[row] = old + (s_bad ? __int_as_float(0x7fc00000) : sum);
   }
-  if (threadIdx.x == 0) arrivals[tile] = 0;  // ready for the next launch (stream order separates launches)
+  cluster_sync_relaxed();  // the partner's s_row stays until rank 0 has read it (consumed above)
 }
 
 // ---- batched prefill: grouped expert GEMMs ------------------------------------------------------------------
@@ -732,9 +738,6 @@ Mxfp4Experts upload_mxfp4_experts(const uint8_t* blocks, const uint8_t* scales, 
   m.weights = DeviceBuffer(lanes_per_expert * experts * sizeof(uint4));
   m.scales = DeviceBuffer(lanes_per_expert / 4 * experts * sizeof(uint32_t));  // one word per row pair g
   m.bias = DeviceBuffer::from_host(bias, static_cast<size_t>(experts) * rows * sizeof(uint16_t));
-  m.partial = DeviceBuffer(static_cast<size_t>(kMlp2Splits) * rows * sizeof(float));
-  m.arrivals = DeviceBuffer(static_cast<size_t>(tiles) * sizeof(int));
-  CUDA_CHECK(cudaMemset(m.arrivals.get(), 0, static_cast<size_t>(tiles) * sizeof(int)));
 
   // Raw experts go up in batches of at most ~256 MB and are repacked on the device.
   const size_t raw_blocks = static_cast<size_t>(rows) * col_blocks * 16, raw_scales = static_cast<size_t>(rows) * col_blocks;
@@ -784,9 +787,9 @@ void launch_mlp2(const bf16* act, const MoeRouting& r, int k, const Mxfp4Experts
                  cudaStream_t stream) {
   const size_t smem = stage_bytes(mlp2, (k + kMlp2Splits - 1) / kMlp2Splits);
   allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
-  launch_pdl(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2), kMlp2Splits), dim3(kMlp2Warps * 32), smem, stream, act,
-             r, k, stream_args(mlp2), mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual,
-             mlp2.partial.get<float>(), mlp2.arrivals.get<int>());
+  launch_kernel(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2) * kMlp2Splits), dim3(kMlp2Warps * 32), smem, stream,
+                /*pdl=*/true, /*cluster_x=*/kMlp2Splits, act, r, k, stream_args(mlp2), mlp2.bias.get<bf16>(),
+                mlp2.experts, mlp2.rows, mlp2.cols, residual);
 }
 
 void check_mlp1(const Mxfp4Experts& mlp1, int k, const char* who) {

@@ -18,10 +18,6 @@ struct Mxfp4Experts {
   DeviceBuffer weights;  // packed FP4 codes, repacked
   DeviceBuffer scales;   // E8M0, repacked
   DeviceBuffer bias;     // bf16 [experts, rows]
-  // mlp2's workspace: each split's partial rows, and per 16-row tile how many splits have written theirs (zero
-  // between launches). Launches that share an Mxfp4Experts must be stream-ordered.
-  DeviceBuffer partial;   // fp32 [splits, rows]
-  DeviceBuffer arrivals;  // int [rows / 16]
   int experts = 0, rows = 0, cols = 0;
 };
 

@@ -33,10 +33,15 @@ struct RouteSmem {
 
 // Every thread of a kThreads CTA: the logits' sums from the partials into s.total (in one fixed order whatever
 // CTA runs it), then warp 0 routes (warp_route) into ids / weights, which may be shared memory; returns 1 / rms
-// of the residual (every thread). The caller's next barrier publishes ids and weights. kLoads partial rows a
-// thread go out before the first add (unpredicated, rows clamped, extras not added): one round trip for up to
-// kLoads · kThreads / quads rows (gpt-oss: 23 rows, 9 quads (20b) or 33 (120b): one round at kLoads = 4).
-template <int kThreads, int kLoads>
+// of the residual (every thread). The caller's next barrier publishes ids and weights.
+// Each thread sums up to kRouteLoads rows of one float4 column in registers (loads unpredicated, rows clamped,
+// extras not added: one round trip), over as few groups of threads as that allows, because the groups are then
+// summed one after another: gpt-oss's 23 rows take 6 groups (20b and 120b), where one row a thread took 28
+// dependent shared loads for 20b (9 float4 columns), ~0.5 µs before the top-k. Every caller uses the same
+// kRouteLoads, so every CTA adds in the same order.
+constexpr int kRouteLoads = 4;
+
+template <int kThreads>
 __device__ __forceinline__ float route_from_partials(const RoutePartials& rp, int experts, int k, int hidden,
                                                      float eps, RouteSmem<kThreads>& s, int32_t* ids,
                                                      float* weights) {
@@ -45,17 +50,18 @@ __device__ __forceinline__ float route_from_partials(const RoutePartials& rp, in
   if (tid < experts) s.bias[tid] = __bfloat162float(rp.gate_b[tid]);
   // Thread (group, quad) sums float4 column quad `quad` over rows group, group + groups, ...; then column c is
   // summed over the groups.
-  const int quads = cols_pad / 4, groups = kThreads / quads, quad = tid % quads, group = tid / quads;
+  const int quads = cols_pad / 4, quad = tid % quads, group = tid / quads;
+  const int groups = min(kThreads / quads, (rp.clusters + kRouteLoads - 1) / kRouteLoads);
   if (group < groups) {
     const float4* p4 = reinterpret_cast<const float4*>(rp.partials) + quad;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int t0 = group; t0 < rp.clusters; t0 += kLoads * groups) {
-      float4 v[kLoads];
+    for (int t0 = group; t0 < rp.clusters; t0 += kRouteLoads * groups) {
+      float4 v[kRouteLoads];
 #pragma unroll
-      for (int u = 0; u < kLoads; ++u)
+      for (int u = 0; u < kRouteLoads; ++u)
         v[u] = __ldcg(p4 + static_cast<int64_t>(min(t0 + u * groups, rp.clusters - 1)) * quads);
 #pragma unroll
-      for (int u = 0; u < kLoads; ++u)
+      for (int u = 0; u < kRouteLoads; ++u)
         if (t0 + u * groups < rp.clusters) acc.x += v[u].x, acc.y += v[u].y, acc.z += v[u].z, acc.w += v[u].w;
     }
     reinterpret_cast<float4*>(s.red)[group * quads + quad] = acc;
