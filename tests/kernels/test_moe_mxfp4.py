@@ -224,13 +224,15 @@ def test_router(experts: int, hidden: int, k: int) -> None:
     assert abs(float(weights.sum()) - 1.0) < 1e-5
 
 
-@pytest.mark.parametrize("experts", [32, 128])
-def test_router_ties_prefer_lower_ids(experts: int) -> None:
+# Ties across lanes of the routing warp (expert e sits in lane e % 32) and, at 128 experts, within one lane.
+@pytest.mark.parametrize(("experts", "tied"), [(32, None), (128, None), (128, [101, 37, 5])],
+                         ids=["32-lanes", "128-lanes", "128-one-lane"])
+def test_router_ties_prefer_lower_ids(experts: int, tied: list[int] | None) -> None:
     rng = np.random.default_rng(3)
     hidden = 2880
     residual = rng.standard_normal(hidden).astype(np.float32)
     norm_scale = np.ones(hidden, np.float32)
-    gate_w, gate_b, tied = tied_gate(rng, experts, hidden)
+    gate_w, gate_b, tied = tied_gate(rng, experts, hidden, tied)
     x, _, ids, weights = route(residual, norm_scale, gate_w, gate_b, 4, rng)
     assert ids[:3].tolist() == sorted(tied)
     assert weights[0] == weights[1] == weights[2]

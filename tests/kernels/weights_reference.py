@@ -31,12 +31,13 @@ def random_mxfp4(rng: np.random.Generator, experts: int, rows: int, cols: int, s
     return blocks, scales
 
 
-def tied_gate(rng: np.random.Generator, experts: int, hidden: int):
-    """A router gate where experts (experts - 1, 5, 17) have identical rows and a bias of 8, well above the rest:
-    bit-identical logits, so the top-k must order them by id. Returns (gate_w, gate_b, tied ids)."""
+def tied_gate(rng: np.random.Generator, experts: int, hidden: int, tied: list[int] | None = None):
+    """A router gate where experts `tied` (default experts - 1, 5, 17: three lanes of the routing warp) have
+    identical rows and a bias of 8, well above the rest: bit-identical logits, so the top-k must order them by id.
+    Returns (gate_w, gate_b, tied ids)."""
     gate_w = random_bf16(rng, (experts, hidden), scale=0.01)
     gate_b = to_bf16(np.zeros(experts, np.float32))
-    tied = [experts - 1, 5, 17]
+    tied = [experts - 1, 5, 17] if tied is None else tied
     for e in tied:
         gate_w[e] = gate_w[tied[0]]
     gate_b[tied] = to_bf16(np.full(len(tied), 8.0, np.float32))
