@@ -473,8 +473,8 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   if (threadIdx.x == 0) s_bad = 0;
   // The route, before pdl_wait(): the out-projection (or the launch that wrote the given ids and weights) finished
   // before mlp1 released this launch (see mlp1), so what it wrote is final in L2; read there (ld.cg), never from
-  // an L1 line an earlier layer's launch left on this SM. mlp2 is resident long before its wait, so routing here
-  // costs the critical path nothing.
+  // an L1 line an earlier layer's launch left on this SM. Most of mlp2's CTAs start under mlp1's tail, before
+  // their wait (session 14: handing the late ones the route mlp1 had published changed nothing in decode).
   if (r.rp.partials) {
     route_from_partials<kMlp2Warps * 32>(r.rp, experts, k, rows, r.eps, s_route, s_ids, s_weight);
   } else if (threadIdx.x < k) {
@@ -528,7 +528,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   // slot k - 1 and not added): one round trip for k ≤ kTailSlots (gpt-oss: 4); more would spill (80 registers).
   float own = 0.f;
   if (mine) {
-    for (int w_ = 0; w_ < kMlp2Warps; ++w_) own += s_sum[w_][rho];
+    for (int from = 0; from < kMlp2Warps; ++from) own += s_sum[from][rho];
     s_row[rho] = own;
   }
   cluster_arrive_release();  // s_row is published

@@ -5,8 +5,8 @@
 // work, ~3 µs a layer in session 11's timeline); each consumer pays one round of partial loads instead.
 // H100, one call (session 13), graph-timed: out-projection + router 15.72 → 12.32 µs (20b), 15.58 → 12.08 (120b);
 // mlp1 16.51 → 17.94 / 16.21 → 17.22 (its route is after its wait); decode at 1k 20b 552.8 → 550.4 tok/s (a
-// tie), 120b 393.3 → 403.2 (+2.5 %). 20b's mlp1 pays more than 120b's: with 9 float4 columns, 28 groups of
-// threads, the serial total over groups below is 28 dependent shared loads (120b: 7); benchmarks/NOTES.md.
+// tie), 120b 393.3 → 403.2 (+2.5 %). 20b's mlp1 paid more than 120b's until the partials were summed over fewer
+// groups (kRouteLoads below; session 14, same call: 20b 551.1 → 566.3 tok/s, 120b unchanged).
 #pragma once
 
 #include "cuda/common.cuh"
