@@ -10,6 +10,8 @@ attention and the out-projection apart for the sliding-window and the full layer
   wake    from the previous launch's last exit to this launch's first pass of its dependency wait
   cta     median CTA time from its wait (or entry) to its exit
   tail    last exit minus the median exit: the stragglers
+  start   median and 90th percentile of its CTAs' starts, from the previous launch's last exit (negative: resident
+          before it ended), and late, the share of its CTAs that started only after it: how many waited for a slot
 
     python benchmarks/timeline.py [--model 20b] [--context 1024] [--steps 2]
 """
@@ -57,7 +59,7 @@ def launches(records: np.ndarray) -> list[dict]:
                 "kernel": KERNELS.get(kernel, str(kernel)), "ctas": len(g), "first_start": int(start.min()),
                 "first_waited": int(waited[waited > 0].min()) if (waited > 0).any() else None,
                 "last_end": int(end.max()), "median_end": float(np.median(end)),
-                "cta_ns": float(np.median(end - ready)),
+                "cta_ns": float(np.median(end - ready)), "starts": start,
             })
     return sorted(out, key=lambda x: x["last_end"])
 
@@ -77,18 +79,24 @@ def summarize(step: list[dict]) -> dict:
             k["wake"].append(cur["first_waited"] - prev["last_end"])
         k["cta"].append(cur["cta_ns"])
         k["tail"].append(cur["last_end"] - cur["median_end"])
+        starts = cur["starts"] - prev["last_end"]
+        k["start50"].append(float(np.median(starts)))
+        k["start90"].append(float(np.percentile(starts, 90)))
+        k["late"].append(100.0 * float(np.mean(starts > 0)))
         k["ctas"].append(cur["ctas"])
     total = step[-1]["last_end"] - step[0]["first_start"]
     print(f"one decode step: {total / 1e3:.1f} µs, {len(step)} launches")
     print(f"{'kernel':<28}{'launches':>9}{'CTAs':>7}{'span µs':>9}{'Σ span':>9}{'early':>8}{'wake':>8}"
-          f"{'cta':>8}{'tail':>8}")
+          f"{'cta':>8}{'tail':>8}{'start50':>9}{'start90':>9}{'late %':>8}")
     table = {}
     for name, k in per_kernel.items():
-        med = {key: float(np.median(v)) / 1e3 for key, v in k.items() if v and key != "ctas"}
+        med = {key: float(np.median(v)) / 1e3 for key, v in k.items() if v and key not in ("ctas", "late")}
         med["launches"], med["ctas"], med["span_sum"] = len(k["span"]), int(np.median(k["ctas"])), sum(k["span"]) / 1e3
+        med["late"] = float(np.median(k["late"]))
         table[name] = med
         print(f"{name:<28}{med['launches']:>9}{med['ctas']:>7}{med['span']:>9.2f}{med['span_sum']:>9.1f}"
-              f"{med['early']:>8.2f}{med.get('wake', float('nan')):>8.2f}{med['cta']:>8.2f}{med['tail']:>8.2f}")
+              f"{med['early']:>8.2f}{med.get('wake', float('nan')):>8.2f}{med['cta']:>8.2f}{med['tail']:>8.2f}"
+              f"{med['start50']:>9.2f}{med['start90']:>9.2f}{med['late']:>8.0f}")
     return {"step_us": total / 1e3, "kernels": table}
 
 
