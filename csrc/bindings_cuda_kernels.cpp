@@ -225,8 +225,7 @@ struct RouterBuffers {
   }
   RouterTail tail() const { return RouterTail{norm_scale.get<float>(), gate_w.get<bf16>(), experts, workspace.get()}; }
   MoeRoute route(const float* residual) const {
-    return MoeRoute{workspace.get(), router_clusters(hidden), gate_b.get<bf16>(), residual, norm_scale.get<float>(),
-                    eps};
+    return MoeRoute{workspace.get(), gate_b.get<bf16>(), residual, norm_scale.get<float>(), eps};
   }
 };
 

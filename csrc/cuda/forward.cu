@@ -746,7 +746,6 @@ class CudaBackend final : public Backend {
                                      s);
       MoeRoute route;
       route.workspace = router_workspace_.get();
-      route.clusters = router_clusters(c.hidden_size);
       route.gate_b = L.gate_b.get<bf16>();
       route.residual = x;
       route.norm_scale = L.mlp_norm.get<float>();

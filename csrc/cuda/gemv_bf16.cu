@@ -378,8 +378,8 @@ size_t router_tail_workspace_bytes(int hidden, int experts) {
 int router_clusters(int hidden) { return ceil_div(ceil_div(hidden, kTileRows), kRouteCluster); }
 
 void check_moe_route(const MoeRoute& route, int experts, const char* who) {
-  if (!route.workspace || route.clusters < 1 || !route.gate_b || !route.residual || !route.norm_scale)
-    throw std::invalid_argument(std::string(who) + ": the route needs the router's workspace, clusters >= 1, the "
+  if (!route.workspace || !route.gate_b || !route.residual || !route.norm_scale)
+    throw std::invalid_argument(std::string(who) + ": the route needs the router's workspace, the "
                                 "gate bias, the residual and the norm scale");
   if (experts < 1 || experts > kRouteMaxExperts)
     throw std::invalid_argument(std::string(who) + ": routing needs 1 <= experts <= " +
@@ -394,7 +394,7 @@ void launch_route(const MoeRoute& route, int experts, int k, int hidden, bf16* x
                                 ", experts) and hidden >= 1");
   if (!x_normed || !ids || !weights) throw std::invalid_argument("launch_route: every output buffer is needed");
   launch_pdl(route_kernel, dim3(1), dim3(kThreads), 0, stream,
-             RoutePartials{static_cast<const float*>(route.workspace), route.clusters, route.gate_b}, experts, k,
+             RoutePartials{static_cast<const float*>(route.workspace), router_clusters(hidden), route.gate_b}, experts, k,
              hidden, route.residual, route.norm_scale, route.eps, x_normed, ids, weights);
 }
 

@@ -23,10 +23,10 @@ struct RouterTail {
 };
 size_t router_tail_workspace_bytes(int hidden, int experts);
 
-// What an MoE launch needs to finish the routing of the residual an out-projection + RouterTail updated.
+// What an MoE launch needs to finish the routing of the residual an out-projection + RouterTail updated (how
+// many partial rows there are follows from the hidden size, which the launch knows).
 struct MoeRoute {
   const void* workspace;    // the RouterTail's
-  int clusters;             // router_clusters(hidden)
   const bf16* gate_b;       // [experts]
   const float* residual;    // [hidden], as the out-projection left it
   const float* norm_scale;  // [hidden]

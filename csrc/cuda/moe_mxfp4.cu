@@ -766,10 +766,11 @@ MoeRouting given_route(const bf16* x_normed, const int32_t* ids, const float* we
   return r;
 }
 
-MoeRouting routed(const MoeRoute& route, int experts, const char* who) {
+// hidden: the residual's size (mlp1's cols, mlp2's rows), which sets how many partial rows the out-projection left.
+MoeRouting routed(const MoeRoute& route, int experts, int hidden, const char* who) {
   check_moe_route(route, experts, who);
   MoeRouting r{};
-  r.rp = RoutePartials{static_cast<const float*>(route.workspace), route.clusters, route.gate_b};
+  r.rp = RoutePartials{static_cast<const float*>(route.workspace), router_clusters(hidden), route.gate_b};
   r.residual = route.residual, r.norm_scale = route.norm_scale, r.eps = route.eps;
   return r;
 }
@@ -809,7 +810,7 @@ void launch_bf16_mxfp4w_moe_mlp1_swiglu(const MoeRoute& route, int k, const Mxfp
                                         float limit, bf16* act, cudaStream_t stream) {
   const char* who = "launch_bf16_mxfp4w_moe_mlp1_swiglu";
   check_mlp1(mlp1, k, who);
-  launch_mlp1(routed(route, mlp1.experts, who), k, mlp1, alpha, limit, act, stream);
+  launch_mlp1(routed(route, mlp1.experts, mlp1.cols, who), k, mlp1, alpha, limit, act, stream);
 }
 
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
@@ -822,7 +823,7 @@ void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const MoeRoute& route
                                           float* residual, cudaStream_t stream) {
   const char* who = "launch_bf16_mxfp4w_moe_mlp2_residual";
   check_moe_shapes(mlp2, k, who);
-  launch_mlp2(act, routed(route, mlp2.experts, who), k, mlp2, residual, stream);
+  launch_mlp2(act, routed(route, mlp2.experts, mlp2.rows, who), k, mlp2, residual, stream);
 }
 
 void launch_moe_prefill_stage(const bf16* in, int n_rows, int cols, __half* staged, float* up, cudaStream_t stream) {
