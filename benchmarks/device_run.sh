@@ -69,6 +69,7 @@ if [ "$MODE" = timeline ]; then  # needs .devwheel/timeline/NAME/ (build_device_
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
     for ctx in ${TIMELINE_CONTEXTS:-1024 8192}; do
       PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/timeline.py --model 20b --context "$ctx" \
+        --dump "$OUT/timeline_${name}_20b_$ctx.npz" \
         2>&1 | tee "$OUT/timeline_${name}_20b_$ctx.log" | grep -v '^{'
     done
   done

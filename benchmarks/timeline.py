@@ -13,7 +13,10 @@ attention and the out-projection apart for the sliding-window and the full layer
   start   median and 90th percentile of its CTAs' starts, from the previous launch's last exit (negative: resident
           before it ended), and late, the share of its CTAs that started only after it: how many waited for a slot
 
-    python benchmarks/timeline.py [--model 20b] [--context 1024] [--steps 2]
+    python benchmarks/timeline.py [--model 20b] [--context 1024] [--steps 2] [--dump steps.npz]
+
+--dump keeps every step's raw records (one array per step: kernel << 32 | CTA, SM, entry, wait, exit, cycles) for
+questions the table does not answer, e.g. which CTAs of a launch are its stragglers and on which SMs.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/gpt_oss_bench"))
+    parser.add_argument("--dump", type=Path, help="save each step's raw records here (.npz)")
     args = parser.parse_args()
     kernels = _C.cuda_kernels
     if not kernels.timeline_built:
@@ -120,11 +124,15 @@ def main() -> None:
     for _ in range(4):
         token = np.array([model.forward_sample(seq, token, temperature=0.0)], np.int32)
     kernels.timeline_start(1 << 20)
-    results = []
-    for _ in range(args.steps):
+    results, raw = [], {}
+    for step in range(args.steps):
         token = np.array([model.forward_sample(seq, token, temperature=0.0)], np.int32)
-        results.append(summarize(launches(kernels.timeline_read())))
+        records = kernels.timeline_read()
+        raw[f"step{step}"] = records
+        results.append(summarize(launches(records)))
     kernels.timeline_start(0)
+    if args.dump:
+        np.savez_compressed(args.dump, **raw)
     print(json.dumps({"model": args.model, "context": args.context, "steps": results}))
 
 
