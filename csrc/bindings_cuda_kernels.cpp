@@ -15,6 +15,8 @@
 
 // ---- weight-streaming kernels (cuda-weights) ----
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <functional>
 #include <optional>
 #include <string>
@@ -267,14 +269,24 @@ nb::ndarray<nb::numpy, uint16_t> mlp1_swiglu(Array<uint16_t> x_normed, Array<int
 
 nb::ndarray<nb::numpy, float> mlp2_residual(Array<uint16_t> act, Array<int32_t> ids, Array<float> weights,
                                             Array<uint8_t> blocks, Array<uint8_t> scales, Array<uint16_t> bias,
-                                            Array<float> residual) {
+                                            Array<float> residual, std::optional<float> act_bound) {
   const Mxfp4Experts m = experts_from(blocks, scales, bias);
   const int k = static_cast<int>(ids.size());
   require(act.size() == static_cast<size_t>(k) * m.cols && weights.size() == ids.size() &&
               residual.size() == static_cast<size_t>(m.rows),
           "act must be [k, cols], weights [k], residual [rows]");
   DeviceBuffer d_act = upload(act), d_ids = checked_ids(ids, m.experts), d_w = upload(weights), d_r = upload(residual);
-  launch_bf16_mxfp4w_moe_mlp2_residual(d_act.get<bf16>(), d_ids.get<int32_t>(), d_w.get<float>(), k, m,
+  if (!act_bound) {  // by default the largest finite |act| (a NaN or inf then reaches the output, as it should)
+    float largest = 0.f;
+    for (size_t i = 0; i < act.size(); ++i) {
+      const uint32_t bits = static_cast<uint32_t>(act.data()[i] & 0x7FFFu) << 16;  // |bf16| as fp32
+      float v;
+      std::memcpy(&v, &bits, sizeof v);
+      if (std::isfinite(v)) largest = std::max(largest, v);
+    }
+    act_bound = largest > 0.f ? largest : 1.f;
+  }
+  launch_bf16_mxfp4w_moe_mlp2_residual(d_act.get<bf16>(), *act_bound, d_ids.get<int32_t>(), d_w.get<float>(), k, m,
                                        d_r.get<float>(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   return download<float>(d_r, {static_cast<size_t>(m.rows)});
@@ -308,7 +320,8 @@ nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<uint16_t> w_o, Ar
                                    static_cast<int>(attn.size()), d_x.get<float>(), &tail, s);
     const MoeRoute route = router.route(d_x.get<float>());
     launch_bf16_mxfp4w_moe_mlp1_swiglu(route, k, m1, alpha, limit, act.get<bf16>(), s);
-    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), route, k, m2, d_x.get<float>(), s);
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), swiglu_act_bound(alpha, limit), route, k, m2, d_x.get<float>(),
+                                         s);
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
   return download<float>(d_x, {static_cast<size_t>(hidden)});
@@ -509,7 +522,8 @@ nb::dict time_moe(Array<float> x, Array<float> norm_scale, Array<uint16_t> w_o, 
     launch_bf16_mxfp4w_moe_mlp1_swiglu(route(i), k, m1, 1.702f, 7.0f, act.get<bf16>(), s);
   };
   auto mlp2 = [&](cudaStream_t s, int i) {
-    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), route(i), k, m2, residual.get<float>(), s);
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), swiglu_act_bound(1.702f, 7.0f), route(i), k, m2,
+                                         residual.get<float>(), s);
   };
   nb::dict out;
   out["outproj_router_us"] = graph_us(outproj_router, per_graph, reps);
@@ -770,7 +784,7 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("bf16_mxfp4w_moe_mlp1_swiglu", &wk::mlp1_swiglu, "x_normed"_a, "ids"_a, "blocks"_a, "scales"_a, "bias"_a,
           "alpha"_a, "limit"_a);
     m.def("bf16_mxfp4w_moe_mlp2_residual", &wk::mlp2_residual, "act"_a, "ids"_a, "weights"_a, "blocks"_a,
-          "scales"_a, "bias"_a, "residual"_a);
+          "scales"_a, "bias"_a, "residual"_a, "act_bound"_a = nb::none());
     m.def("moe_layers", &wk::moe_layers, "x"_a, "w_o"_a, "b_o"_a, "attn"_a, "norm_scale"_a, "gate_w"_a, "gate_b"_a,
           "blocks1"_a, "scales1"_a, "bias1"_a, "blocks2"_a, "scales2"_a, "bias2"_a, "k"_a, "alpha"_a, "limit"_a,
           "eps"_a, "layers"_a);

@@ -418,6 +418,7 @@ class CudaBackend final : public Backend {
     attn_ = DeviceBuffer(sizeof(bf16) * c.num_attention_heads * c.head_dim);
     router_workspace_ = DeviceBuffer(router_tail_workspace_bytes(c.hidden_size, c.num_experts));
     act_ = DeviceBuffer(sizeof(bf16) * k * c.intermediate_size);
+    act_bound_ = swiglu_act_bound(c.swiglu_alpha, c.swiglu_limit);
     logits_ = DeviceBuffer(sizeof(float) * c.vocab_size);
     attention_workspace_ = DeviceBuffer(attention_decode_workspace_bytes(c.num_attention_heads, max_splits));
     attention_counters_ = DeviceBuffer(sizeof(int) * c.num_key_value_heads);
@@ -752,7 +753,7 @@ class CudaBackend final : public Backend {
       route.eps = c.norm_eps;
       launch_bf16_mxfp4w_moe_mlp1_swiglu(route, c.experts_per_token, L.mlp1, c.swiglu_alpha, c.swiglu_limit,
                                          act_.get<bf16>(), s);
-      launch_bf16_mxfp4w_moe_mlp2_residual(act_.get<bf16>(), route, c.experts_per_token, L.mlp2, x, s);
+      launch_bf16_mxfp4w_moe_mlp2_residual(act_.get<bf16>(), act_bound_, route, c.experts_per_token, L.mlp2, x, s);
     }
   }
 
@@ -767,6 +768,7 @@ class CudaBackend final : public Backend {
   std::vector<LayerWeights> layers_;
 
   DeviceBuffer x_, q_, attn_, router_workspace_, act_, logits_;
+  float act_bound_ = 0.f;  // the largest |act| mlp1 can write: mlp2 stages act at one fp16 scale
   DeviceBuffer attention_workspace_, attention_counters_, sample_workspace_, unembedding_sample_workspace_;
   std::unique_ptr<void, PinnedDeleter> host_steps_;  // StepState[max_context]: replay_tokens' staging
   EventPtr host_steps_read_;                         // recorded after the copies of host_steps_' last use

@@ -38,15 +38,18 @@
 // Dequantisation: nibbles are placed so that AND / shift / AND give fp16 pairs equal to value · 2^-14 exactly
 // (E2M1 subnormals land on fp16 subnormals, which the tensor cores keep) — 11 integer ops per 8 values; an
 // m16n8k16 f16 mma per 8 values a lane; the block scale 2^(e-127) is applied to the fp32 mma result.
-// Inputs are staged to shared memory as fp16 scaled by 2^-p (p from max |x|, so the largest lands in
-// [2^14, 2^15)), and 2^(14+p) is applied in the epilogue: every bf16 input within 2^-28 of the largest one
-// reaches the tensor cores exactly, whatever the vector's magnitude.
+// Inputs are staged to shared memory as fp16 scaled by 2^-p and 2^(14+p) is applied in the epilogue. mlp1 takes p
+// from max |x| (the largest lands in [2^14, 2^15)): every bf16 input within 2^-28 of the largest one reaches the
+// tensor cores exactly, whatever the vector's magnitude. mlp2 takes p from the caller's bound on |act| (the
+// SwiGLU's clamp bounds it), which spares every CTA a search for the largest value: exact within 2^-28 of the
+// bound, and loud (inf) past it.
 //
 // Warning: E8M0 scale 0 (2^-127) is treated as 0 and 255 (NaN) as +inf. An expert id outside [0, experts)
 // makes the launch write NaN, never read out of bounds.
 #include "cuda/moe_mxfp4.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -244,6 +247,39 @@ __device__ __forceinline__ void stage_scales(float mj, float& down, float& up) {
   up = __uint_as_float(static_cast<uint32_t>(127 + 14 + p) << 23);
 }
 
+// Stages nj bf16 vectors (x: [nj, cols] contiguous) into shared fp16 (row stride xs_stride, zero padded), row j
+// times down(j), a power of two; kStageLoads loads in flight per thread. The caller synchronises.
+template <typename Down>
+__device__ __forceinline__ void stage_scaled(const bf16* __restrict__ x, int nj, int cols, int xs_stride,
+                                             __half* xs, Down down_of) {
+  const int tid = threadIdx.x, nthreads = blockDim.x, groups = cols / 8;
+  const uint4* x16 = reinterpret_cast<const uint4*>(x);
+  const int xs_groups = xs_stride / 8, xs_total = nj * xs_groups;
+  for (int base = tid; base < xs_total; base += kStageLoads * nthreads) {
+    uint4 v[kStageLoads];
+#pragma unroll
+    for (int u = 0; u < kStageLoads; ++u) {
+      const int idx = base + u * nthreads, j = idx / xs_groups, i = idx - j * xs_groups;
+      v[u] = idx < xs_total && i < groups ? __ldcg(x16 + j * groups + i) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageLoads; ++u) {
+      const int idx = base + u * nthreads;
+      if (idx >= xs_total) break;
+      const float down = down_of(idx / xs_groups);
+      const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+      uint32_t h[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const __half2 hv = __floats2half2_rn(__uint_as_float(w[q] << 16) * down,
+                                             __uint_as_float(w[q] & 0xFFFF0000u) * down);
+        h[q] = *reinterpret_cast<const uint32_t*>(&hv);
+      }
+      reinterpret_cast<uint4*>(xs)[idx] = make_uint4(h[0], h[1], h[2], h[3]);  // row j at j · xs_stride
+    }
+  }
+}
+
 template <int kSlots>
 __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj, int cols, int xs_stride,
                                              __half* xs, float* s_up, float* s_red) {
@@ -286,30 +322,7 @@ __device__ __forceinline__ void stage_inputs(const bf16* __restrict__ x, int nj,
     stage_scales(mj, s_red[kMaxK * 32 + tid], s_up[tid]);
   }
   __syncthreads();
-  const int xs_groups = xs_stride / 8, xs_total = nj * xs_groups;
-  for (int base = tid; base < xs_total; base += kStageLoads * nthreads) {
-    uint4 v[kStageLoads];
-#pragma unroll
-    for (int u = 0; u < kStageLoads; ++u) {  // L2 hits: pass 1 brought these lines in
-      const int idx = base + u * nthreads, j = idx / xs_groups, i = idx - j * xs_groups;
-      v[u] = idx < xs_total && i < groups ? __ldcg(x16 + j * groups + i) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kStageLoads; ++u) {
-      const int idx = base + u * nthreads;
-      if (idx >= xs_total) break;
-      const float down = s_red[kMaxK * 32 + idx / xs_groups];
-      const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
-      uint32_t h[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const __half2 hv = __floats2half2_rn(__uint_as_float(w[q] << 16) * down,
-                                             __uint_as_float(w[q] & 0xFFFF0000u) * down);
-        h[q] = *reinterpret_cast<const uint32_t*>(&hv);
-      }
-      reinterpret_cast<uint4*>(xs)[idx] = make_uint4(h[0], h[1], h[2], h[3]);  // row j at j · xs_stride
-    }
-  }
+  stage_scaled(x, nj, cols, xs_stride, xs, [&](int j) { return s_red[kMaxK * 32 + j]; });
   __syncthreads();
 }
 
@@ -452,14 +465,14 @@ __global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
 // are one cluster: each CTA sums its 16 rows into shared memory and rank 0 adds the partner's through DSMEM, in
 // split order, with the routing-weighted biases and the residual: deterministic.
 __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
-    moe_mlp2_residual_kernel(const bf16* __restrict__ act, MoeRouting r, int k, StreamArgs a,
+    moe_mlp2_residual_kernel(const bf16* __restrict__ act, float act_bound, MoeRouting r, int k, StreamArgs a,
                              const bf16* __restrict__ bias, int experts, int rows, int cols,
                              float* __restrict__ residual) {
   TimelineScope timeline(kTlMlp2);
   extern __shared__ uint4 dyn_smem[];
   __half* xs = reinterpret_cast<__half*>(dyn_smem);
   __shared__ int s_expert[kMaxK];
-  __shared__ float s_factor[kMaxK], s_up[kMaxK], s_red[kMaxK * 32 + kMaxK];
+  __shared__ float s_factor[kMaxK];
   __shared__ float s_sum[kMlp2Warps][kTileRows];
   __shared__ RouteSmem<kMlp2Warps * 32> s_route;
   __shared__ int32_t s_ids[kRouteMaxK];
@@ -506,9 +519,12 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
         pdl_wait();  // act (mlp1) and the residual are read only after this
         timeline.mark_waited();
         pdl_launch_dependents();
-        if (nj > 0) stage_inputs<kMaxK>(act + static_cast<int64_t>(j0) * cols, nj, cols, xs_stride, xs, s_up + j0, s_red);
-        if (threadIdx.x >= j0 && threadIdx.x < j0 + nj)
-          s_factor[threadIdx.x] = s_weight[threadIdx.x] * s_up[threadIdx.x];
+        // One pass at the scale of the caller's bound on |act| (launch_bf16_mxfp4w_moe_mlp2_residual): no search
+        // for each vector's largest value, which cost an L2 round trip and two barriers on every CTA's path.
+        float down, up;
+        stage_scales(act_bound, down, up);
+        if (nj > 0) stage_scaled(act + static_cast<int64_t>(j0) * cols, nj, cols, xs_stride, xs, [=](int) { return down; });
+        if (threadIdx.x >= j0 && threadIdx.x < j0 + nj) s_factor[threadIdx.x] = s_weight[threadIdx.x] * up;
         __syncthreads();
       },
       acc_g, acc_g8);
@@ -784,12 +800,12 @@ void launch_mlp1(const MoeRouting& r, int k, const Mxfp4Experts& mlp1, float alp
              limit, act);
 }
 
-void launch_mlp2(const bf16* act, const MoeRouting& r, int k, const Mxfp4Experts& mlp2, float* residual,
-                 cudaStream_t stream) {
+void launch_mlp2(const bf16* act, float act_bound, const MoeRouting& r, int k, const Mxfp4Experts& mlp2,
+                 float* residual, cudaStream_t stream) {
   const size_t smem = stage_bytes(mlp2, (k + kMlp2Splits - 1) / kMlp2Splits);
   allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
   launch_kernel(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2) * kMlp2Splits), dim3(kMlp2Warps * 32), smem, stream,
-                /*pdl=*/true, /*cluster_x=*/kMlp2Splits, act, r, k, stream_args(mlp2), mlp2.bias.get<bf16>(),
+                /*pdl=*/true, /*cluster_x=*/kMlp2Splits, act, act_bound, r, k, stream_args(mlp2), mlp2.bias.get<bf16>(),
                 mlp2.experts, mlp2.rows, mlp2.cols, residual);
 }
 
@@ -813,17 +829,37 @@ void launch_bf16_mxfp4w_moe_mlp1_swiglu(const MoeRoute& route, int k, const Mxfp
   launch_mlp1(routed(route, mlp1.experts, mlp1.cols, who), k, mlp1, alpha, limit, act, stream);
 }
 
-void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const int32_t* ids, const float* weights, int k,
-                                          const Mxfp4Experts& mlp2, float* residual, cudaStream_t stream) {
-  check_moe_shapes(mlp2, k, "launch_bf16_mxfp4w_moe_mlp2_residual");
-  launch_mlp2(act, given_route(nullptr, ids, weights), k, mlp2, residual, stream);
+float swiglu_act_bound(float alpha, float limit) {
+  if (!(alpha > 0.f) || !(limit > 0.f) || !std::isfinite(alpha) || !std::isfinite(limit))
+    throw std::invalid_argument("swiglu_act_bound: alpha and limit must be finite and > 0, got " +
+                                std::to_string(alpha) + ", " + std::to_string(limit));
+  // glu · sigmoid(alpha · glu) lies in [-0.2785 / alpha, limit] for glu ≤ limit; |lin + 1| ≤ limit + 1; the bf16
+  // rounding of act and the fast exp add less than 2^-7.
+  return std::max(limit, 0.2785f / alpha) * (limit + 1.f) * (1.f + 0x1p-7f);
 }
 
-void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, const MoeRoute& route, int k, const Mxfp4Experts& mlp2,
-                                          float* residual, cudaStream_t stream) {
+namespace {
+void check_act_bound(float act_bound, const char* who) {
+  if (!(act_bound > 0.f) || !std::isfinite(act_bound))
+    throw std::invalid_argument(std::string(who) + ": act_bound must be finite and > 0, got " +
+                                std::to_string(act_bound));
+}
+}  // namespace
+
+void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, float act_bound, const int32_t* ids, const float* weights,
+                                          int k, const Mxfp4Experts& mlp2, float* residual, cudaStream_t stream) {
   const char* who = "launch_bf16_mxfp4w_moe_mlp2_residual";
   check_moe_shapes(mlp2, k, who);
-  launch_mlp2(act, routed(route, mlp2.experts, mlp2.rows, who), k, mlp2, residual, stream);
+  check_act_bound(act_bound, who);
+  launch_mlp2(act, act_bound, given_route(nullptr, ids, weights), k, mlp2, residual, stream);
+}
+
+void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, float act_bound, const MoeRoute& route, int k,
+                                          const Mxfp4Experts& mlp2, float* residual, cudaStream_t stream) {
+  const char* who = "launch_bf16_mxfp4w_moe_mlp2_residual";
+  check_moe_shapes(mlp2, k, who);
+  check_act_bound(act_bound, who);
+  launch_mlp2(act, act_bound, routed(route, mlp2.experts, mlp2.rows, who), k, mlp2, residual, stream);
 }
 
 void launch_moe_prefill_stage(const bf16* in, int n_rows, int cols, __half* staged, float* up, cudaStream_t stream) {

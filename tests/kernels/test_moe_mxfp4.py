@@ -26,6 +26,8 @@ if not _C.cuda_devices():
 pytestmark = pytest.mark.cuda
 K = _C.cuda_kernels
 ALPHA, LIMIT, EPS = 1.702, 7.0, 1e-5
+# The largest |act| gpt-oss's SwiGLU can write (swiglu_act_bound in moe_mxfp4.cu): decode stages act at its scale.
+ACT_BOUND = LIMIT * (LIMIT + 1) * (1 + 2.0**-7)
 
 # (experts, intermediate, hidden): the 20b shape, 128 experts, and sizes that are not multiples of the tiles
 # (16 rows, 64 columns). MXFP4 needs the input width (hidden for mlp1, intermediate for mlp2) to be a
@@ -76,7 +78,7 @@ def test_mlp2_residual(experts: int, inter: int, hidden: int, k: int) -> None:
     logits = rng.standard_normal(k)
     weights = (np.exp(logits) / np.exp(logits).sum()).astype(np.float32)
     residual = rng.standard_normal(hidden).astype(np.float32)
-    out = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, residual)
+    out = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, residual, act_bound=ACT_BOUND)
 
     w = dequant_mxfp4(blocks[ids], scales[ids])  # [k, H, I]
     af, bf, wf = from_bf16(act), from_bf16(bias[ids]), weights.astype(np.float64)
@@ -88,7 +90,8 @@ def test_mlp2_residual(experts: int, inter: int, hidden: int, k: int) -> None:
 
 @pytest.mark.parametrize("magnitude", [2.0**-30, 2.0**20])
 def test_inputs_far_outside_fp16_range(magnitude: float) -> None:
-    """Inputs are staged as fp16 scaled by a power of two: tiny and huge bf16 vectors keep their precision."""
+    """act is staged as fp16 at the power-of-two scale of its bound (by default the largest |act|): tiny and huge
+    bf16 vectors keep their precision."""
     rng = np.random.default_rng(int(np.log2(magnitude)) + 77)
     experts, hidden, inter = 8, 64, 96
     blocks, scales = random_mxfp4(rng, experts, hidden, inter)
@@ -103,6 +106,31 @@ def test_inputs_far_outside_fp16_range(magnitude: float) -> None:
     ref = 0.25 * np.einsum("khi,ki->h", w, af)
     bound = 0.25 * np.einsum("khi,ki->h", np.abs(w), np.abs(af))
     assert np.all(np.abs(out - ref) <= 2e-6 * bound)
+
+
+def test_act_past_its_bound_is_loud() -> None:
+    """act staged at the scale of a bound it exceeds 4-fold overflows fp16: the output says so (inf / NaN)."""
+    rng = np.random.default_rng(21)
+    experts, hidden, inter = 8, 40, 96
+    blocks, scales = random_mxfp4(rng, experts, hidden, inter)
+    bias = to_bf16(np.zeros((experts, hidden), np.float32))
+    act = to_bf16(np.full((4, inter), 8.0, np.float32))
+    ids = expert_set(rng, experts)
+    weights = np.full(4, 0.25, np.float32)
+    out = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, blocks, scales, bias, np.zeros(hidden, np.float32),
+                                          act_bound=1.0)
+    assert not np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("act_bound", [0.0, -1.0, float("inf"), float("nan")])
+def test_act_bound_must_be_finite_and_positive(act_bound: float) -> None:
+    rng = np.random.default_rng(22)
+    blocks, scales = random_mxfp4(rng, 4, 32, 64)
+    bias = to_bf16(np.zeros((4, 32), np.float32))
+    with pytest.raises(ValueError, match="act_bound"):
+        K.bf16_mxfp4w_moe_mlp2_residual(random_bf16(rng, (4, 64)), np.arange(4, dtype=np.int32),
+                                        np.full(4, 0.25, np.float32), blocks, scales, bias,
+                                        np.zeros(32, np.float32), act_bound=act_bound)
 
 
 def test_extreme_block_scales() -> None:
