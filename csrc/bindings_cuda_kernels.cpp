@@ -286,8 +286,8 @@ nb::ndarray<nb::numpy, float> mlp2_residual(Array<uint16_t> act, Array<int32_t> 
     }
     act_bound = largest > 0.f ? largest : 1.f;
   }
-  launch_bf16_mxfp4w_moe_mlp2_residual(d_act.get<bf16>(), *act_bound, d_ids.get<int32_t>(), d_w.get<float>(), k, m,
-                                       d_r.get<float>(), nullptr);
+  launch_bf16_mxfp4w_moe_mlp2_residual(d_act.get<bf16>(), *act_bound, d_ids.get<int32_t>(), d_w.get<float>(), k,
+                                       m, d_r.get<float>(), nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   return download<float>(d_r, {static_cast<size_t>(m.rows)});
 }
@@ -320,8 +320,8 @@ nb::ndarray<nb::numpy, float> moe_layers(Array<float> x, Array<uint16_t> w_o, Ar
                                    static_cast<int>(attn.size()), d_x.get<float>(), &tail, s);
     const MoeRoute route = router.route(d_x.get<float>());
     launch_bf16_mxfp4w_moe_mlp1_swiglu(route, k, m1, alpha, limit, act.get<bf16>(), s);
-    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), swiglu_act_bound(alpha, limit), route, k, m2, d_x.get<float>(),
-                                         s);
+    launch_bf16_mxfp4w_moe_mlp2_residual(act.get<bf16>(), swiglu_act_bound(alpha, limit), route, k, m2,
+                                         d_x.get<float>(), s);
   }
   CUDA_CHECK(cudaStreamSynchronize(s));
   return download<float>(d_x, {static_cast<size_t>(hidden)});

@@ -523,7 +523,8 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
         // for each vector's largest value, which cost an L2 round trip and two barriers on every CTA's path.
         float down, up;
         stage_scales(act_bound, down, up);
-        if (nj > 0) stage_scaled(act + static_cast<int64_t>(j0) * cols, nj, cols, xs_stride, xs, [=](int) { return down; });
+        if (nj > 0)
+          stage_scaled(act + static_cast<int64_t>(j0) * cols, nj, cols, xs_stride, xs, [=](int) { return down; });
         if (threadIdx.x >= j0 && threadIdx.x < j0 + nj) s_factor[threadIdx.x] = s_weight[threadIdx.x] * up;
         __syncthreads();
       },
@@ -805,8 +806,8 @@ void launch_mlp2(const bf16* act, float act_bound, const MoeRouting& r, int k, c
   const size_t smem = stage_bytes(mlp2, (k + kMlp2Splits - 1) / kMlp2Splits);
   allow_dynamic_smem(moe_mlp2_residual_kernel, smem, "mlp2");
   launch_kernel(moe_mlp2_residual_kernel, dim3(row_tiles(mlp2) * kMlp2Splits), dim3(kMlp2Warps * 32), smem, stream,
-                /*pdl=*/true, /*cluster_x=*/kMlp2Splits, act, act_bound, r, k, stream_args(mlp2), mlp2.bias.get<bf16>(),
-                mlp2.experts, mlp2.rows, mlp2.cols, residual);
+                /*pdl=*/true, /*cluster_x=*/kMlp2Splits, act, act_bound, r, k, stream_args(mlp2),
+                mlp2.bias.get<bf16>(), mlp2.experts, mlp2.rows, mlp2.cols, residual);
 }
 
 void check_mlp1(const Mxfp4Experts& mlp1, int k, const char* who) {

@@ -39,8 +39,8 @@ void launch_bf16_mxfp4w_moe_mlp1_swiglu(const MoeRoute& route, int k, const Mxfp
 // residual[h] += Σ_j weights[j] · (W2[ids[j]] · act[j] + b2[ids[j]])[h]   (fp32 residual, in place); the route
 // as for mlp1 (given ids / weights, or MoeRoute with mlp1 the launch right before). act_bound: the caller's bound
 // on |act| (mlp1's output: swiglu_act_bound), which sets the one fp16 scale act is staged at. Every act value
-// within 2^-28 of the bound reaches the tensor cores exactly; one past twice the bound becomes inf, and so does
-// the output (loud, never a quietly wrong sum).
+// within 2^-28 of the bound reaches the tensor cores exactly; one past 4× the bound (past 2× for some bounds)
+// becomes inf, and so does the output (loud, never a quietly wrong sum).
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, float act_bound, const int32_t* ids, const float* weights,
                                           int k, const Mxfp4Experts& mlp2, float* residual, cudaStream_t);
 void launch_bf16_mxfp4w_moe_mlp2_residual(const bf16* act, float act_bound, const MoeRoute& route, int k,
