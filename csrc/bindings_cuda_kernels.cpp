@@ -16,12 +16,12 @@
 // ---- weight-streaming kernels (cuda-weights) ----
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <optional>
 #include <string>
 #include <type_traits>
 
+#include "cpu/numerics.h"
 #include "cuda/gemv_bf16.h"
 #include "cuda/moe_mxfp4.h"
 #include "cuda/sampling.h"
@@ -279,9 +279,7 @@ nb::ndarray<nb::numpy, float> mlp2_residual(Array<uint16_t> act, Array<int32_t> 
   if (!act_bound) {  // by default the largest finite |act| (a NaN or inf then reaches the output, as it should)
     float largest = 0.f;
     for (size_t i = 0; i < act.size(); ++i) {
-      const uint32_t bits = static_cast<uint32_t>(act.data()[i] & 0x7FFFu) << 16;  // |bf16| as fp32
-      float v;
-      std::memcpy(&v, &bits, sizeof v);
+      const float v = std::fabs(bf16_to_f32(act.data()[i]));
       if (std::isfinite(v)) largest = std::max(largest, v);
     }
     act_bound = largest > 0.f ? largest : 1.f;
