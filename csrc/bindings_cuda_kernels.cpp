@@ -211,7 +211,7 @@ DeviceBuffer checked_ids(const Array<int32_t>& ids, int experts) {
 struct RouterBuffers {
   DeviceBuffer norm_scale, gate_w, gate_b, workspace, x_normed, ids, weights;
   int experts = 0, k = 0, hidden = 0;
-  float eps = 0.f;
+  float eps = 0.f, x_bound = 0.f;
 
   RouterBuffers(const Array<float>& ns, const Array<uint16_t>& gw, const Array<uint16_t>& gb, int k_, float eps_)
       : k(k_), eps(eps_) {
@@ -220,6 +220,9 @@ struct RouterBuffers {
     experts = static_cast<int>(gw.shape(0));
     hidden = static_cast<int>(ns.size());
     norm_scale = upload(ns), gate_w = upload(gw), gate_b = upload(gb);
+    float max_abs = 0.f;
+    for (size_t i = 0; i < ns.size(); ++i) max_abs = std::max(max_abs, std::fabs(ns.data()[i]));
+    x_bound = rmsnorm_output_bound(hidden, max_abs);
     workspace = poisoned(router_tail_workspace_bytes(hidden, experts));
     x_normed = poisoned(sizeof(uint16_t) * hidden);
     ids = poisoned(sizeof(int32_t) * std::max(k, 1));
@@ -227,7 +230,7 @@ struct RouterBuffers {
   }
   RouterTail tail() const { return RouterTail{norm_scale.get<float>(), gate_w.get<bf16>(), experts, workspace.get()}; }
   MoeRoute route(const float* residual) const {
-    return MoeRoute{workspace.get(), gate_b.get<bf16>(), residual, norm_scale.get<float>(), eps};
+    return MoeRoute{workspace.get(), gate_b.get<bf16>(), residual, norm_scale.get<float>(), eps, x_bound};
   }
 };
 

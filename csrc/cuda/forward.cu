@@ -132,6 +132,7 @@ struct SubmissionRing {
 
 struct LayerWeights {
   DeviceBuffer attn_norm, qkv_w, qkv_b, sinks, out_w, out_b, mlp_norm, gate_w, gate_b;
+  float mlp_norm_bound = 0.f;  // rmsnorm_output_bound of mlp_norm: mlp1 stages its input at this scale
   Mxfp4Experts mlp1, mlp2;
   int attention_splits = 1;
 };
@@ -363,6 +364,18 @@ class CudaBackend final : public Backend {
                                " is free: lower max_context or free the GPU");
   }
 
+  // The bound on mlp1's input (MoeRoute::x_bound) from this layer's norm scale; a non-finite scale is a corrupt
+  // checkpoint.
+  static float mlp_input_bound(const TensorView& scale, const std::string& name) {
+    const float* s = static_cast<const float*>(scale.data);
+    float max_abs = 0.f;
+    for (int64_t i = 0; i < scale.numel(); ++i) {
+      if (!std::isfinite(s[i])) throw std::runtime_error(name + " holds a non-finite value at index " + std::to_string(i));
+      max_abs = std::max(max_abs, std::fabs(s[i]));
+    }
+    return rmsnorm_output_bound(static_cast<int>(scale.numel()), max_abs);
+  }
+
   DeviceBuffer upload(const Weights& w, const std::string& name, DType dtype, const std::vector<int64_t>& shape) {
     const TensorView& v = w.get(name, dtype, shape);
     return DeviceBuffer::from_host(v.data, v.numel() * dtype_bytes(dtype));
@@ -388,6 +401,7 @@ class CudaBackend final : public Backend {
       L.out_w = upload(w, p + "attn.out.weight", DType::bf16, {H, Q * D});
       L.out_b = upload(w, p + "attn.out.bias", DType::bf16, {H});
       L.mlp_norm = upload(w, p + "mlp.norm.scale", DType::f32, {H});
+      L.mlp_norm_bound = mlp_input_bound(w.get(p + "mlp.norm.scale", DType::f32, {H}), p + "mlp.norm.scale");
       L.gate_w = upload(w, p + "mlp.gate.weight", DType::bf16, {E, H});
       L.gate_b = upload(w, p + "mlp.gate.bias", DType::bf16, {E});
       L.mlp1 = upload_experts(w, p + "mlp.mlp1", 2 * I, H);
@@ -751,6 +765,7 @@ class CudaBackend final : public Backend {
       route.residual = x;
       route.norm_scale = L.mlp_norm.get<float>();
       route.eps = c.norm_eps;
+      route.x_bound = L.mlp_norm_bound;
       launch_bf16_mxfp4w_moe_mlp1_swiglu(route, c.experts_per_token, L.mlp1, c.swiglu_alpha, c.swiglu_limit,
                                          act_.get<bf16>(), s);
       launch_bf16_mxfp4w_moe_mlp2_residual(act_.get<bf16>(), act_bound_, route, c.experts_per_token, L.mlp2, x, s);

@@ -30,6 +30,7 @@
 #include "cuda/gemv_bf16.h"
 
 #include <algorithm>
+#include <cmath>
 #include <climits>
 #include <stdexcept>
 #include <string>
@@ -377,10 +378,20 @@ size_t router_tail_workspace_bytes(int hidden, int experts) {
 
 int router_clusters(int hidden) { return ceil_div(ceil_div(hidden, kTileRows), kRouteCluster); }
 
+float rmsnorm_output_bound(int hidden, float max_abs_scale) {
+  if (hidden < 1 || !std::isfinite(max_abs_scale))
+    throw std::invalid_argument("rmsnorm_output_bound: need hidden >= 1 and a finite norm scale, got " +
+                                std::to_string(hidden) + ", " + std::to_string(max_abs_scale));
+  return std::max(std::sqrt(static_cast<float>(hidden)) * std::fabs(max_abs_scale) * (1.f + 0x1p-7f), 0x1p-100f);
+}
+
 void check_moe_route(const MoeRoute& route, int experts, const char* who) {
   if (!route.workspace || !route.gate_b || !route.residual || !route.norm_scale)
     throw std::invalid_argument(std::string(who) + ": the route needs the router's workspace, the "
                                 "gate bias, the residual and the norm scale");
+  if (!(route.x_bound > 0.f) || !std::isfinite(route.x_bound))
+    throw std::invalid_argument(std::string(who) + ": the route's x_bound must be finite and > 0 "
+                                "(rmsnorm_output_bound), got " + std::to_string(route.x_bound));
   if (experts < 1 || experts > kRouteMaxExperts)
     throw std::invalid_argument(std::string(who) + ": routing needs 1 <= experts <= " +
                                 std::to_string(kRouteMaxExperts) + ", got " + std::to_string(experts));

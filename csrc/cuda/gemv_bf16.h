@@ -31,8 +31,14 @@ struct MoeRoute {
   const float* residual;    // [hidden], as the out-projection left it
   const float* norm_scale;  // [hidden]
   float eps;
+  // A bound on |bf16(rmsnorm(residual) · norm_scale)|, mlp1's input, whatever the residual: rmsnorm_output_bound.
+  // mlp1 stages its input at this one scale instead of searching it for its largest value.
+  float x_bound;
 };
 int router_clusters(int hidden);
+// sqrt(hidden) · max |norm_scale| (with 2^-7 of margin for the rounding): |x_i| / rms(x) ≤ sqrt(hidden) for every x.
+// Throws std::invalid_argument unless max_abs_scale is finite.
+float rmsnorm_output_bound(int hidden, float max_abs_scale);
 // Throws std::invalid_argument (prefixed with who) unless route can serve a launch of `experts` experts.
 void check_moe_route(const MoeRoute& route, int experts, const char* who);
 

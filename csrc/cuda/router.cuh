@@ -27,13 +27,17 @@ struct RoutePartials {
 template <int kThreads>
 struct RouteSmem {
   __align__(16) float red[kThreads * 4];  // written as float4
-  float total[kRouteMaxExperts + 1];
+  __align__(16) float logit[kRouteMaxExperts];
   float bias[kRouteMaxExperts];
+  float cand_v[kRouteMaxExperts / 32 * kRouteMaxK];  // each warp's k best, in rank order
+  int cand_i[kRouteMaxExperts / 32 * kRouteMaxK];
+  float top_v[kRouteMaxK];  // the k best of the candidates (more than one warp of experts)
+  int top_i[kRouteMaxK];
 };
 
-// Every thread of a kThreads CTA: the logits' sums from the partials into s.total (in one fixed order whatever
-// CTA runs it), then warp 0 routes (warp_route) into ids / weights, which may be shared memory; returns 1 / rms
-// of the residual (every thread). The caller's next barrier publishes ids and weights.
+// Every thread of a kThreads CTA: the logits' sums from the partials (in one fixed order whatever CTA runs it),
+// the top k and their softmax into ids / weights, which may be shared memory; returns 1 / rms of the residual
+// (every thread). The caller's next barrier publishes ids and weights.
 // Each thread sums up to kRouteLoads rows of one float4 column in registers (loads unpredicated, rows clamped,
 // extras not added: one round trip), over as few groups of threads as that allows, because the groups are then
 // summed one after another: gpt-oss's 23 rows take 6 groups (20b and 120b), where one row a thread took 28
@@ -67,16 +71,59 @@ __device__ __forceinline__ float route_from_partials(const RoutePartials& rp, in
     reinterpret_cast<float4*>(s.red)[group * quads + quad] = acc;
   }
   __syncthreads();
-  for (int c = tid; c <= experts; c += kThreads) {
+  // Every thread: Σ x² over the groups (the same broadcast reads in every thread, so no barrier) and 1 / rms.
+  float sumsq = 0.f;
+  for (int gi = 0; gi < groups; ++gi) sumsq += s.red[gi * cols_pad + experts];
+  const float inv_rms = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
+  // Thread e < experts: its logit, then its rank (ranks_before order) among its warp's 32 by comparing it with each of
+  // them, and a warp's k best become candidates in rank order; with more than 32 experts the candidates are ranked the
+  // same way. All ranks at once, where one warp's k rounds of a shuffle tree were a serial chain (~1000 cycles at k =
+  // 4; H100, same call, session 16: decode at 1k 20b 577.0 → 579.7 tok/s, 120b 411.0 → 412.5). Threads past the
+  // experts (up to whole warps) hold -inf at higher indices, which never rank before an expert. A NaN logit (a NaN
+  // residual or gate row) has no rank: every id then becomes -1, which mlp1 turns into NaN outputs.
+  const int warp = tid / 32, route_warps = (experts + 31) / 32;
+  float v = -INFINITY;
+  if (tid < experts) {
     float total = 0.f;
-    for (int gi = 0; gi < groups; ++gi) total += s.red[gi * cols_pad + c];
-    s.total[c] = total;
+    for (int gi = 0; gi < groups; ++gi) total += s.red[gi * cols_pad + tid];
+    v = fmaf(total, inv_rms, s.bias[tid]);
+  }
+  if (warp < route_warps) s.logit[tid] = v;
+  const bool bad = __syncthreads_or(v != v);
+  if (warp < route_warps) {
+    int rank = 0;
+    const float* mine = s.logit + warp * 32;
+#pragma unroll
+    for (int j = 0; j < 32; j += 4) {
+      const float4 u = *reinterpret_cast<const float4*>(mine + j);
+      const int i = warp * 32 + j;
+      rank += ranks_before(u.x, i, v, tid) + ranks_before(u.y, i + 1, v, tid) + ranks_before(u.z, i + 2, v, tid) +
+              ranks_before(u.w, i + 3, v, tid);
+    }
+    if (rank < k) s.cand_v[warp * k + rank] = v, s.cand_i[warp * k + rank] = tid;
   }
   __syncthreads();
-  const float inv_rms = rsqrtf(s.total[experts] / static_cast<float>(hidden) + eps);
-  if (tid < 32)
-    warp_route(
-        experts, k, [&](int e) { return fmaf(s.total[e], inv_rms, s.bias[e]); }, ids, weights);
+  const float* best_v = s.cand_v;
+  const int* best_i = s.cand_i;
+  if (route_warps > 1) {  // rank the route_warps · k candidates
+    const int cands = route_warps * k;
+    if (tid < cands) {
+      const float cv = s.cand_v[tid];
+      const int ci = s.cand_i[tid];
+      int rank = 0;
+      for (int j = 0; j < cands; ++j) rank += ranks_before(s.cand_v[j], s.cand_i[j], cv, ci);
+      if (rank < k) s.top_v[rank] = cv, s.top_i[rank] = ci;
+    }
+    __syncthreads();
+    best_v = s.top_v, best_i = s.top_i;
+  }
+  if (tid < k) {
+    const float top = best_v[0];
+    float sum = 0.f;
+    for (int t = 0; t < k; ++t) sum += __expf(best_v[t] - top);
+    ids[tid] = bad ? -1 : best_i[tid];
+    weights[tid] = __expf(best_v[tid] - top) / sum;
+  }
   return inv_rms;
 }
 

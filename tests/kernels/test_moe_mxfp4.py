@@ -212,6 +212,31 @@ def test_layers_chained_match_one_kernel_at_a_time(experts: int, inter: int, hid
     assert np.array_equal(chained.view(np.uint32), x.view(np.uint32))
 
 
+def test_layers_chained_with_a_loose_input_bound() -> None:
+    """mlp1 stages its input at the scale of sqrt(hidden) · max |norm_scale| (the route's x_bound), which one huge
+    norm scale on a tiny residual element puts ~2^16 above the input's largest value: the chained layers still
+    match the kernels run one at a time (whose mlp1 scales by the input's own largest value) to fp32 rounding."""
+    rng = np.random.default_rng(31)
+    experts, inter, hidden = 32, 96, 128
+    b1, s1 = random_mxfp4(rng, experts, 2 * inter, hidden)
+    b2, s2 = random_mxfp4(rng, experts, hidden, inter)
+    bias1, bias2 = random_bf16(rng, (experts, 2 * inter)), random_bf16(rng, (experts, hidden))
+    gate_w, gate_b = gate(rng, experts, hidden)
+    w_o, b_o, attn = out_projection(rng, hidden)
+    b_o[0], w_o[0] = 0, 0  # residual element 0 stays as set below
+    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
+    norm_scale[0] = 1e4
+    x = (rng.standard_normal(hidden) * 3).astype(np.float32)
+    x[0] = 1e-6
+    chained = K.moe_layers(x, w_o, b_o, attn, norm_scale, gate_w, gate_b, b1, s1, bias1, b2, s2, bias2, 4, ALPHA,
+                           LIMIT, EPS, 1)
+    x, xn, ids, weights = K.bf16_gemv_bias_residual_router(w_o, b_o, attn, x, norm_scale, gate_w, gate_b, 4, EPS)
+    act = K.bf16_mxfp4w_moe_mlp1_swiglu(xn, ids, b1, s1, bias1, ALPHA, LIMIT)
+    one_by_one = K.bf16_mxfp4w_moe_mlp2_residual(act, ids, weights, b2, s2, bias2, x)
+    assert np.isfinite(chained).all()
+    assert np.allclose(chained, one_by_one, rtol=1e-5, atol=1e-5 * np.abs(one_by_one).max())
+
+
 def router_reference(x, norm_scale, gate_w, gate_b, k):
     """float64 logits of gate_w · (rmsnorm(x) · norm_scale) + gate_b (the normed x unrounded, as the kernel
     takes it) and the top k, ties to the lower id."""
