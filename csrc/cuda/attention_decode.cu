@@ -170,8 +170,10 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   __shared__ __align__(8) float s_part[kAttentionMaxGroup * kPartEntry];  // this split's partial (cluster_combine)
   if (split >= range.splits) {
     // The idle CTAs of the first cluster join its barriers (all the splits are in it); later clusters hold none.
-    if (cluster_combine && split < kCombineCluster)
+    if (cluster_combine && split < kCombineCluster) {
+      pdl_launch_dependents();  // their release counts as early as the working CTAs'
       combine_in_cluster(p, group, kv_head, range.splits, nullptr, s_part);
+    }
     return;
   }
   __shared__ float s_sink[kAttentionMaxGroup];  // read after the split's closing barrier
@@ -183,19 +185,27 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   attend.prefetch();
   pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
   timeline.mark_waited();
-  // No pdl_launch_dependents(): the out-projection is released only as this grid's CTAs exit. Released right
-  // after this wait, its 180 CTAs stream 23.6 MB of weights against attention's K/V reads, the critical path:
-  // measured on the H100 (session 3, 20b) early release 455.2 / 418.1 tok/s at 1k / 8k, late 463.7 / 435.4.
+  // The out-projection is released once q is read and every K/V copy of the split is in flight (run()'s
+  // after_keys: before the key loop when the prefetch issued all of it, as at contexts up to ~1k, else after the
+  // loop), so its CTAs wake and issue their first weight batch under the loop, the merge and the combine. Released
+  // right at this wait (session 3), its 180 CTAs streamed 23.6 MB ahead of attention's K/V reads and lost 2–4 %;
+  // only at exit, the out-projection's CTAs started ~0.9 µs after attention's last one left and passed their own
+  // wait 1.1 µs later (session 15's timeline). H100, same call (session 16), 20b 584.0 / 547.7 / 479.5 → 592.6 /
+  // 561.4 / 491.6 tok/s at 1k / 8k / 32k, 120b 415.3 / 388.1 / 337.4 → 422.4 / 399.6 / 346.2; released after the
+  // loop in every split: 588.7 / 556.3 / 486.5 and 418.8 / 395.0 / 342.2.
 
   const float* q = p.q + static_cast<size_t>(kv_head) * group * kD;
   float* ml = partial_ml(p, group);
   attend.run(
       group, p.sm_scale, newest,
-      [&](int h, int d) { return __ldcg(q + h * kD + d); },  // L2: norm_qkv_rope may have run after this started
+      [&](int h, int d) {  // L2: norm_qkv_rope may have run after this started
+        return __ldcg(reinterpret_cast<const float2*>(q + h * kD + d));
+      },
       [&](int c) {
         const bf16* row = (c < 8 ? k_head : v_head) + static_cast<size_t>(newest) * kD;
         return __ldcg(reinterpret_cast<const uint4*>(row) + c % 8);
       },
+      [] { pdl_launch_dependents(); },
       [&](int h, int pair, float m_max, float l_sum, float2 acc) {
         if (range.splits == 1) {  // the whole context in this CTA: no workspace round trip
           write_output(p.out, kv_head * group + h, pair, m_max, l_sum, acc, s_sink[h]);

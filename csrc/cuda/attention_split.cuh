@@ -1,5 +1,5 @@
-// One split of decode attention (attention_decode.cu; benchmarks/pending/qkv_attention_fused.patch runs it inside a
-// kernel fused with its prologue): threads 0..127 of a CTA (4 warps) attend one query token's G ≤ 8 heads of one
+// One split of decode attention (attention_decode.cu; session 12's attention fused with its prologue, in git
+// history, ran it too): threads 0..127 of a CTA (4 warps) attend one query token's G ≤ 8 heads of one
 // KV head over keys [start, end) of the cache and leave, per (head, dim pair), the split's softmax state
 // (m, l, o unnormalised, log2 domain) for the caller to write or merge.
 //   - Each warp streams its own 16-key blocks (blocks w, w+4, ... of the split) through its own cp.async
@@ -91,15 +91,24 @@ struct Split {
     }
   }
 
-  // Threads 0..127, after prefetch() and the caller's wait. q_at(h, d): head h's fp32 q (RoPE applied, not yet
-  // scaled). newest_chunk(c): 16-byte chunk c of the newest key's row, c < 8 of K, 8..15 of V (bf16, as the cache
-  // holds it), read only if slot `newest` lies in this split. Then emit(h, pair, m, l, acc) for every (head,
-  // dim pair) of the group: m = −inf, l = 0, acc = 0 when the split holds no keys.
-  template <typename QAt, typename NewestChunk, typename Emit>
-  __device__ void run(int group, float sm_scale, int newest, QAt q_at, NewestChunk newest_chunk, Emit emit) const {
+  // Threads 0..127, after prefetch() and the caller's wait. q_at(h, d): dims d, d + 1 (d even) of head h's fp32 q
+  // (RoPE applied, not yet scaled). newest_chunk(c): 16-byte chunk c of the newest key's row, c < 8 of K, 8..15 of
+  // V (bf16, as the cache holds it), read only by the warp whose blocks hold slot `newest`. Both are read at once,
+  // first thing: one L2 round trip, where the newest row read inside the loop was a second, dependent one on that
+  // warp's path. after_keys() runs once per CTA, as soon as q is in registers and every K/V copy is in flight:
+  // before the loop when prefetch() issued all the split's blocks, else after the loop. Then
+  // emit(h, pair, m, l, acc) for every (head, dim pair) of the group: m = −inf, l = 0, acc = 0 when the split holds
+  // no keys.
+  template <typename QAt, typename NewestChunk, typename AfterKeys, typename Emit>
+  __device__ void run(int group, float sm_scale, int newest, QAt q_at, NewestChunk newest_chunk, AfterKeys after_keys,
+                      Emit emit) const {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;  // fragment ownership: row g = head g; C columns 2t, 2t+1
     const int my_blocks = warp_blocks(warp);
+    // The newest row, if in one of this warp's blocks (blocks warp, warp + 4, ...): lanes 0..15 hold a chunk each.
+    const bool newest_here = newest >= start && newest < end && (newest - start) / kMmaBlock % kWarps == warp;
+    uint4 newest_row = make_uint4(0, 0, 0, 0);
+    if (newest_here && lane < 16) newest_row = newest_chunk(lane);
 
     // Q as the A operand (rows = heads), pre-scaled to the log2 domain and split into bf16 hi + lo. Rows 8..15 of
     // the m16 tiles stay zero and are never read back.
@@ -111,8 +120,8 @@ struct Split {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int d = ks * 16 + half * 8 + 2 * t;
-          const float x0 = g < group ? q_at(g, d) * q_scale : 0.0f;
-          const float x1 = g < group ? q_at(g, d + 1) * q_scale : 0.0f;
+          const float2 x = g < group ? q_at(g, d) : make_float2(0.0f, 0.0f);
+          const float x0 = x.x * q_scale, x1 = x.y * q_scale;
           const __nv_bfloat162 hi = __floats2bfloat162_rn(x0, x1);
           const float2 hf = __bfloat1622float2(hi);
           q_hi[ks][half] = *reinterpret_cast<const uint32_t*>(&hi);
@@ -121,6 +130,8 @@ struct Split {
       }
     }
 
+    const bool all_prefetched = blocks() <= kWarps * (kMmaStages - 1);  // uniform over the CTA
+    if (all_prefetched) after_keys();
     float m = -INFINITY, l = 0.0f;  // of head g, replicated over t
     float o[kD / 8][4] = {};        // o[n][0..1]: head g, dims 8n + 2t, 8n + 2t + 1
 
@@ -132,11 +143,11 @@ struct Split {
       const int first = start + (warp + i * kWarps) * kMmaBlock;
       const bf16* ks_smem = k_stage(warp, i % kMmaStages);
       const bf16* vs_smem = v_stage(warp, i % kMmaStages);
-      if (newest >= first && newest < first + kMmaBlock) {  // the staged row may be a stale copy of the newest
+      if (newest_here && newest >= first && newest < first + kMmaBlock) {  // the staged row may be a stale copy
         if (lane < 16) {
           bf16* dst = (lane < 8 ? k_stage(warp, i % kMmaStages) : v_stage(warp, i % kMmaStages)) +
                       (newest - first) * kRowPad;
-          *reinterpret_cast<uint4*>(dst + (lane % 8) * 8) = newest_chunk(lane);
+          *reinterpret_cast<uint4*>(dst + (lane % 8) * 8) = newest_row;
         }
         __syncwarp();
       }
@@ -202,6 +213,7 @@ struct Split {
     }
     cp_async_wait<0>();
     sync_split_threads();  // every warp is done with its stages: reuse them for the cross-warp merge
+    if (!all_prefetched) after_keys();
 
     // Merge the 4 warps' states of each head.
     float* merge = reinterpret_cast<float*>(smem);  // [kWarps][8 heads][kD + 2]

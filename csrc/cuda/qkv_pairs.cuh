@@ -1,5 +1,5 @@
-// The attention prologue's pieces (norm_rope.cu; benchmarks/pending/qkv_attention_fused.patch reuses them in a
-// kernel fused with attention): the RMSNorm of the residual into shared memory, one warp's GEMV of a rotation pair
+// The attention prologue's pieces (norm_rope.cu; session 12's kernel fused with attention, in git history, reused
+// them): the RMSNorm of the residual into shared memory, one warp's GEMV of a rotation pair
 // (rows i and i + head_dim/2 of one head, so RoPE needs no exchange) and the pair's bias + RoPE epilogue.
 #pragma once
 
