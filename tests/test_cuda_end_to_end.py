@@ -106,3 +106,16 @@ def test_user_errors_are_clear_exceptions(tmp_path: Path) -> None:
     cuda.free_sequence(seq)
     with pytest.raises(ValueError, match="does not exist"):
         cuda.forward(seq, np.array([1], np.int32))
+
+
+def test_non_finite_mlp_norm_scale_fails_the_load(tmp_path: Path) -> None:
+    """mlp1 stages its input at a bound computed from each layer's MLP norm scale at load (MoeRoute::x_bound): a
+    non-finite scale is a corrupt checkpoint and must fail there, naming the tensor, not decode to NaN."""
+    config = ModelConfig(**CASES["128-experts-window-16"])
+    path = write_random_checkpoint(tmp_path, config, seed=6)
+    _, weights = load_checkpoint(path, progress=False)
+    name = "block.1.mlp.norm.scale"
+    scale = weights[name].copy()
+    scale[3] = np.inf
+    with pytest.raises(RuntimeError, match=rf"{name} holds a non-finite value at index 3"):
+        _C.Model(config.to_native(), {**weights, name: scale}, backend="cuda", max_context=64)
