@@ -220,9 +220,7 @@ struct RouterBuffers {
     experts = static_cast<int>(gw.shape(0));
     hidden = static_cast<int>(ns.size());
     norm_scale = upload(ns), gate_w = upload(gw), gate_b = upload(gb);
-    float max_abs = 0.f;
-    for (size_t i = 0; i < ns.size(); ++i) max_abs = std::max(max_abs, std::fabs(ns.data()[i]));
-    x_bound = rmsnorm_output_bound(hidden, max_abs);
+    x_bound = rmsnorm_output_bound(ns.data(), hidden);
     workspace = poisoned(router_tail_workspace_bytes(hidden, experts));
     x_normed = poisoned(sizeof(uint16_t) * hidden);
     ids = poisoned(sizeof(int32_t) * std::max(k, 1));

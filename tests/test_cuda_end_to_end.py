@@ -117,5 +117,5 @@ def test_non_finite_mlp_norm_scale_fails_the_load(tmp_path: Path) -> None:
     name = "block.1.mlp.norm.scale"
     scale = weights[name].copy()
     scale[3] = np.inf
-    with pytest.raises(RuntimeError, match=rf"{name} holds a non-finite value at index 3"):
+    with pytest.raises(RuntimeError, match=rf"{name}: the norm scale holds a non-finite value at index 3"):
         _C.Model(config.to_native(), {**weights, name: scale}, backend="cuda", max_context=64)

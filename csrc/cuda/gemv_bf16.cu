@@ -378,11 +378,15 @@ size_t router_tail_workspace_bytes(int hidden, int experts) {
 
 int router_clusters(int hidden) { return ceil_div(ceil_div(hidden, kTileRows), kRouteCluster); }
 
-float rmsnorm_output_bound(int hidden, float max_abs_scale) {
-  if (hidden < 1 || !std::isfinite(max_abs_scale))
-    throw std::invalid_argument("rmsnorm_output_bound: need hidden >= 1 and a finite norm scale, got " +
-                                std::to_string(hidden) + ", " + std::to_string(max_abs_scale));
-  return std::max(std::sqrt(static_cast<float>(hidden)) * std::fabs(max_abs_scale) * (1.f + 0x1p-7f), 0x1p-100f);
+float rmsnorm_output_bound(const float* norm_scale, int hidden) {
+  if (hidden < 1) throw std::invalid_argument("rmsnorm_output_bound: need hidden >= 1, got " + std::to_string(hidden));
+  float max_abs = 0.f;
+  for (int i = 0; i < hidden; ++i) {
+    if (!std::isfinite(norm_scale[i]))
+      throw std::invalid_argument("the norm scale holds a non-finite value at index " + std::to_string(i));
+    max_abs = std::max(max_abs, std::fabs(norm_scale[i]));
+  }
+  return std::max(std::sqrt(static_cast<float>(hidden)) * max_abs * (1.f + 0x1p-7f), 0x1p-100f);
 }
 
 void check_moe_route(const MoeRoute& route, int experts, const char* who) {

@@ -37,8 +37,8 @@ struct MoeRoute {
 };
 int router_clusters(int hidden);
 // sqrt(hidden) · max |norm_scale| (with 2^-7 of margin for the rounding): |x_i| / rms(x) ≤ sqrt(hidden) for every x.
-// Throws std::invalid_argument unless max_abs_scale is finite.
-float rmsnorm_output_bound(int hidden, float max_abs_scale);
+// norm_scale: host memory. Throws std::invalid_argument naming the index of a non-finite value.
+float rmsnorm_output_bound(const float* norm_scale, int hidden);
 // Throws std::invalid_argument (prefixed with who) unless route can serve a launch of `experts` experts.
 void check_moe_route(const MoeRoute& route, int experts, const char* who);
 
