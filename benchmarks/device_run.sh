@@ -12,7 +12,8 @@
 #   AB_SWEEP=1, the baseline's fixed-cost sweep (bench_kernels_weights --sweep). It starts with the
 #   latency_under_load probe when .devwheel holds its binary (AB_PROBE=0 skips it); AB_TESTS="FILES" runs those test files against
 #   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants;
-#   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME. timeline: benchmarks/timeline.py (20b, at
+#   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME; AB_ENV_NAME="VAR=VALUE ..." sets those environment
+#   variables for variant NAME's tests and benchmarks (e.g. a switch the variant adds). timeline: benchmarks/timeline.py (20b, at
 #   TIMELINE_CONTEXTS, default 1k and 8k) with each profiling wheel of `build_device_wheel.sh timeline
 #   timeline:NAME=PATCH` (main and the variants). Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
@@ -107,17 +108,18 @@ if [ "$MODE" = ab ]; then
     stage "variant $name"
     src=$PWD; [ -d "$dir/tree" ] && src=$(cd "$dir/tree" && pwd)  # the variant's tests and benchmarks
     tests_var="AB_TESTS_$name"; tests="${!tests_var:-${AB_TESTS:-}}"  # AB_TESTS_NAME: that variant's own test files
+    env_var="AB_ENV_$name"; read -r -a variant_env <<< "${!env_var:-}"  # AB_ENV_NAME: that variant's environment
     if [ -n "$tests" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it
       # shellcheck disable=SC2086
-      (cd "$src" && PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $tests) \
+      (cd "$src" && env "${variant_env[@]}" PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $tests) \
         > "$OUT/ab_tests_$name.log" 2>&1
       grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/ab_tests_$name.log" | tail -n 12
     fi
     sweep=""; [ "$name" = baseline ] && [ -n "${AB_SWEEP:-}" ] && sweep=--sweep
-    PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY "$src/benchmarks/bench_kernels_weights.py" --reps 10 $sweep 2>&1 \
+    env "${variant_env[@]}" PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY "$src/benchmarks/bench_kernels_weights.py" --reps 10 $sweep 2>&1 \
       | grep -E "^(moe|bf16_gemv|unembedding|out-proj|sample)|sweep" | tee "$OUT/ab_kernels_$name.log"
     # shellcheck disable=SC2086
-    PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY "$src/benchmarks/decode.py" --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
+    env "${variant_env[@]}" PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY "$src/benchmarks/decode.py" --models ${AB_MODELS:-20b} --contexts ${AB_CONTEXTS:-1024} --prefill-lengths \
       2>&1 | grep -E "^(20b|120b) +[0-9]+ +[0-9.]+ " | tee "$OUT/ab_decode_$name.log"
   done
   stage done
