@@ -266,7 +266,8 @@ __device__ __forceinline__ BestKey block_best(BestKey b) {
 
 // The MoE routing of one token by one warp: the k ≤ kMaxK largest of n ≤ 32 · kPerLane logits (ranks_before
 // order) and a softmax over those k. logit(e) gives expert e's logit and is called once for each e < n, by lane
-// e % 32. Lane 0 writes ids[s] and weights[s] for s < k, in rank order.
+// e % 32. Lane 0 writes ids[s] and weights[s] for s < k, in rank order. Used by the batched prefill; decode routes in
+// router.cuh (route_from_partials).
 constexpr int kRouteMaxExperts = 256;
 constexpr int kRouteMaxK = 8;
 

@@ -242,7 +242,8 @@ __global__ void prefill_kv_commit_kernel(const uint4* __restrict__ k_chunk, cons
   }
 }
 
-// One warp per token (warp_route, as the decode router in the out-projection's tail).
+// One warp per token (warp_route). The decode route (router.cuh, ranks within a CTA) picks the same experts and
+// weights by the same ranks_before order, but answers ids -1 where a logit is NaN; warp_route skips a NaN logit.
 __global__ void prefill_topk_softmax_kernel(const float* __restrict__ logits, int T, int experts, int k,
                                             int32_t* __restrict__ ids, float* __restrict__ weights) {
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
