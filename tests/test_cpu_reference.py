@@ -97,3 +97,26 @@ def test_last_logits_only_is_the_last_row(tmp_path: Path) -> None:
     assert last.shape == (config.vocab_size,)
     # One row runs the single-token kernels, 20 rows the tiled ones: only the summation order differs.
     assert relative_errors(last, every[-1]) <= 1e-6
+
+
+def test_a_nan_gate_row_gives_nan_logits_as_the_reference_does(tmp_path: Path) -> None:
+    """A NaN in one expert's gate row makes its router logit NaN on every token. The reference's top-k ranks NaN
+    first and every logit after it is NaN; ours must be NaN too (not a route around the expert, an answer no
+    reference gives), in the prefill and in a single token's step, and sampling must fail with a clear error."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    config = small_config()
+    path = write_tiny_checkpoint(tmp_path, config, seed=8)
+    file = path / "model.safetensors"
+    tensors = load_file(file)
+    tensors["block.1.mlp.gate.weight"][2, 5] = torch.nan
+    save_file(tensors, file, metadata={"format": "pt"})
+    tokens = np.random.default_rng(8).integers(0, config.vocab_size, 12).astype(np.int32)
+
+    assert np.isnan(reference_logits(path, tokens)).all()
+    _, model = load_model(path)
+    assert np.isnan(model.forward(model.new_sequence(), tokens, all_logits=True)).all()
+    assert np.isnan(model.forward(model.new_sequence(), tokens[:1])).all()
+    with pytest.raises(RuntimeError, match="NaN"):
+        model.forward_sample(model.new_sequence(), tokens, temperature=0.0)

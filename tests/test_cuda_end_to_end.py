@@ -119,3 +119,24 @@ def test_non_finite_mlp_norm_scale_fails_the_load(tmp_path: Path) -> None:
     scale[3] = np.inf
     with pytest.raises(RuntimeError, match=rf"{name}: the norm scale holds a non-finite value at index 3"):
         _C.Model(config.to_native(), {**weights, name: scale}, backend="cuda", max_context=64)
+
+
+@pytest.mark.parametrize("prefill", ["batched", "replay"])
+def test_a_nan_gate_row_fails_sampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefill: str) -> None:
+    """A NaN in one expert's gate row: the reference's logits are all NaN (its top-k ranks NaN first), so ours
+    must be NaN and sampling must fail, in the batched prefill (warp_route: NaN weights) and in decode (the
+    route's ids -1), never a route around the expert or an id the expert grouping cannot place."""
+    monkeypatch.setenv("GPT_OSS_NATIVE_CUDA_PREFILL", prefill)
+    config = ModelConfig(**CASES["128-experts-window-16"])
+    path = write_random_checkpoint(tmp_path, config, seed=9)
+    _, weights = load_checkpoint(path, progress=False)
+    name = "block.1.mlp.gate.weight"
+    gate = weights[name].copy()
+    gate[5, 7] = 0x7FC0  # bf16 NaN
+    model = _C.Model(config.to_native(), {**weights, name: gate}, backend="cuda", max_context=64)
+    tokens = np.random.default_rng(9).integers(0, config.vocab_size, 20).astype(np.int32)
+    assert np.isnan(model.forward(model.new_sequence(), tokens, all_logits=True)).all()
+    seq = model.new_sequence()
+    assert np.isnan(model.forward(seq, tokens[:1])).all()
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        model.forward_sample(seq, tokens[1:2], temperature=0.0)

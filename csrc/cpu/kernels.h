@@ -60,7 +60,8 @@ void attention(ThreadPool& pool, const AttentionShape& shape, const float* q, in
 float swiglu(float glu, float linear, float alpha, float limit);
 
 // ids/weights [n, k]: the k largest gate logits per token (ties → lower expert id), in descending order, and
-// the softmax over those k logits. gate_logits [n, experts].
+// the softmax over those k logits. gate_logits [n, experts]. A token with a NaN logit gets ids 0..k-1 and NaN
+// weights: its MoE output is NaN and sampling fails (a NaN has no rank; the CUDA routes answer the same way).
 void route_top_k(const float* gate_logits, int n, int experts, int k, int32_t* ids, float* weights);
 
 struct MoeExperts {

@@ -23,6 +23,10 @@ void route_top_k(const float* gate_logits, int n, int experts, int k, int32_t* i
   std::vector<int32_t> order(experts);
   for (int t = 0; t < n; ++t) {
     const float* logits = gate_logits + static_cast<int64_t>(t) * experts;
+    if (std::any_of(logits, logits + experts, [](float v) { return std::isnan(v); })) {
+      for (int j = 0; j < k; ++j) ids[t * k + j] = j, weights[t * k + j] = std::nanf("");
+      continue;  // partial_sort's comparison is no ordering with a NaN in it
+    }
     std::iota(order.begin(), order.end(), 0);
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
       return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);

@@ -266,8 +266,10 @@ __device__ __forceinline__ BestKey block_best(BestKey b) {
 
 // The MoE routing of one token by one warp: the k ≤ kMaxK largest of n ≤ 32 · kPerLane logits (ranks_before
 // order) and a softmax over those k. logit(e) gives expert e's logit and is called once for each e < n, by lane
-// e % 32. Lane 0 writes ids[s] and weights[s] for s < k, in rank order. Used by the batched prefill; decode routes in
-// router.cuh (route_from_partials).
+// e % 32. Lane 0 writes ids[s] and weights[s] for s < k, in rank order. A NaN logit (a NaN residual or gate row) has
+// no rank: the token then gets in-range ids and NaN weights, so its MoE output is NaN and sampling fails, as the
+// decode route's ids -1 do (and never an id the expert grouping cannot place). Used by the batched prefill; decode
+// routes in router.cuh (route_from_partials).
 constexpr int kRouteMaxExperts = 256;
 constexpr int kRouteMaxK = 8;
 
@@ -277,12 +279,15 @@ __device__ __forceinline__ void warp_route(int n, int k, Logit logit, int32_t* i
   const int lane = threadIdx.x % 32;
   float v[kPerLane];
   uint32_t taken = 0;  // bit q: lane + 32 q is chosen or does not exist
+  bool nan = false;
 #pragma unroll
   for (int q = 0; q < kPerLane; ++q) {
     const int e = lane + 32 * q;
     v[q] = e < n ? logit(e) : -INFINITY;
+    nan |= v[q] != v[q];
     if (e >= n) taken |= 1u << q;
   }
+  nan = __any_sync(0xffffffffu, nan);
   float top_v[kRouteMaxK];
   int top_i[kRouteMaxK];
 #pragma unroll
@@ -298,7 +303,8 @@ __device__ __forceinline__ void warp_route(int n, int k, Logit logit, int32_t* i
       const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
       if (ranks_before(ov, oi, bv, bi)) bv = ov, bi = oi;
     }
-    if (bi % 32 == lane) taken |= 1u << (bi / 32);
+    if (bi == 0x7fffffff) bi = s;  // every logit left is NaN: any valid id, its weight is NaN below
+    else if (bi % 32 == lane) taken |= 1u << (bi / 32);
     top_v[s] = bv;
     top_i[s] = bi;
   }
@@ -309,7 +315,7 @@ __device__ __forceinline__ void warp_route(int n, int k, Logit logit, int32_t* i
       if (s < k) e[s] = __expf(top_v[s] - top_v[0]), sum += e[s];
 #pragma unroll
     for (int s = 0; s < kRouteMaxK; ++s)
-      if (s < k) ids[s] = top_i[s], weights[s] = e[s] / sum;
+      if (s < k) ids[s] = top_i[s], weights[s] = nan ? __int_as_float(0x7fc00000) : e[s] / sum;
   }
 }
 #endif

@@ -243,7 +243,7 @@ __global__ void prefill_kv_commit_kernel(const uint4* __restrict__ k_chunk, cons
 }
 
 // One warp per token (warp_route). The decode route (router.cuh, ranks within a CTA) picks the same experts and
-// weights by the same ranks_before order, but answers ids -1 where a logit is NaN; warp_route skips a NaN logit.
+// weights by the same ranks_before order; on a NaN logit it answers ids -1 where warp_route answers NaN weights.
 __global__ void prefill_topk_softmax_kernel(const float* __restrict__ logits, int T, int experts, int k,
                                             int32_t* __restrict__ ids, float* __restrict__ weights) {
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;

@@ -126,6 +126,21 @@ def test_router_matches_float64(experts: int, tokens: int) -> None:
 
 
 @pytest.mark.parametrize("experts", [32, 128])
+def test_router_nan_logits_give_nan_weights_and_valid_ids(experts: int) -> None:
+    """A NaN logit has no rank: the token gets in-range ids (the expert grouping must place every pair) and NaN
+    weights (its MoE output is NaN, as in the reference, whose top-k ranks NaN first)."""
+    rng = np.random.default_rng(4)
+    tokens, hidden = 5, 2880
+    x = rng.standard_normal((tokens, hidden)).astype(np.float32)
+    x[1, 17] = np.nan  # token 1: every logit NaN
+    gate_w = random_bf16(rng, (experts, hidden), scale=0.05)
+    gate_w[experts - 3, 9] = 0x7FC0  # one expert's logit NaN on every token
+    _, ids, weights = K.prefill_router(x, np.ones(hidden, np.float32), gate_w, random_bf16(rng, experts), 4, EPS)
+    assert ((ids >= 0) & (ids < experts)).all()
+    assert np.isnan(weights).all()
+
+
+@pytest.mark.parametrize("experts", [32, 128])
 def test_router_ties_prefer_lower_ids(experts: int) -> None:
     rng = np.random.default_rng(3)
     tokens, hidden = 9, 2880
