@@ -279,15 +279,15 @@ __device__ __forceinline__ void warp_route(int n, int k, Logit logit, int32_t* i
   const int lane = threadIdx.x % 32;
   float v[kPerLane];
   uint32_t taken = 0;  // bit q: lane + 32 q is chosen or does not exist
-  bool nan = false;
+  bool has_nan = false;
 #pragma unroll
   for (int q = 0; q < kPerLane; ++q) {
     const int e = lane + 32 * q;
     v[q] = e < n ? logit(e) : -INFINITY;
-    nan |= v[q] != v[q];
+    has_nan |= v[q] != v[q];
     if (e >= n) taken |= 1u << q;
   }
-  nan = __any_sync(0xffffffffu, nan);
+  has_nan = __any_sync(0xffffffffu, has_nan);
   float top_v[kRouteMaxK];
   int top_i[kRouteMaxK];
 #pragma unroll
@@ -315,7 +315,7 @@ __device__ __forceinline__ void warp_route(int n, int k, Logit logit, int32_t* i
       if (s < k) e[s] = __expf(top_v[s] - top_v[0]), sum += e[s];
 #pragma unroll
     for (int s = 0; s < kRouteMaxK; ++s)
-      if (s < k) ids[s] = top_i[s], weights[s] = nan ? __int_as_float(0x7fc00000) : e[s] / sum;
+      if (s < k) ids[s] = top_i[s], weights[s] = has_nan ? __int_as_float(0x7fc00000) : e[s] / sum;
   }
 }
 #endif
