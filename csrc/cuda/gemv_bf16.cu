@@ -185,6 +185,16 @@ __global__ void __launch_bounds__(kThreads, 2)
     gate_lo = ld_stream(gw);
     if (row0 + 8 < rows) gate_hi = ld_stream(gw + 8);
   }
+  // Thread r < 16 finishes row row0 + r. Its bias and norm scale are weights, read before the wait; its residual
+  // right after it, with the first inputs. Read in the epilogue (after the CTA's barrier), the three were a DRAM
+  // round trip on every CTA's path between its last mma and the router's arrival.
+  const int row = row0 + threadIdx.x;
+  const bool stores = threadIdx.x < kTileRows && row < rows;
+  float row_bias = 0.f, row_scale = 0.f, old = 0.f;
+  if (stores) {
+    row_bias = __bfloat162float(bias[row]);
+    if (route) row_scale = rt.norm_scale[row];
+  }
   float d[4] = {0.f, 0.f, 0.f, 0.f};
   // The weights need no earlier kernel: the first batch is in flight before the wait; the input (attention)
   // and the residual are read only after it, and through L2 (ld.cg): under PDL the producer may still have been
@@ -192,28 +202,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   rows_dot(
       [row_g, row_g8](int c, int h) { return (h ? row_g8 : row_g) + c * kChunkCols; }, cols, c_begin, c_end,
       [in](int col) { return __ldcg(reinterpret_cast<const uint4*>(in + col)); },
-      [&timeline] {
+      [&] {
         pdl_wait();
         timeline.mark_waited();
         pdl_launch_dependents();
+        if (stores) old = __ldcg(residual + row);
       },
       d);
   if (lane % 4 == 0) s_sum[warp][g] = d[0], s_sum[warp][g + 8] = d[2];
   __syncthreads();
-  const int row = row0 + threadIdx.x;
-  const bool stores = threadIdx.x < kTileRows && row < rows;
   float x = 0.f;
   if (threadIdx.x < kTileRows) {
-    // Read before the residual store, which the compiler must otherwise assume may alias it: loaded after the
-    // store, it was a second L2 round trip on every CTA's way to the router's arrival.
-    const float scale = route && row < rows ? rt.norm_scale[row] : 0.f;
     if (row < rows) {
       float sum = 0.f;
       for (int w = 0; w < kWarps; ++w) sum += s_sum[w][threadIdx.x];
-      x = __ldcg(residual + row) + (sum + __bfloat162float(bias[row]));  // L2, see rows_dot
+      x = old + (sum + row_bias);
       if (!route) residual[row] = x;
     }
-    if (route) s_xs[threadIdx.x] = x * scale, s_sq[threadIdx.x] = x * x;
+    if (route) s_xs[threadIdx.x] = x * row_scale, s_sq[threadIdx.x] = x * x;
   }
   if (route) router_tail(rt, tile, gate_lo, gate_hi, s_xs, s_sq, [&] {
     if (stores) residual[row] = x;

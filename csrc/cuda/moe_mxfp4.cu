@@ -504,6 +504,16 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   int begin = 0, end = 0;
   if (nj > 0) warp_range(a.chunks, slot_warps, warp - first_warp, begin, end);
   const int expert = nj > 0 ? s_expert[j0 + slot] : 0;
+  // Thread rho < 16 of rank 0 (split 0) finishes row `row` of the tile (see the tail). Its k experts' biases and
+  // its residual are read right after the wait, with the act staging, so their round trip runs under the stream;
+  // in the tail they were a DRAM round trip on the tile's path wherever rank 0 was the later of the two splits.
+  // (Read before the wait, the biases held a register that ptxas spilled ahead of warp 0's lead batch.)
+  const int rho = threadIdx.x, row = tile * kTileRows + tile_row_offset(rho % kTileRows);
+  const bool mine = rho < kTileRows && row < rows;
+  const bool adds = mine && split == 0;
+  constexpr int kTailSlots = 4;
+  __nv_bfloat162 b[kTailSlots / 2];  // as bf16 pairs: two registers held across the stream, not four
+  float old = 0.f;
   float acc_g = 0.f, acc_g8 = 0.f;
   stream_chunks<kMlp2Batch>(
       chunk_codes(a, expert, tile, begin), chunk_scales(a, expert, tile, begin),
@@ -512,6 +522,13 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
         pdl_wait();  // act (mlp1) and the residual are read only after this
         timeline.mark_waited();
         pdl_launch_dependents();
+        if (adds) {
+          old = __ldcg(residual + row);  // L2: see pdl_wait
+#pragma unroll
+          for (int j = 0; j < kTailSlots; j += 2)  // slots past k clamped to slot k - 1 and not added
+            b[j / 2] = __halves2bfloat162(bias[static_cast<int64_t>(s_expert[min(j, k - 1)]) * rows + row],
+                                          bias[static_cast<int64_t>(s_expert[min(j + 1, k - 1)]) * rows + row]);
+        }
         // One pass at the scale of the caller's bound on |act| (launch_bf16_mxfp4w_moe_mlp2_residual): no search
         // for each vector's largest value, which cost an L2 round trip and two barriers on every CTA's path.
         float down, up;
@@ -528,32 +545,17 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   }
   if (lane % 4 == 0) s_sum[warp][lane / 4] = acc_g, s_sum[warp][lane / 4 + 8] = acc_g8;
   __syncthreads();
-  const int rho = threadIdx.x, row = tile * kTileRows + tile_row_offset(rho % kTileRows);
-  const bool mine = rho < kTileRows && row < rows;
   // The cluster's rank 0 (split 0) adds the splits' rows in split order, the routing-weighted biases and the
   // residual: deterministic. The partner's rows cost one DSMEM read, where global partials, a fence, an arrival
-  // atomic and a load of the partials were three dependent round trips on the tile's path. The cluster barrier
-  // is split (common.cuh): rank 0's bias and residual loads go out between its arrive and its wait, so their L2
-  // round trip runs while the other split finishes. All loads of the sum go out before its first add (slots past k clamped to
-  // slot k - 1 and not added): one round trip for k ≤ kTailSlots (gpt-oss: 4); more would spill (80 registers).
+  // atomic and a load of the partials were three dependent round trips on the tile's path. The biases of the first
+  // kTailSlots slots and the residual are already in registers (above); past kTailSlots (no gpt-oss model) the
+  // rest are loaded here, one by one.
   float own = 0.f;
   if (mine) {
     for (int from = 0; from < kMlp2Warps; ++from) own += s_sum[from][rho];
     s_row[rho] = own;
   }
   cluster_arrive_release();  // s_row is published
-  constexpr int kTailSlots = 4;
-  float w[kTailSlots], b[kTailSlots], old = 0.f;
-  const bool adds = mine && split == 0;
-  if (adds) {
-#pragma unroll
-    for (int j = 0; j < kTailSlots; ++j) {
-      const int jj = min(j, k - 1);
-      w[j] = s_weight[jj];
-      b[j] = __bfloat162float(bias[static_cast<int64_t>(s_expert[jj]) * rows + row]);
-    }
-    old = __ldcg(residual + row);  // L2: see pdl_wait
-  }
   cluster_wait_acquire();
   cg::cluster_group cluster = cg::this_cluster();
   if (adds) {
@@ -562,7 +564,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
     for (int sp = 1; sp < kMlp2Splits; ++sp) sum += *cluster.map_shared_rank(&s_row[rho], sp);
 #pragma unroll
     for (int j = 0; j < kTailSlots; ++j)
-      if (j < k) sum = fmaf(w[j], b[j], sum);
+      if (j < k) sum = fmaf(s_weight[j], j % 2 ? __high2float(b[j / 2]) : __low2float(b[j / 2]), sum);
     for (int j = kTailSlots; j < k; ++j)  // k > kTailSlots: the rest, one by one
       sum = fmaf(s_weight[j], __bfloat162float(bias[static_cast<int64_t>(s_expert[j]) * rows + row]), sum);
     residual[row] = old + (s_bad ? __int_as_float(0x7fc00000) : sum);
