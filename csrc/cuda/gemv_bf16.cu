@@ -156,6 +156,7 @@ __global__ void __launch_bounds__(kThreads) route_kernel(RoutePartials rp, int e
                                                          bf16* __restrict__ x_normed, int32_t* __restrict__ ids,
                                                          float* __restrict__ weights) {
   __shared__ RouteSmem<kThreads> s;
+  route_stage_bias<kThreads>(rp, experts, s);
   pdl_wait();
   const float inv_rms = route_from_partials<kThreads>(rp, experts, k, hidden, eps, s, ids, weights);
   for (int i = threadIdx.x; i < hidden; i += kThreads)

@@ -361,31 +361,31 @@ __global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
   __shared__ float s_weights[kRouteMaxK];
   const int j = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int tile = blockIdx.x * kMlp1TilesPerCta + warp / kMlp1WarpsPerTile;  // this warp's row tile
-  // Every weight depends on the route (the out-projection, right before): nothing to stream before the wait.
-  // Dependents are released only after it, so mlp2 may read the out-projection's partials before its own wait.
-  pdl_wait();
-  timeline.mark_waited();
-  pdl_launch_dependents();
+  // Every expert weight depends on the route (the out-projection, right before): no weight stream before the
+  // wait. The norm scale and the gate bias are weights too, so they are read before it: after it, the residual and
+  // the partials are the only L2 reads on the route's path (360 CTAs × 11.5 KB of norm scale, half of what the
+  // route read there). Dependents are released only after the wait, so mlp2 may read the out-projection's
+  // partials before its own.
   const bool routed = r.rp.partials != nullptr;
-  uint32_t xn[kXPerThread / 2];  // routed: bf16 pairs of the normed input at threadIdx.x + kMlp1Threads · u
-  float inv_rms = 0.f, x_down = 1.f, x_up = 1.f;  // routed: the staging scale from the route's x_bound
-  int id;
+  float sv[kXPerThread];  // routed: the norm scale at threadIdx.x + kMlp1Threads · u
   if (routed) {
-    // The residual and norm scale go out with the partials: one L2 round trip for all of them.
-    float xv[kXPerThread], sv[kXPerThread];
 #pragma unroll
     for (int u = 0; u < kXPerThread; ++u) {
       const int i = threadIdx.x + u * kMlp1Threads;
-      xv[u] = i < cols ? __ldcg(r.residual + i) : 0.f;
       sv[u] = i < cols ? r.norm_scale[i] : 0.f;
     }
+    route_stage_bias<kMlp1Threads>(r.rp, experts, s_route);
+  }
+  pdl_wait();
+  timeline.mark_waited();
+  pdl_launch_dependents();
+  float inv_rms = 0.f, x_down = 1.f, x_up = 1.f;  // routed: the staging scale from the route's x_bound
+  int id;
+  if (routed) {
+    // Only the partials are read on the route's path. The residual is read once the first weight batch is out
+    // (in the staging below), so its L2 round trip runs under that batch's DRAM one; read here, beside the
+    // partials, its 4.1 MB over the grid were queued ahead of them.
     inv_rms = route_from_partials<kMlp1Threads>(r.rp, experts, k, cols, r.eps, s_route, s_ids, s_weights);
-#pragma unroll
-    for (int u = 0; u < kXPerThread / 2; ++u) {
-      const __nv_bfloat162 v = __halves2bfloat162(normed_bf16(xv[2 * u], inv_rms, sv[2 * u]),
-                                                  normed_bf16(xv[2 * u + 1], inv_rms, sv[2 * u + 1]));
-      xn[u] = *reinterpret_cast<const uint32_t*>(&v);
-    }
     // The input is staged at the scale of the route's bound on |x_normed| (MoeRoute::x_bound), every thread its
     // own copy: no search for the largest value (a warp max, thread 0's pass over the warps, a barrier).
     // With the ranked route above, H100, same call (session 16): decode at 1k 20b 577.0 → 583.4 tok/s, 120b 411.0 →
@@ -419,10 +419,16 @@ __global__ void __launch_bounds__(kMlp1Threads, 12 / kMlp1TilesPerCta)
           stage_inputs<1>(r.x_normed, 1, cols, xs_len, xs, s_up, s_red);
           return;
         }
+        // All loads out before the first use (unpredicated, indices clamped, extras unused): one L2 round trip,
+        // where predicated loads let ptxas put a use between them.
+        float xv[kXPerThread];
+#pragma unroll
+        for (int u = 0; u < kXPerThread; ++u)
+          xv[u] = __ldcg(r.residual + min(static_cast<int>(threadIdx.x) + u * kMlp1Threads, cols - 1));
 #pragma unroll
         for (int u = 0; u < kXPerThread; ++u) {  // the same conversion as stage_inputs'; past cols, zeros
           const int ix = threadIdx.x + u * kMlp1Threads;
-          const float v = __uint_as_float(u % 2 ? xn[u / 2] & 0xFFFF0000u : xn[u / 2] << 16);
+          const float v = __bfloat162float(normed_bf16(xv[u], inv_rms, sv[u]));
           if (ix < xs_len) xs[ix] = __float2half_rn(ix < cols ? v * x_down : 0.f);
         }
         for (int ix = threadIdx.x + kXPerThread * kMlp1Threads; ix < xs_len; ix += kMlp1Threads)
@@ -482,6 +488,7 @@ __global__ void __launch_bounds__(kMlp2Warps * 32, 3)
   // an L1 line an earlier layer's launch left on this SM. Most of mlp2's CTAs start under mlp1's tail, before
   // their wait (session 14: handing the late ones the route mlp1 had published changed nothing in decode).
   if (r.rp.partials) {
+    route_stage_bias<kMlp2Warps * 32>(r.rp, experts, s_route);
     route_from_partials<kMlp2Warps * 32>(r.rp, experts, k, rows, r.eps, s_route, s_ids, s_weight);
   } else if (threadIdx.x < k) {
     s_ids[threadIdx.x] = __ldcg(r.ids + threadIdx.x);

@@ -35,9 +35,17 @@ struct RouteSmem {
   int top_i[kRouteMaxK];
 };
 
-// Every thread of a kThreads CTA: the logits' sums from the partials (in one fixed order whatever CTA runs it),
-// the top k and their softmax into ids / weights, which may be shared memory; returns 1 / rms of the residual
-// (every thread). The caller's next barrier publishes ids and weights.
+// The gate bias into s.bias (threads e < experts), before route_from_partials: a weight, so a kernel may stage it
+// before its dependency wait; route_from_partials' first barrier publishes it.
+template <int kThreads>
+__device__ __forceinline__ void route_stage_bias(const RoutePartials& rp, int experts, RouteSmem<kThreads>& s) {
+  static_assert(kRouteMaxExperts <= kThreads, "one thread per expert for the bias load");
+  if (static_cast<int>(threadIdx.x) < experts) s.bias[threadIdx.x] = __bfloat162float(rp.gate_b[threadIdx.x]);
+}
+
+// Every thread of a kThreads CTA, after route_stage_bias: the logits' sums from the partials (in one fixed order
+// whatever CTA runs it), the top k and their softmax into ids / weights, which may be shared memory; returns 1 / rms
+// of the residual (every thread). The caller's next barrier publishes ids and weights.
 // Each thread sums up to kRouteLoads rows of one float4 column in registers (loads unpredicated, rows clamped,
 // extras not added: one round trip), over as few groups of threads as that allows, because the groups are then
 // summed one after another: gpt-oss's 23 rows take 6 groups (20b and 120b), where one row a thread took 28
@@ -49,9 +57,7 @@ template <int kThreads>
 __device__ __forceinline__ float route_from_partials(const RoutePartials& rp, int experts, int k, int hidden,
                                                      float eps, RouteSmem<kThreads>& s, int32_t* ids,
                                                      float* weights) {
-  static_assert(kRouteMaxExperts <= kThreads, "one thread per expert for the bias load");
   const int tid = threadIdx.x, cols_pad = route_cols_padded(experts);
-  if (tid < experts) s.bias[tid] = __bfloat162float(rp.gate_b[tid]);
   // Thread (group, quad) sums float4 column quad `quad` over rows group, group + groups, ...; then column c is
   // summed over the groups.
   const int quads = cols_pad / 4, quad = tid % quads, group = tid / quads;
