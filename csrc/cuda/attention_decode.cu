@@ -131,13 +131,16 @@ __device__ void combine_when_last(const AttentionDecodeParams& p, int group, int
   if (threadIdx.x == 0) p.counters[kv_head] = 0;
 }
 
-// Up to kCombineCluster splits: the grid runs in clusters of that many CTAs along x, so a KV head's splits are
-// one cluster and meet in distributed shared memory (s_part: [head][o[64], m, l] of each CTA), without the
-// workspace's fence, arrival atomic and L2 round trips. Every CTA of the first cluster (x < kCombineCluster), idle
-// ones included, calls this; its rank 0 is split 0, which always holds keys. H100, 20b, same call (session 6):
-// 521.9 → 528.6 tok/s at 896 keys (8 splits: this path), 518.5 → 523.8 at 1k and 493.8 → 499.6 at 8k (9 and 16
-// splits: the workspace path, so the cluster-shaped launch alone gave ~1 %; why is not known).
-constexpr int kCombineCluster = 8;
+// Up to `cluster` splits (16 where the device can place clusters of 16 attention CTAs, else 8: the launcher's
+// combine_cluster_size): the grid runs in clusters of that many CTAs along x, so a KV head's splits are one cluster
+// and meet in distributed shared memory (s_part: [head][o[64], m, l] of each CTA), without the workspace's fence,
+// arrival atomic and L2 round trips. Every CTA of the first cluster (x < cluster), idle ones included, calls this;
+// its rank 0 is split 0, which always holds keys. H100, 20b, same call (session 6), clusters of 8: 521.9 → 528.6
+// tok/s at 896 keys (8 splits: this path), 518.5 → 523.8 at 1k and 493.8 → 499.6 at 8k (9 and 16 splits: the
+// workspace path, so the cluster-shaped launch alone gave ~1 %; why is not known). Clusters of 16 take 1k's 9
+// splits and 8k's 16 onto this path too.
+constexpr int kPortableCluster = 8;
+constexpr int kLargeCluster = 16;  // non-portable: cudaFuncAttributeNonPortableClusterSizeAllowed
 constexpr int kPartEntry = kD + 2;
 __device__ void combine_in_cluster(const AttentionDecodeParams& p, int group, int kv_head, int splits,
                                    const float* s_sink, float* s_part) {
@@ -156,7 +159,7 @@ __device__ void combine_in_cluster(const AttentionDecodeParams& p, int group, in
   cluster_sync_relaxed();  // the peers' shared memory stays until rank 0 has read it (consumed above)
 }
 
-__global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p) {
+__global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p, int cluster) {
   TimelineScope timeline(kTlAttention);
   extern __shared__ __align__(16) unsigned char smem_raw[];
 
@@ -166,11 +169,11 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   const int kv_head = blockIdx.y, split = blockIdx.x;
   const SplitRange range = split_range(p, attention_split::kWarps * attention_split::kMmaBlock);
   const int newest = *p.pos % p.cache.capacity;
-  const bool cluster_combine = range.splits > 1 && range.splits <= kCombineCluster;
+  const bool cluster_combine = range.splits > 1 && range.splits <= cluster;
   __shared__ __align__(8) float s_part[kAttentionMaxGroup * kPartEntry];  // this split's partial (cluster_combine)
   if (split >= range.splits) {
     // The idle CTAs of the first cluster join its barriers (all the splits are in it); later clusters hold none.
-    if (cluster_combine && split < kCombineCluster) {
+    if (cluster_combine && split < cluster) {
       pdl_launch_dependents();  // their release counts as early as the working CTAs'
       combine_in_cluster(p, group, kv_head, range.splits, nullptr, s_part);
     }
@@ -223,6 +226,30 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
     combine_when_last(p, group, kv_head, range.splits, s_sink);
 }
 
+// kLargeCluster where the device can hold every KV head's first cluster of that size at once (H100: GPCs of 16–18
+// SMs, up to 4 attention CTAs an SM), else kPortableCluster. A host query, legal during graph capture; the
+// decode step launches attention only while it captures, so its cost is paid once a graph.
+int combine_cluster_size(int kv_heads) {
+  CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(kLargeCluster, kv_heads);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmemBytes;
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = kLargeCluster;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, attention_decode_kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // not supported here: the portable size
+    return kPortableCluster;
+  }
+  return clusters >= kv_heads ? kLargeCluster : kPortableCluster;
+}
+
 }  // namespace
 
 int attention_decode_max_splits(int kv_heads, int capacity, int multiprocessors) {
@@ -244,10 +271,11 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
   // Idempotent; legal during graph capture (it is not a stream operation).
   CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(kSmemBytes)));
-  // Clusters of kCombineCluster along x (see combine_in_cluster). CTAs past the split count exit at once, those of
+  // Clusters along x (see combine_in_cluster). CTAs past the split count exit at once, those of
   // the first cluster after joining its barriers.
-  launch_kernel(attention_decode_kernel, dim3(ceil_div(p.max_splits, kCombineCluster) * kCombineCluster, p.kv_heads),
-                dim3(kThreads), kSmemBytes, stream, /*pdl=*/true, kCombineCluster, p);
+  const int cluster = combine_cluster_size(p.kv_heads);
+  launch_kernel(attention_decode_kernel, dim3(ceil_div(p.max_splits, cluster) * cluster, p.kv_heads), dim3(kThreads),
+                kSmemBytes, stream, /*pdl=*/true, cluster, p, cluster);
 }
 
 }  // namespace gpt_oss

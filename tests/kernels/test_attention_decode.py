@@ -74,7 +74,9 @@ def test_attention_matches_float64(heads: tuple[int, int], length: int, sliding:
 
 
 @pytest.mark.parametrize("max_splits", [1, 3, 64])
-@pytest.mark.parametrize("length", [1, 33, 129, 1024, 1025, 5000])  # 1024: 8 splits, one cluster; 1025: 9
+# 128-key splits up to 4096 keys: 1024 is 8 splits, 1025 9, 2048 16 (one cluster where clusters of 16 are used),
+# 2049 17 (the workspace path); 5000 is 10 splits of 512.
+@pytest.mark.parametrize("length", [1, 33, 129, 1024, 1025, 2048, 2049, 5000])
 def test_any_split_count_gives_the_same_attention(max_splits: int, length: int) -> None:
     run_case(64, 8, length, False, max_splits, seed=max_splits * 1000 + length)
 
