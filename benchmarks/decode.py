@@ -7,10 +7,11 @@ them (run-ahead: step k + 1 is submitted, fed step k's token on the device, befo
 tok/s and the columns after it) and through the blocking forward_sample (the last column, blocking tok/s: it
 pays the host round trip between tokens that run-ahead hides; timed just before, N tokens earlier in the
 context). Reports tok/s, ms/token, the bytes one token must read (weights of the 4 routed experts, attention,
-router, unembedding, the KV cache at that context) over the time, and that rate as a share of the
-device-to-device copy bandwidth measured in the same run. Before that, the prefill A/B: `--prefill-lengths`
-prompts (1k by default) on a fresh sequence through the batched prefill and through the per-token decode-graph
-replay (GPT_OSS_NATIVE_CUDA_PREFILL=batched / replay), tok/s each. Prints tables; the last line is JSON.
+router, the unembedding or its screened int8 copy, the KV cache at that context) over the time, and that rate
+as a share of the device-to-device copy bandwidth measured in the same run. Before that, the prefill A/B:
+`--prefill-lengths` prompts (1k by default) on a fresh sequence through the batched prefill and through the
+per-token decode-graph replay (GPT_OSS_NATIVE_CUDA_PREFILL=batched / replay), tok/s each. Prints tables; the
+last line is JSON.
 
 Weights (say which in any report):
   --source disk    write_random_checkpoint to --workdir, then load_checkpoint (the product's loading path)
@@ -66,10 +67,21 @@ def memory_weights(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return weights
 
 
+def unembedding_bytes(config: ModelConfig) -> float:
+    """Bytes the fused draw streams: the screened int8 copy (codes, a bf16 scale per 64 columns, two f32
+    row norms, the f32 upper bound written and read back) unless GPT_OSS_NATIVE_CUDA_SCREEN=0, else the bf16
+    weight. The screened draw's recomputed rows (~130 greedy on random weights: 0.7 MB) are left out."""
+    V, H = config.vocab_size, config.hidden_size
+    if os.environ.get("GPT_OSS_NATIVE_CUDA_SCREEN", "1") == "0":
+        return 2 * V * H
+    chunks = -(-H // 64)
+    return V * (64 * chunks + 2 * chunks + 8 + 2 * 4)
+
+
 def bytes_per_token(config: ModelConfig, context: float) -> float:
     """Bytes a decode step must read at this context: every dense weight, the routed experts, the KV cache
-    (sliding layers see at most the window), the unembedding and one embedding row."""
-    H, E, I, V = config.hidden_size, config.num_experts, config.intermediate_size, config.vocab_size
+    (sliding layers see at most the window), the unembedding (unembedding_bytes) and one embedding row."""
+    H, E, I = config.hidden_size, config.num_experts, config.intermediate_size
     attn = config.num_attention_heads * config.head_dim
     per_layer = 2 * (config.qkv_dim * H + config.qkv_dim + H * attn + H + E * H + E)  # bf16 dense + biases
     per_layer += 4 * (2 * H + config.num_attention_heads)  # f32 norm scales and sinks
@@ -80,7 +92,7 @@ def bytes_per_token(config: ModelConfig, context: float) -> float:
     for layer in range(config.num_layers):
         keys = min(context, config.sliding_window) if config.layer_is_sliding(layer) else context
         kv += 2 * keys * config.num_key_value_heads * config.head_dim * 2
-    return config.num_layers * per_layer + kv + 2 * V * H + 2 * H + 4 * H
+    return config.num_layers * per_layer + kv + unembedding_bytes(config) + 2 * H + 4 * H
 
 
 def copy_bandwidth() -> float | None:

@@ -371,6 +371,32 @@ nb::tuple unembedding_sample(Array<uint16_t> w, Array<float> norm_scale, Array<f
   return nb::make_tuple(download<float>(logits, {static_cast<size_t>(vocab)}), download<int32_t>(tokens, {draws.size()}));
 }
 
+// Screened fused sampling (launch_screened_sample), one launch per entry of `draws` on one pair of workspaces (each
+// launch must leave them re-armed): every launch's token, and the last launch's upper key bounds and best lower
+// bound M (a row is recomputed exactly when its bound is not below M).
+nb::tuple unembedding_screened_sample(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, float eps,
+                                      float temperature, uint64_t seed, Array<uint64_t> draws) {
+  require(w.ndim() == 2 && w.shape(1) == x.size() && norm_scale.size() == x.size() && draws.size() >= 1 &&
+              temperature >= 0.0f,
+          "w must be [vocab, hidden], norm_scale and x [hidden], at least one draw, temperature >= 0");
+  const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
+  DeviceBuffer d_w = upload_unembedding(w), d_s = upload(norm_scale), d_x = upload(x);
+  const ScreenedUnembedding screen = build_screened_unembedding(d_w.get<bf16>(), vocab, hidden);
+  CUDA_CHECK(cudaMemset(screen.upper.get(), 0xFF, screen.upper.bytes()));  // poisoned: NaN
+  DeviceBuffer tokens = poisoned(sizeof(int32_t) * draws.size());
+  DeviceBuffer ws(unembedding_sample_workspace_bytes());
+  CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
+  for (size_t i = 0; i < draws.size(); ++i) {
+    const FusedSample sample{ws.get(), tokens.get<int32_t>() + i, temperature, seed, draws.data()[i]};
+    launch_screened_sample(screen, d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), eps, sample, nullptr);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  double m = 0.0;
+  CUDA_CHECK(cudaMemcpy(&m, static_cast<char*>(screen.workspace.get()) + 8, sizeof(double), cudaMemcpyDeviceToHost));
+  return nb::make_tuple(download<int32_t>(tokens, {draws.size()}),
+                        download<float>(screen.upper, {static_cast<size_t>(vocab)}), m);
+}
+
 SamplingParams sampling_params(float temperature, float top_p, int top_k, uint64_t seed) {
   require(temperature >= 0.0f && top_p > 0.0f && top_p <= 1.0f && top_k >= 0,
           "need temperature >= 0, top_p in (0, 1] and top_k >= 0");
@@ -571,6 +597,23 @@ double time_unembedding(Array<uint16_t> w, Array<float> norm_scale, Array<float>
       [&](cudaStream_t s, int) {
         launch_unembedding(d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), vocab, hidden, 1e-5f,
                            logits.get<float>(), temperature ? &fused : nullptr, s);
+      },
+      1, reps);
+}
+
+// The screened fused draw (launch_screened_sample) at that temperature (0: argmax).
+double time_unembedding_screened(Array<uint16_t> w, Array<float> norm_scale, Array<float> x, float temperature,
+                                 int reps) {
+  require(temperature >= 0.0f, "temperature must be >= 0");
+  const int vocab = static_cast<int>(w.shape(0)), hidden = static_cast<int>(w.shape(1));
+  DeviceBuffer d_w = upload_unembedding(w), d_s = upload(norm_scale), d_x = upload(x);
+  const ScreenedUnembedding screen = build_screened_unembedding(d_w.get<bf16>(), vocab, hidden);
+  DeviceBuffer ws(unembedding_sample_workspace_bytes()), token(sizeof(int32_t));
+  CUDA_CHECK(cudaMemset(ws.get(), 0, ws.bytes()));
+  const FusedSample fused{ws.get(), token.get<int32_t>(), temperature, 1234, 0};
+  return graph_us(
+      [&](cudaStream_t s, int) {
+        launch_screened_sample(screen, d_w.get<bf16>(), d_s.get<float>(), d_x.get<float>(), 1e-5f, fused, s);
       },
       1, reps);
 }
@@ -791,6 +834,8 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("unembedding", &wk::unembedding, "w"_a, "norm_scale"_a, "x"_a, "eps"_a);
     m.def("unembedding_sample", &wk::unembedding_sample, "w"_a, "norm_scale"_a, "x"_a, "eps"_a, "temperature"_a,
           "seed"_a, "draws"_a);
+    m.def("unembedding_screened_sample", &wk::unembedding_screened_sample, "w"_a, "norm_scale"_a, "x"_a, "eps"_a,
+          "temperature"_a, "seed"_a, "draws"_a);
     m.def("sample", &wk::sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "seed"_a, "draws"_a);
     m.def("time_copy", &wk::time_copy, "bytes"_a, "reps"_a);
     m.attr("timeline_built") = kTimelineBuilt;
@@ -801,6 +846,8 @@ void register_cuda_kernel_tests(nb::module_& m) {
     m.def("time_bf16_gemv_bias_residual", &wk::time_gemv_bias_residual, "w"_a, "copies"_a, "reps"_a);
     m.def("time_unembedding", &wk::time_unembedding, "w"_a, "norm_scale"_a, "x"_a, "temperature"_a.none(),
           "reps"_a);
+    m.def("time_unembedding_screened", &wk::time_unembedding_screened, "w"_a, "norm_scale"_a, "x"_a,
+          "temperature"_a, "reps"_a);
     m.def("time_sample", &wk::time_sample, "logits"_a, "temperature"_a, "top_p"_a, "top_k"_a, "reps"_a);
   }
   {  // ---- batched prefill kernels ----

@@ -24,6 +24,7 @@ pytest.importorskip("torch")
 pytest.importorskip("gpt_oss.torch.model")
 from cuda_cases import CASES
 from router_ties import Reference, check_against_reference
+from sampling_law import token_uniforms
 
 pytestmark = pytest.mark.cuda
 
@@ -66,6 +67,33 @@ def test_long_generation_matches_reference_position_by_position(case: tuple[Path
         rows.append(cuda.forward(logits_seq, np.array([tokens[-1]], np.int32)))
     assert cuda.sequence_length(sampled_seq) == cuda.sequence_length(logits_seq) == 307
     check_against_reference(np.stack(rows), reference, np.array(tokens, np.int32), first=6)
+
+
+@pytest.mark.parametrize("screen", ["1", "0"])
+def test_drawn_tokens_follow_the_sampling_law_on_the_logits(
+    case: tuple[Path, Reference], monkeypatch: pytest.MonkeyPatch, screen: str
+) -> None:
+    """forward_sample's fused draw, screened (the default: int8 bounds, then the rows that can win recomputed)
+    and exact (GPT_OSS_NATIVE_CUDA_SCREEN=0), greedy and Gumbel-max at two temperatures: each token's key on the
+    logits forward gives for the same prefix is the largest, up to keys that lie within fp32 rounding."""
+    monkeypatch.setenv("GPT_OSS_NATIVE_CUDA_SCREEN", screen)
+    path, _ = case
+    config, cuda = cuda_model(path, max_context=256)
+    feed = np.random.default_rng(4).integers(0, config.vocab_size, 5).astype(np.int32)
+    sampled, exact = cuda.new_sequence(), cuda.new_sequence()
+    every_token = np.arange(config.vocab_size)
+    for step in range(90):
+        temperature = (0.0, 1.0, 0.7)[step % 3]
+        picked = cuda.forward_sample(sampled, feed, temperature=temperature, seed=11, draw=step)
+        keys = cuda.forward(exact, feed).astype(np.float64)
+        if temperature > 0:
+            keys = keys / float(np.float32(temperature)) - np.log(-np.log(token_uniforms(11, step, every_token)))
+        best = keys.max()
+        assert keys[picked] >= best - 1e-4 * max(1.0, abs(best)), (
+            f"step {step} (T={temperature}): drew {picked} (key {keys[picked]:.6f}), the law's best key is "
+            f"{best:.6f} at {int(np.argmax(keys))}"
+        )
+        feed = np.array([picked], np.int32)
 
 
 def test_freed_slot_gives_a_fresh_sequence(case: tuple[Path, Reference]) -> None:

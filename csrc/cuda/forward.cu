@@ -81,6 +81,19 @@ PrefillMode prefill_mode() {
   throw std::invalid_argument("GPT_OSS_NATIVE_CUDA_PREFILL must be auto, batched or replay, got '" + mode + "'");
 }
 
+// Screened sampling (ScreenedUnembedding) is on unless GPT_OSS_NATIVE_CUDA_SCREEN=0. Its bounds are worst-case
+// (Cauchy–Schwarz), so how many rows a draw recomputes depends on the weights: ~130 of 201088 for greedy and ~8 at
+// T = 1 on random full-size weights, where the top logit is only the largest of noise (benchmarks/NOTES.md, session
+// 18). Either way the token is the exact logits' (up to fp32 rounding between two keys); the off switch is for
+// comparing the two paths and for a GPU too small for the int8 copy beside more than one sequence's cache.
+bool screening_enabled() {
+  const char* v = std::getenv("GPT_OSS_NATIVE_CUDA_SCREEN");
+  const std::string mode = v ? v : "";
+  if (mode.empty() || mode == "1") return true;
+  if (mode == "0") return false;
+  throw std::invalid_argument("GPT_OSS_NATIVE_CUDA_SCREEN must be 0 or 1, got '" + mode + "'");
+}
+
 std::string gib(size_t bytes) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%.2f GiB", bytes / kGiB);
@@ -159,6 +172,7 @@ class CudaBackend final : public Backend {
     check_memory(weights);
     upload_weights(weights);
     allocate_activations();
+    build_screen();
   }
 
   ~CudaBackend() override {
@@ -420,6 +434,36 @@ class CudaBackend final : public Backend {
                                 static_cast<int>(cols));
   }
 
+  // Screened sampling's int8 copy of the unembedding (ScreenedUnembedding: the fused draw then streams half the
+  // unembedding's bytes, ~0.58 GB for gpt-oss), where it fits beside one sequence's cache.
+  void build_screen() {
+    if (!screening_enabled()) return;
+    const size_t vocab_padded = (static_cast<size_t>(cfg_.vocab_size) + 15) / 16 * 16;
+    const size_t bytes = vocab_padded * ((cfg_.hidden_size + 63) / 64 * 64 + sizeof(float) * 4) +
+                         sizeof(float) * cfg_.vocab_size + (16u << 10);
+    size_t free_bytes = 0, total_bytes = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (bytes + cache_bytes() + (64u << 20) > free_bytes) {
+      std::fprintf(stderr, "gpt_oss_native: screened sampling needs %s of GPU memory beside one sequence's cache and "
+                   "%s is free: each draw streams the whole unembedding instead\n", gib(bytes).c_str(),
+                   gib(free_bytes).c_str());
+      return;
+    }
+    screened_ = build_screened_unembedding(unembedding_.get<bf16>(), cfg_.vocab_size, cfg_.hidden_size);
+  }
+
+  // The unembedding of the final residual row x: the logits into logits_, and with sample its fused draw. With the
+  // screened copy a draw is made from it instead and logits_ is left as it was: nothing reads it after a fused draw.
+  void unembed(const float* x, const FusedSample* sample) {
+    if (sample && screened_.vocab) {
+      launch_screened_sample(screened_, unembedding_.get<bf16>(), final_norm_.get<float>(), x, cfg_.norm_eps, *sample,
+                             stream_.get());
+      return;
+    }
+    launch_unembedding(unembedding_.get<bf16>(), final_norm_.get<float>(), x, cfg_.vocab_size, cfg_.hidden_size,
+                       cfg_.norm_eps, logits_.get<float>(), sample, stream_.get());
+  }
+
   void allocate_activations() {
     const ModelConfig& c = cfg_;
     const int k = c.experts_per_token;
@@ -540,9 +584,7 @@ class CudaBackend final : public Backend {
       CUDA_CHECK(cudaGraphLaunch(slot.graph.get(), stream_.get()));
     }
     ++slot.length;
-    if (wants_logits)
-      launch_unembedding(unembedding_.get<bf16>(), final_norm_.get<float>(), x_.get<float>(), cfg_.vocab_size,
-                         cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), sample, stream_.get());
+    if (wants_logits) unembed(x_.get<float>(), sample);
   }
 
   bool use_batched_prefill(int n) {
@@ -613,10 +655,8 @@ class CudaBackend final : public Backend {
       slot.length += T;
       const int first_row = all_logits ? 0 : (c0 + T == n ? T - 1 : T);  // else only the last chunk's last row
       for (int t = first_row; t < T; ++t) {
-        launch_unembedding(unembedding_.get<bf16>(), final_norm_.get<float>(),
-                           prefill_x_.get<float>() + static_cast<size_t>(t) * cfg_.hidden_size, cfg_.vocab_size,
-                           cfg_.hidden_size, cfg_.norm_eps, logits_.get<float>(), c0 + t == n - 1 ? sample : nullptr,
-                           s);
+        unembed(prefill_x_.get<float>() + static_cast<size_t>(t) * cfg_.hidden_size,
+                c0 + t == n - 1 ? sample : nullptr);
         if (host_logits) {
           float* dst = host_logits + (all_logits ? static_cast<size_t>(c0 + t) * cfg_.vocab_size : 0);
           // Pageable destination: returns once the row is on the host, so logits_ may be reused next.
@@ -778,6 +818,7 @@ class CudaBackend final : public Backend {
   StreamPtr stream_;
 
   DeviceBuffer embedding_, final_norm_, unembedding_, rope_;
+  ScreenedUnembedding screened_;  // empty (vocab 0) when screened sampling is off
   std::vector<LayerWeights> layers_;
 
   DeviceBuffer x_, q_, attn_, router_workspace_, act_, logits_;

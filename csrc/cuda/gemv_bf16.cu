@@ -271,24 +271,17 @@ __device__ __forceinline__ void sample_tail(const TokenDraw& draw, BestKey mine)
   }
 }
 
-__global__ void __launch_bounds__(kWarps * 32, 2)
-    unembedding_kernel(const bf16* __restrict__ W, const float* __restrict__ norm_scale, const float* x,
-                       int vocab, int hidden, float eps, float* __restrict__ logits, TokenDraw draw) {
-  TimelineScope timeline(kTlUnembedding);
-  extern __shared__ uint4 dyn_smem[];
-  bf16* xs = reinterpret_cast<bf16*>(dyn_smem);
+// The final RMSNorm into shared bf16 xs [padded] (zeros past hidden) by every thread of a kThreads CTA, ending with a
+// barrier; x is read through L2 (the previous launch wrote it). Up to kNormLoads values a thread (hidden ≤ 3072:
+// gpt-oss's 2880), all of x and norm_scale are loaded in one round (unpredicated, indices clamped, extras unused)
+// and x stays in registers for the scaled write; the same sums in the same order as the loop below, which for 2880
+// waited on ~12 dependent loads a pass (the SASS reuses one register) before the first weight load of the token.
+// With the programmatic launch: 435 → 427.5 µs graph-timed (H100, session 10, twice). Every unembedding kernel
+// normalises with this one function, so all of them multiply the same xs bits.
+__device__ __forceinline__ void final_norm_to_shared(const float* __restrict__ norm_scale, const float* x, int hidden,
+                                                     int padded, float eps, bf16* xs) {
   __shared__ float s_red[kWarps];
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4;
-  // A programmatic launch: the CTAs become resident while the last MoE launch drains, so the launch gap (~2.7 µs
-  // on the H100, session 8's timeline) leaves the token's path. No weight load goes out before the wait: a
-  // 17 MB first batch would land on that launch's tail. x, written by it, is read through L2 after the wait.
-  pdl_wait();
-  timeline.mark_waited();
-  // The final RMSNorm. Up to kNormLoads values a thread (hidden ≤ 3072: gpt-oss's 2880), all of x and norm_scale
-  // are loaded in one round (unpredicated, indices clamped, extras unused) and x stays in registers for the
-  // scaled write; the same sums in the same order as the loop below, which for 2880 waited on ~12 dependent
-  // loads a pass (the SASS reuses one register) before the first weight load of the token. With the programmatic
-  // launch: 435 → 427.5 µs graph-timed (H100, session 10, twice).
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   constexpr int kNormLoads = 12;
   float ss = 0.f;
   const bool in_registers = hidden <= kNormLoads * kThreads;  // uniform
@@ -318,11 +311,26 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   } else {
     for (int i = tid; i < hidden; i += kThreads) xs[i] = __float2bfloat16(__ldcg(x + i) * inv_rms * norm_scale[i]);
   }
-  const int tiles = (vocab + kTileRows - 1) / kTileRows, chunks = (hidden + kChunkCols - 1) / kChunkCols;
-  // The packed weight's zero columns must meet zero inputs (0 · uninitialised shared memory may be NaN).
-  const int padded = chunks * kChunkCols;
+  // The packed weights' zero columns must meet zero inputs (0 · uninitialised shared memory may be NaN).
   for (int i = hidden + tid; i < padded; i += kThreads) xs[i] = __float2bfloat16(0.f);
   __syncthreads();
+}
+
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    unembedding_kernel(const bf16* __restrict__ W, const float* __restrict__ norm_scale, const float* x,
+                       int vocab, int hidden, float eps, float* __restrict__ logits, TokenDraw draw) {
+  TimelineScope timeline(kTlUnembedding);
+  extern __shared__ uint4 dyn_smem[];
+  bf16* xs = reinterpret_cast<bf16*>(dyn_smem);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  // A programmatic launch: the CTAs become resident while the last MoE launch drains, so the launch gap (~2.7 µs
+  // on the H100, session 8's timeline) leaves the token's path. No weight load goes out before the wait: a
+  // 17 MB first batch would land on that launch's tail. x, written by it, is read through L2 after the wait.
+  pdl_wait();
+  timeline.mark_waited();
+  const int tiles = (vocab + kTileRows - 1) / kTileRows, chunks = (hidden + kChunkCols - 1) / kChunkCols;
+  const int padded = chunks * kChunkCols;
+  final_norm_to_shared(norm_scale, x, hidden, padded, eps, xs);
 
   const int warps = gridDim.x * kWarps;
   // This lane's best key (FusedSample): the logit itself at temperature 0, else its Gumbel-max key, computed
@@ -375,6 +383,309 @@ void check_gemv(const void* W, int rows, int cols, const char* who) {
                                 std::to_string(rows) + " x " + std::to_string(cols) + ")");
   if (reinterpret_cast<uintptr_t>(W) % 16 != 0)
     throw std::invalid_argument(std::string(who) + ": the weight matrix must be 16-byte aligned");
+}
+
+// ---- screened sampling: the fused draw from an int8 copy of the unembedding, exact where it matters -----------
+//
+// The token of a fused draw (greedy or Gumbel-max) depends only on the rows whose keys can be the largest. Stage 1
+// (screen_kernel) streams an int8 copy of W, half the bytes (579 MB for gpt-oss instead of 1.16 GB), and gives
+// every row an interval [lo, hi] that provably holds its exact key; its last CTA takes M, the largest lo. Stage 2
+// (pick_kernel) recomputes from the bf16 weight only the rows whose hi reaches M, and draws among them. The row
+// with the largest exact key always has hi ≥ its key ≥ M, so the token is the one the exact logits give. (Exact
+// here: the bf16 row · the same xs, summed in fp32 in pick_kernel's fixed order. unembedding_kernel sums in the
+// tensor cores' order, so the two paths can differ only where two keys lie within fp32 rounding.)
+//
+// The interval. Each 64-column chunk c of row r is stored as int8 q with its own scale s_rc = max |w_rc| / 127 (a
+// bf16, rounded up; ŵ = s_rc q), so one outlier costs only its chunk's resolution. xs is quantised per mma step,
+// the 32 columns one m16n8k32 multiplies (x̂ = s_ck xq, s_ck = max |xs_ck| / 127, k = 0, 1). The int8 products add
+// exactly in int32, so
+//   a = Σ_c s_rc (s_c0 (q · xq)_c0 + s_c1 (q · xq)_c1)   (fp32: three roundings a chunk)
+// and with l = w_r · xs (real) and l̃ its fp32 sum (pick_kernel), by Cauchy–Schwarz:
+//   |l − a_real| ≤ ‖w_r‖ ‖xs − x̂‖ + ‖w_r − ŵ_r‖ ‖x̂‖,
+//   |a − a_real| ≤ (3C + 2) u ‖ŵ_r‖ ‖x̂‖,   |l̃ − l| ≤ n u ‖w_r‖ ‖xs‖
+// (u = 2^-24, C the chunks, n the padded row length; ‖ŵ_r‖ ≤ ‖w_r‖ + ‖w_r − ŵ_r‖). So b = ‖w_r‖ E1 + ‖w_r − ŵ_r‖ E2
+// with E1 = ‖xs − x̂‖ + n u ‖xs‖ + (3C + 2) u ‖x̂‖ and E2 = (1 + (3C + 2) u) ‖x̂‖, every norm rounded up (the row
+// norms in double at load, the x norms in double each step), times 1 + 2^-20 for the double arithmetic; lo = a − b,
+// hi = a + b, turned into keys the way gumbel_key turns a logit (monotone, so the order survives the rounding). A
+// row holding a non-finite weight has infinite norms: always recomputed, its logit NaN or ±inf exactly as in the
+// exact path. A non-finite xs makes every bound NaN: every row is recomputed (slow, and the draw then answers -1 as
+// the exact path does). benchmarks/screen_bound_sim.py models the bound in NumPy (per-row weight scales and 64-column
+// x scales recomputed 8× as many rows where a few weight columns and x channels are outliers).
+
+constexpr int kScreenChunk = 64;                 // int8 columns a lane's 16-byte load covers in one mma pair
+constexpr int kScreenMaxChunks = 24576 / kScreenChunk;
+constexpr int kScreenBatch = 8;                  // chunks whose loads a warp issues before the first mma
+constexpr int kScreenHeader = 16;                // arrival counter, then M (double) at byte 8
+constexpr int kPickRowLoads = 12;                // 16-byte pieces a lane loads per recomputed row (hidden ≤ 3072)
+
+// d += A·B for one m16n8k32 step, int8 in, int32 accumulation (exact).
+__device__ __forceinline__ void mma_s8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                       uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// 8 bf16 weights · 8 bf16 inputs, in fp32, in index order.
+__device__ __forceinline__ float dot8_bf16(const uint4& w, const bf16* xs) {
+  const uint4 xv = *reinterpret_cast<const uint4*>(xs);
+  const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&w);
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&xv);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 wa = __bfloat1622float2(a[i]), xb = __bfloat1622float2(b[i]);
+    s = fmaf(wa.x, xb.x, s);
+    s = fmaf(wa.y, xb.y, s);
+  }
+  return s;
+}
+
+__device__ __forceinline__ double warp_sum_double(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// The int8 copy in the order screen_kernel reads it: tile T (rows 16T .. 16T + 15) is one block of 16 × padded64
+// bytes; its 16-byte piece (j, lane) at byte 512 j + 16 lane is what lane (g, t) loads for chunk c = j / 2 of row
+// g + 8 (j % 2): columns 64c + 16t .. + 15. The chunk scales: tile T's block of chunks × 16 bf16, (c, g, h) at
+// 16c + 2g + h, so lane (g, t) reads rows g and g + 8 of chunk c as one 4-byte pair. One warp a row, from the packed
+// bf16 weight (pack_unembedding_kernel's layout), 8 lanes a chunk; consts[r] = (‖w_r‖, ‖w_r − ŵ_r‖), in double and
+// rounded up; a row with a non-finite weight: (inf, inf), scales and q 0.
+__global__ void quantize_unembedding_kernel(const bf16* __restrict__ W, int vocab_padded, int hidden,
+                                            int8_t* __restrict__ codes, bf16* __restrict__ scales,
+                                            float2* __restrict__ consts) {
+  const int r = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (r >= vocab_padded) return;
+  const int tile = r / kTileRows, g = r % kTileRows, h = g / 8, g8 = g % 8;
+  const int chunks32 = (hidden + kChunkCols - 1) / kChunkCols, padded32 = chunks32 * kChunkCols;
+  const int chunks64 = (hidden + kScreenChunk - 1) / kScreenChunk, padded64 = chunks64 * kScreenChunk;
+  const bf16* block = W + static_cast<int64_t>(tile) * kTileRows * padded32;
+  int8_t* out = codes + static_cast<int64_t>(tile) * kTileRows * padded64;
+  bf16* out_scales = scales + static_cast<int64_t>(tile) * chunks64 * kTileRows;
+  bool finite = true;
+  for (int p = lane; p < padded32 / 8; p += 32) {  // piece p: columns 8p .. 8p + 7 (bf16 chunk p / 4, t = p % 4)
+    const uint4 raw = *reinterpret_cast<const uint4*>(block + (2 * (p / 4) + h) * 256 + (4 * g8 + p % 4) * 8);
+    const __nv_bfloat16* v = reinterpret_cast<const __nv_bfloat16*>(&raw);
+    for (int i = 0; i < 8; ++i) finite &= isfinite(__bfloat162float(v[i]));
+  }
+  finite = __all_sync(0xffffffffu, finite);
+  double sum_w2 = 0.0, sum_d2 = 0.0;
+  // Lanes 8j .. 8j + 7 hold the 8 pieces of one chunk; every lane runs every round (extra pieces are zero).
+  for (int p = lane; p < (padded64 / 8 + 31) / 32 * 32; p += 32) {
+    float w[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (p < padded32 / 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(block + (2 * (p / 4) + h) * 256 + (4 * g8 + p % 4) * 8);
+      const __nv_bfloat16* v = reinterpret_cast<const __nv_bfloat16*>(&raw);
+      for (int i = 0; i < 8; ++i) w[i] = finite ? __bfloat162float(v[i]) : 0.f;
+    }
+    float amax = 0.f;
+    for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(w[i]));
+    for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    // The scale as a bf16 rounded up, so no quotient passes 127.
+    const float scale = __bfloat162float(__float2bfloat16_ru(amax / 127.f));
+    uint2 packed = make_uint2(0, 0);
+    int8_t* q8 = reinterpret_cast<int8_t*>(&packed);
+    for (int i = 0; i < 8; ++i) {
+      const int q = scale > 0.f ? max(-127, min(127, __float2int_rn(w[i] / scale))) : 0;
+      q8[i] = static_cast<int8_t>(q);
+      const double d = static_cast<double>(w[i]) - static_cast<double>(scale) * q;
+      sum_w2 += static_cast<double>(w[i]) * w[i];
+      sum_d2 += d * d;
+    }
+    if (p < padded64 / 8) {
+      const int col = 8 * p, c = col / kScreenChunk, t = (col % kScreenChunk) / 16;
+      *reinterpret_cast<uint2*>(out + (2 * c + h) * 512 + (4 * g8 + t) * 16 + col % 16) = packed;
+      if (lane % 8 == 0) out_scales[c * kTileRows + 2 * g8 + h] = __float2bfloat16(scale);  // exact: scale is a bf16
+    }
+  }
+  sum_w2 = warp_sum_double(sum_w2);
+  sum_d2 = warp_sum_double(sum_d2);
+  if (lane == 0)
+    consts[r] = finite ? make_float2(__double2float_ru(sqrt(sum_w2)), __double2float_ru(sqrt(sum_d2)))
+                       : make_float2(INFINITY, INFINITY);
+}
+
+// The key of a logit bound, as gumbel_key makes a logit's key (greedy: the value itself).
+__device__ __forceinline__ double bound_key(double v, const TokenDraw& draw, double log_neg_log_u) {
+  return draw.temperature > 0.0 ? v / draw.temperature - log_neg_log_u : v;
+}
+
+// Stage 1: every row's hi key into upper[r] (float, rounded up) and M = the largest lo key over all rows into the
+// screen workspace (the last CTA to arrive), which it leaves re-armed.
+__global__ void __launch_bounds__(kThreads, 2)
+    screen_kernel(const int8_t* __restrict__ codes, const bf16* __restrict__ scales,
+                  const float2* __restrict__ consts, const float* __restrict__ norm_scale, const float* x, int vocab, int hidden, float eps,
+                  float* __restrict__ upper, void* screen_workspace, TokenDraw draw) {
+  TimelineScope timeline(kTlUnembedding);
+  extern __shared__ uint4 dyn_smem[];
+  __shared__ float2 s_step_scale[kScreenMaxChunks];  // x's scale for the two mma steps of each chunk
+  __shared__ double s_norm[3][kWarps];
+  __shared__ int s_last;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int chunks64 = (hidden + kScreenChunk - 1) / kScreenChunk, padded64 = chunks64 * kScreenChunk;
+  const int padded = max(padded64, (hidden + kChunkCols - 1) / kChunkCols * kChunkCols);
+  bf16* xs = reinterpret_cast<bf16*>(dyn_smem);
+  int8_t* xq = reinterpret_cast<int8_t*>(xs + padded);
+  pdl_wait();
+  timeline.mark_waited();
+  pdl_launch_dependents();  // pick_kernel may start: x is final (it normalises it again before its own wait)
+  final_norm_to_shared(norm_scale, x, hidden, padded, eps, xs);
+
+  // xs per mma step: a warp a 64-column chunk, two values a lane. Column 16t + 8k + j of the chunk (t < 4, j < 8)
+  // is multiplied in step k, so lane l's two columns 2l, 2l + 1 belong to step (l % 8) / 4, and the lanes of one
+  // step are those equal under xor 1, 2, 8 and 16.
+  double e2 = 0.0, h2 = 0.0, x2 = 0.0;  // Σ (xs − x̂)², Σ x̂², Σ xs² of this thread's values
+  for (int c = warp; c < chunks64; c += kWarps) {
+    const int i = c * kScreenChunk + 2 * lane;
+    const float v0 = __bfloat162float(xs[i]), v1 = __bfloat162float(xs[i + 1]);
+    float amax = fmaxf(fabsf(v0), fabsf(v1));
+    for (const int o : {1, 2, 8, 16}) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float scale = amax / 127.f;
+    const int q0 = scale > 0.f ? max(-127, min(127, __float2int_rn(v0 / scale))) : 0;
+    const int q1 = scale > 0.f ? max(-127, min(127, __float2int_rn(v1 / scale))) : 0;
+    xq[i] = static_cast<int8_t>(q0), xq[i + 1] = static_cast<int8_t>(q1);
+    if (lane == 0) s_step_scale[c].x = scale;
+    if (lane == 4) s_step_scale[c].y = scale;
+    const double h0 = static_cast<double>(scale) * q0, h1 = static_cast<double>(scale) * q1;
+    e2 += (v0 - h0) * (v0 - h0) + (v1 - h1) * (v1 - h1);
+    h2 += h0 * h0 + h1 * h1;
+    x2 += static_cast<double>(v0) * v0 + static_cast<double>(v1) * v1;
+    if (!(isfinite(v0) && isfinite(v1))) e2 = NAN;  // a non-finite xs: every bound NaN, every row recomputed
+  }
+  e2 = warp_sum_double(e2), h2 = warp_sum_double(h2), x2 = warp_sum_double(x2);
+  if (lane == 0) s_norm[0][warp] = e2, s_norm[1][warp] = h2, s_norm[2][warp] = x2;
+  __syncthreads();  // also publishes xq and the chunk scales
+  e2 = h2 = x2 = 0.0;
+  for (int w = 0; w < kWarps; ++w) e2 += s_norm[0][w], h2 += s_norm[1][w], x2 += s_norm[2][w];
+  // a's own fp32 rounding: three a chunk, (3C + 2) u ‖ŵ‖ ‖x̂‖ with ‖ŵ‖ ≤ ‖w‖ + ‖Δ‖.
+  const double u = 0x1p-24, margin = 1.0 + 0x1p-20, a_err = (3.0 * chunks64 + 2.0) * u;
+  const double xh = sqrt(h2);
+  const double e1 = (sqrt(e2) + padded * u * sqrt(x2) + a_err * xh) * margin;
+  const double e2c = (1.0 + a_err) * xh * margin;
+
+  const int tiles = (vocab + kTileRows - 1) / kTileRows, warps = gridDim.x * kWarps;
+  double best_lo = -INFINITY;
+  for (int tile = blockIdx.x * kWarps + warp; tile < tiles; tile += warps) {
+    const int8_t* tile_q = codes + static_cast<int64_t>(tile) * kTileRows * padded64 + 16 * lane;
+    // Rows g and g + 8's scales of chunk c: one bf16 pair at tile_s + 16c.
+    const bf16* tile_s = scales + static_cast<int64_t>(tile) * chunks64 * kTileRows + 2 * g;
+    float acc0 = 0.f, acc8 = 0.f;  // rows g and g + 8: Σ_c s_rc (s_c0 (q · xq)_c0 + s_c1 (q · xq)_c1)
+    auto chunk = [&](const uint4& wa, const uint4& wb, uint32_t ws_bits, int c) {
+      const uint4 xv = *reinterpret_cast<const uint4*>(xq + c * kScreenChunk + 16 * t);
+      int d0[4] = {0, 0, 0, 0}, d1[4] = {0, 0, 0, 0};
+      mma_s8(d0, wa.x, wb.x, wa.y, wb.y, xv.x, xv.y);  // step 0: bytes 0..7 of the lane's 16 columns
+      mma_s8(d1, wa.z, wb.z, wa.w, wb.w, xv.z, xv.w);  // step 1: bytes 8..15
+      const float2 xsc = s_step_scale[c];
+      const float w0 = __uint_as_float(ws_bits << 16), w8 = __uint_as_float(ws_bits & 0xFFFF0000u);
+      acc0 = fmaf(w0, fmaf(xsc.y, static_cast<float>(d1[0]), xsc.x * static_cast<float>(d0[0])), acc0);
+      acc8 = fmaf(w8, fmaf(xsc.y, static_cast<float>(d1[2]), xsc.x * static_cast<float>(d0[2])), acc8);
+    };
+    int c = 0;
+    for (; c + kScreenBatch <= chunks64; c += kScreenBatch) {
+      uint4 wa[kScreenBatch], wb[kScreenBatch];
+      uint32_t ws[kScreenBatch];
+#pragma unroll
+      for (int k = 0; k < kScreenBatch; ++k) {
+        wa[k] = ld_stream(tile_q + (2 * (c + k)) * 512);
+        wb[k] = ld_stream(tile_q + (2 * (c + k) + 1) * 512);
+        ws[k] = ld_stream_u32(tile_s + (c + k) * kTileRows);
+      }
+#pragma unroll
+      for (int k = 0; k < kScreenBatch; ++k) chunk(wa[k], wb[k], ws[k], c + k);
+    }
+    for (; c < chunks64; ++c)
+      chunk(ld_stream(tile_q + (2 * c) * 512), ld_stream(tile_q + (2 * c + 1) * 512),
+            ld_stream_u32(tile_s + c * kTileRows), c);
+    // Every lane of a quad holds rows g and g + 8 (all 8 columns of B are xq): t = 0 takes row g, t = 1 row g + 8.
+    const int r = tile * kTileRows + g + 8 * t;
+    if (t < 2 && r < vocab) {
+      const float2 k = consts[r];
+      const double a = t == 0 ? acc0 : acc8;
+      const double b = static_cast<double>(k.x) * e1 + static_cast<double>(k.y) * e2c;
+      const double lnl = draw.temperature > 0.0 ? log(-log(token_uniform(draw.draw_key, r))) : 0.0;
+      const double lo = bound_key(a - b, draw, lnl), hi = bound_key(a + b, draw, lnl);
+      upper[r] = __double2float_ru(hi);
+      if (lo > best_lo) best_lo = lo;  // a NaN bound never raises M
+    }
+  }
+  // M: the CTA's largest lo, then the last CTA to arrive takes the largest over the CTAs.
+  for (int o = 16; o > 0; o >>= 1) best_lo = fmax(best_lo, __shfl_xor_sync(0xffffffffu, best_lo, o));
+  __syncthreads();  // s_norm's reads are done: reuse it
+  if (lane == 0) s_norm[0][warp] = best_lo;
+  __syncthreads();
+  int* arrivals = static_cast<int*>(screen_workspace);
+  double* m_slot = reinterpret_cast<double*>(static_cast<char*>(screen_workspace) + 8);
+  double* partials = reinterpret_cast<double*>(static_cast<char*>(screen_workspace) + kScreenHeader);
+  if (tid == 0) {
+    double m = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) m = fmax(m, s_norm[0][w]);
+    partials[blockIdx.x] = m;
+    __threadfence();  // the partial is visible device-wide before the arrival counts
+    s_last = atomicAdd(arrivals, 1) == static_cast<int>(gridDim.x) - 1;
+  }
+  __syncthreads();
+  if (!s_last || tid != 0) return;
+  __threadfence();
+  double m = -INFINITY;
+  for (int b = 0; b < static_cast<int>(gridDim.x); ++b) m = fmax(m, __ldcg(partials + b));
+  *m_slot = m;
+  *arrivals = 0;  // ready for the next launch
+}
+
+// Stage 2: the rows whose hi reaches M, recomputed exactly (a warp a row: the bf16 row · xs, each lane's pieces in
+// order, then the warp's sum), and the draw among them (sample_tail, as unembedding_kernel's).
+__global__ void __launch_bounds__(kThreads, 2)
+    pick_kernel(const bf16* __restrict__ W, const float* __restrict__ norm_scale, const float* x, int vocab,
+                int hidden, float eps, const float* upper, const void* screen_workspace, TokenDraw draw) {
+  TimelineScope timeline(kTlSample);
+  extern __shared__ uint4 dyn_smem[];
+  bf16* xs = reinterpret_cast<bf16*>(dyn_smem);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunks32 = (hidden + kChunkCols - 1) / kChunkCols, padded32 = chunks32 * kChunkCols;
+  // x is final (screen_kernel released this launch after its own wait), so the norm runs before this wait.
+  final_norm_to_shared(norm_scale, x, hidden, padded32, eps, xs);
+  pdl_wait();  // upper and M
+  timeline.mark_waited();
+  const double m = __ldcg(reinterpret_cast<const double*>(static_cast<const char*>(screen_workspace) + 8));
+  const int pieces = padded32 / 8;  // 16-byte pieces a row
+  BestKey best{-INFINITY, INT_MAX, 0};
+  const int warps = gridDim.x * kWarps;
+  for (int base = (blockIdx.x * kWarps + warp) * 32; base < vocab; base += warps * 32) {
+    const int r = base + lane;
+    const float hi = r < vocab ? __ldcg(upper + r) : -INFINITY;
+    unsigned candidates = __ballot_sync(0xffffffffu, r < vocab && !(static_cast<double>(hi) < m));
+    while (candidates) {
+      const int row = base + __ffs(candidates) - 1;
+      candidates &= candidates - 1;
+      const int tile = row / kTileRows, g = row % kTileRows;
+      const bf16* block = W + static_cast<int64_t>(tile) * kTileRows * padded32;
+      float sum = 0.f;
+      for (int p0 = 0; p0 < pieces; p0 += 32 * kPickRowLoads) {
+        uint4 w[kPickRowLoads];
+#pragma unroll
+        for (int k = 0; k < kPickRowLoads; ++k) {  // clamped, unpredicated: one round trip
+          const int p = min(p0 + lane + 32 * k, pieces - 1);
+          w[k] = *reinterpret_cast<const uint4*>(block + (2 * (p / 4) + g / 8) * 256 + (4 * (g % 8) + p % 4) * 8);
+        }
+#pragma unroll
+        for (int k = 0; k < kPickRowLoads; ++k) {
+          const int p = p0 + lane + 32 * k;
+          if (p < pieces) sum += dot8_bf16(w[k], xs + 8 * p);
+        }
+      }
+      const float v = warp_sum(sum);
+      if (lane == 0) {
+        best.bad |= (v != v) || (v == INFINITY);
+        const double key =
+            draw.temperature > 0.0 ? gumbel_key(v, draw.temperature, draw.draw_key, row) : static_cast<double>(v);
+        if (ranks_before(key, row, best.key, best.index)) best.key = key, best.index = row;
+      }
+    }
+  }
+  sample_tail(draw, best);
 }
 
 }  // namespace
@@ -465,6 +776,54 @@ void launch_unembedding(const bf16* W_packed, const float* norm_scale, const flo
   }
   launch_pdl(unembedding_kernel, dim3(grid), dim3(kWarps * 32), smem, stream, W_packed, norm_scale, x, vocab, hidden,
              eps, logits, draw);
+}
+
+ScreenedUnembedding build_screened_unembedding(const bf16* W_packed, int vocab, int hidden) {
+  check_gemv(W_packed, vocab, hidden, "build_screened_unembedding");
+  if (hidden > kScreenMaxChunks * kScreenChunk)
+    throw std::invalid_argument("build_screened_unembedding: hidden " + std::to_string(hidden) + " is too large");
+  const int vocab_padded = ceil_div(vocab, kTileRows) * kTileRows;
+  const size_t padded64 = static_cast<size_t>(ceil_div(hidden, kScreenChunk)) * kScreenChunk;
+  ScreenedUnembedding s;
+  s.codes = DeviceBuffer(static_cast<size_t>(vocab_padded) * padded64);
+  s.scales = DeviceBuffer(static_cast<size_t>(vocab_padded) * (padded64 / kScreenChunk) * sizeof(bf16));
+  s.consts = DeviceBuffer(static_cast<size_t>(vocab_padded) * sizeof(float2));
+  s.upper = DeviceBuffer(static_cast<size_t>(vocab) * sizeof(float));
+  s.workspace = DeviceBuffer(kScreenHeader + static_cast<size_t>(kSampleMaxCtas) * sizeof(double));
+  CUDA_CHECK(cudaMemset(s.workspace.get(), 0, s.workspace.bytes()));
+  const int64_t threads = static_cast<int64_t>(vocab_padded) * 32;
+  quantize_unembedding_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256>>>(
+      W_packed, vocab_padded, hidden, s.codes.get<int8_t>(), s.scales.get<bf16>(), s.consts.get<float2>());
+  CUDA_CHECK_LAUNCH();
+  CUDA_CHECK(cudaDeviceSynchronize());
+  s.vocab = vocab, s.hidden = hidden;
+  return s;
+}
+
+void launch_screened_sample(const ScreenedUnembedding& s, const bf16* W_packed, const float* norm_scale,
+                            const float* x, float eps, const FusedSample& sample, cudaStream_t stream) {
+  if (!s.vocab) throw std::invalid_argument("launch_screened_sample: no screened unembedding was built");
+  if (!sample.workspace || !sample.token || !(sample.temperature >= 0.0f))
+    throw std::invalid_argument(
+        "launch_screened_sample: the sample needs its workspace and token buffers and a temperature >= 0");
+  const TokenDraw draw{sample.workspace, sample.token, sample.temperature, draw_key(sample.seed, sample.draw)};
+  const int vocab = s.vocab, hidden = s.hidden;
+  const int padded32 = ceil_div(hidden, kChunkCols) * kChunkCols;
+  const int padded64 = ceil_div(hidden, kScreenChunk) * kScreenChunk;
+  const int padded = std::max(padded32, padded64);
+  const size_t smem_screen = static_cast<size_t>(padded) * sizeof(bf16) + padded64, smem_pick = padded32 * sizeof(bf16);
+  if (smem_screen > 48 * 1024) throw std::invalid_argument("launch_screened_sample: hidden is too large");
+  int per_sm = 0;
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, screen_kernel, kThreads, smem_screen));
+  const int slots = current_device_sms() * std::max(per_sm, 1);
+  const int grid = std::max(1, std::min({ceil_div(ceil_div(vocab, kTileRows), kWarps), slots, kSampleMaxCtas}));
+  launch_pdl(screen_kernel, dim3(grid), dim3(kThreads), smem_screen, stream, s.codes.get<int8_t>(),
+             s.scales.get<bf16>(), s.consts.get<float2>(), norm_scale, x, vocab, hidden, eps, s.upper.get<float>(), s.workspace.get(), draw);
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pick_kernel, kThreads, smem_pick));
+  const int pick_grid = std::max(1, std::min({ceil_div(vocab, 32 * kWarps), current_device_sms() * std::max(per_sm, 1),
+                                              kSampleMaxCtas}));
+  launch_pdl(pick_kernel, dim3(pick_grid), dim3(kThreads), smem_pick, stream, W_packed, norm_scale, x, vocab, hidden,
+             eps, static_cast<const float*>(s.upper.get<float>()), static_cast<const void*>(s.workspace.get()), draw);
 }
 
 DeviceBuffer upload_unembedding_packed(const bf16* host, int vocab, int hidden) {

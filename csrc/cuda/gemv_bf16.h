@@ -72,6 +72,24 @@ size_t unembedding_sample_workspace_bytes();
 void launch_unembedding(const bf16* W_packed, const float* norm_scale, const float* x, int vocab, int hidden,
                         float eps, float* logits, const FusedSample* sample, cudaStream_t);
 
+// Screened fused sampling (gemv_bf16.cu, screen_kernel / pick_kernel): the FusedSample token from an int8 copy of the
+// unembedding (half its bytes) that bounds every row's key, and the bf16 rows whose bound reaches the best lower
+// bound recomputed exactly. The token is the exact logits' (up to fp32 rounding between keys); logits are not
+// written. Built once from the packed bf16 weight; `upper` and `workspace` are the launch's scratch (launches
+// sharing them must be stream-ordered).
+struct ScreenedUnembedding {
+  DeviceBuffer codes;      // int8, whole 16-row tiles of whole 64-column chunks, in screen_kernel's load order
+  DeviceBuffer scales;     // bf16 a row and chunk, in tile order
+  DeviceBuffer consts;     // float2 a row: (‖w_r‖, ‖w_r − ŵ_r‖), rounded up
+  DeviceBuffer upper;      // float a row: the step's upper bound on its key
+  DeviceBuffer workspace;  // arrival counter, the best lower bound, one partial a CTA
+  int vocab = 0, hidden = 0;
+};
+ScreenedUnembedding build_screened_unembedding(const bf16* W_packed, int vocab, int hidden);
+// sample's workspace: unembedding_sample_workspace_bytes(), zero before the first launch (each leaves it so).
+void launch_screened_sample(const ScreenedUnembedding& s, const bf16* W_packed, const float* norm_scale,
+                            const float* x, float eps, const FusedSample& sample, cudaStream_t);
+
 // The unembedding's weight in the order its kernel streams it (gemv_bf16.cu, pack_unembedding_kernel): from a host
 // row-major bf16 [vocab, hidden] (hidden a multiple of 8) into a new device buffer of whole 16-row, 32-column tiles.
 DeviceBuffer upload_unembedding_packed(const bf16* host, int vocab, int hidden);
