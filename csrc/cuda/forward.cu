@@ -438,6 +438,11 @@ class CudaBackend final : public Backend {
   // unembedding's bytes, ~0.58 GB for gpt-oss), where it fits beside one sequence's cache.
   void build_screen() {
     if (!screening_enabled()) return;
+    if (!screened_sampling_fits(cfg_.hidden_size)) {
+      std::fprintf(stderr, "gpt_oss_native: screened sampling does not take hidden_size %d (it stages the input in "
+                   "shared memory): each draw streams the whole unembedding instead\n", cfg_.hidden_size);
+      return;
+    }
     const size_t vocab_padded = (static_cast<size_t>(cfg_.vocab_size) + 15) / 16 * 16;
     const size_t bytes = vocab_padded * ((cfg_.hidden_size + 63) / 64 * 64 + sizeof(float) * 4) +
                          sizeof(float) * cfg_.vocab_size + (16u << 10);

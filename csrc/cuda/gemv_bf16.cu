@@ -778,10 +778,31 @@ void launch_unembedding(const bf16* W_packed, const float* norm_scale, const flo
              eps, logits, draw);
 }
 
+// Dynamic shared memory of the two screened launches: xs in bf16 (and, for screen_kernel, in int8) at whole
+// chunks.
+static size_t screen_smem(int hidden) {
+  const size_t padded32 = static_cast<size_t>(ceil_div(hidden, kChunkCols)) * kChunkCols;
+  const size_t padded64 = static_cast<size_t>(ceil_div(hidden, kScreenChunk)) * kScreenChunk;
+  return std::max(padded32, padded64) * sizeof(bf16) + padded64;
+}
+static size_t pick_smem(int hidden) {
+  return static_cast<size_t>(ceil_div(hidden, kChunkCols)) * kChunkCols * sizeof(bf16);
+}
+
+bool screened_sampling_fits(int hidden) {
+  if (hidden < 1 || hidden > kScreenMaxChunks * kScreenChunk) return false;
+  cudaFuncAttributes screen{}, pick{};
+  CUDA_CHECK(cudaFuncGetAttributes(&screen, screen_kernel));
+  CUDA_CHECK(cudaFuncGetAttributes(&pick, pick_kernel));
+  return screen_smem(hidden) <= static_cast<size_t>(screen.maxDynamicSharedSizeBytes) &&
+         pick_smem(hidden) <= static_cast<size_t>(pick.maxDynamicSharedSizeBytes);
+}
+
 ScreenedUnembedding build_screened_unembedding(const bf16* W_packed, int vocab, int hidden) {
   check_gemv(W_packed, vocab, hidden, "build_screened_unembedding");
-  if (hidden > kScreenMaxChunks * kScreenChunk)
-    throw std::invalid_argument("build_screened_unembedding: hidden " + std::to_string(hidden) + " is too large");
+  if (!screened_sampling_fits(hidden))
+    throw std::invalid_argument("build_screened_unembedding: hidden " + std::to_string(hidden) +
+                                " is too large for the screened draw's shared memory");
   const int vocab_padded = ceil_div(vocab, kTileRows) * kTileRows;
   const size_t padded64 = static_cast<size_t>(ceil_div(hidden, kScreenChunk)) * kScreenChunk;
   ScreenedUnembedding s;
@@ -808,11 +829,7 @@ void launch_screened_sample(const ScreenedUnembedding& s, const bf16* W_packed, 
         "launch_screened_sample: the sample needs its workspace and token buffers and a temperature >= 0");
   const TokenDraw draw{sample.workspace, sample.token, sample.temperature, draw_key(sample.seed, sample.draw)};
   const int vocab = s.vocab, hidden = s.hidden;
-  const int padded32 = ceil_div(hidden, kChunkCols) * kChunkCols;
-  const int padded64 = ceil_div(hidden, kScreenChunk) * kScreenChunk;
-  const int padded = std::max(padded32, padded64);
-  const size_t smem_screen = static_cast<size_t>(padded) * sizeof(bf16) + padded64, smem_pick = padded32 * sizeof(bf16);
-  if (smem_screen > 48 * 1024) throw std::invalid_argument("launch_screened_sample: hidden is too large");
+  const size_t smem_screen = screen_smem(hidden), smem_pick = pick_smem(hidden);  // build checked that they fit
   int per_sm = 0;
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, screen_kernel, kThreads, smem_screen));
   const int slots = current_device_sms() * std::max(per_sm, 1);

@@ -85,6 +85,9 @@ struct ScreenedUnembedding {
   DeviceBuffer workspace;  // arrival counter, the best lower bound, one partial a CTA
   int vocab = 0, hidden = 0;
 };
+// Whether the screened draw takes this hidden size (its launches stage x in shared memory: ~15k at most on
+// sm_90); build_screened_unembedding throws where it does not.
+bool screened_sampling_fits(int hidden);
 ScreenedUnembedding build_screened_unembedding(const bf16* W_packed, int vocab, int hidden);
 // sample's workspace: unembedding_sample_workspace_bytes(), zero before the first launch (each leaves it so).
 void launch_screened_sample(const ScreenedUnembedding& s, const bf16* W_packed, const float* norm_scale,

@@ -83,3 +83,13 @@ def test_screened_ties_and_non_finite(vocab: int, hidden: int) -> None:
     x_nan = x.copy()
     x_nan[hidden // 2] = np.nan
     assert screened(w, norm_scale, x_nan, 0.0)[0].tolist() == [-1, -1, -1]
+
+
+def test_a_hidden_too_large_for_the_screen_raises() -> None:
+    """screen_kernel stages x in shared memory (bf16 and int8, ~3 bytes a column): past what a launch may use,
+    building the screen must fail clearly (the CUDA backend then samples from the full unembedding)."""
+    rng = np.random.default_rng(5)
+    w = random_bf16(rng, (16, 16384), scale=0.02)
+    x = rng.standard_normal(16384).astype(np.float32)
+    with pytest.raises(ValueError, match="too large for the screened draw"):
+        screened(w, np.ones(16384, np.float32), x, 0.0)
