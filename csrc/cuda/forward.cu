@@ -435,7 +435,7 @@ class CudaBackend final : public Backend {
   }
 
   // Screened sampling's int8 copy of the unembedding (ScreenedUnembedding: the fused draw then streams half the
-  // unembedding's bytes, ~0.58 GB for gpt-oss), where it fits beside one sequence's cache.
+  // unembedding's bytes, 0.60 GB for gpt-oss), where it fits beside one sequence's cache.
   void build_screen() {
     if (!screening_enabled()) return;
     if (!screened_sampling_fits(cfg_.hidden_size)) {
@@ -443,9 +443,7 @@ class CudaBackend final : public Backend {
                    "shared memory): each draw streams the whole unembedding instead\n", cfg_.hidden_size);
       return;
     }
-    const size_t vocab_padded = (static_cast<size_t>(cfg_.vocab_size) + 15) / 16 * 16;
-    const size_t bytes = vocab_padded * ((cfg_.hidden_size + 63) / 64 * 64 + sizeof(float) * 4) +
-                         sizeof(float) * cfg_.vocab_size + (16u << 10);
+    const size_t bytes = screened_unembedding_bytes(cfg_.vocab_size, cfg_.hidden_size);
     size_t free_bytes = 0, total_bytes = 0;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     if (bytes + cache_bytes() + (64u << 20) > free_bytes) {

@@ -30,6 +30,7 @@
 #include "cuda/gemv_bf16.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <climits>
 #include <stdexcept>
@@ -798,19 +799,33 @@ bool screened_sampling_fits(int hidden) {
          pick_smem(hidden) <= static_cast<size_t>(pick.maxDynamicSharedSizeBytes);
 }
 
+// The screened unembedding's buffers, in build_screened_unembedding's order: codes, scales, consts, upper, workspace.
+static std::array<size_t, 5> screened_buffer_bytes(int vocab, int hidden) {
+  const size_t vocab_padded = static_cast<size_t>(ceil_div(vocab, kTileRows)) * kTileRows;
+  const size_t chunks = ceil_div(hidden, kScreenChunk);
+  return {vocab_padded * chunks * kScreenChunk, vocab_padded * chunks * sizeof(bf16), vocab_padded * sizeof(float2),
+          static_cast<size_t>(vocab) * sizeof(float), kScreenHeader + static_cast<size_t>(kSampleMaxCtas) * sizeof(double)};
+}
+
+size_t screened_unembedding_bytes(int vocab, int hidden) {
+  size_t total = 0;
+  for (const size_t bytes : screened_buffer_bytes(vocab, hidden)) total += bytes;
+  return total;
+}
+
 ScreenedUnembedding build_screened_unembedding(const bf16* W_packed, int vocab, int hidden) {
   check_gemv(W_packed, vocab, hidden, "build_screened_unembedding");
   if (!screened_sampling_fits(hidden))
     throw std::invalid_argument("build_screened_unembedding: hidden " + std::to_string(hidden) +
                                 " is too large for the screened draw's shared memory");
   const int vocab_padded = ceil_div(vocab, kTileRows) * kTileRows;
-  const size_t padded64 = static_cast<size_t>(ceil_div(hidden, kScreenChunk)) * kScreenChunk;
+  const std::array<size_t, 5> bytes = screened_buffer_bytes(vocab, hidden);
   ScreenedUnembedding s;
-  s.codes = DeviceBuffer(static_cast<size_t>(vocab_padded) * padded64);
-  s.scales = DeviceBuffer(static_cast<size_t>(vocab_padded) * (padded64 / kScreenChunk) * sizeof(bf16));
-  s.consts = DeviceBuffer(static_cast<size_t>(vocab_padded) * sizeof(float2));
-  s.upper = DeviceBuffer(static_cast<size_t>(vocab) * sizeof(float));
-  s.workspace = DeviceBuffer(kScreenHeader + static_cast<size_t>(kSampleMaxCtas) * sizeof(double));
+  s.codes = DeviceBuffer(bytes[0]);
+  s.scales = DeviceBuffer(bytes[1]);
+  s.consts = DeviceBuffer(bytes[2]);
+  s.upper = DeviceBuffer(bytes[3]);
+  s.workspace = DeviceBuffer(bytes[4]);
   CUDA_CHECK(cudaMemset(s.workspace.get(), 0, s.workspace.bytes()));
   const int64_t threads = static_cast<int64_t>(vocab_padded) * 32;
   quantize_unembedding_kernel<<<static_cast<unsigned>((threads + 255) / 256), 256>>>(

@@ -88,6 +88,8 @@ struct ScreenedUnembedding {
 // Whether the screened draw takes this hidden size (its launches stage x in shared memory: ~15k at most on
 // sm_90); build_screened_unembedding throws where it does not.
 bool screened_sampling_fits(int hidden);
+// The GPU memory build_screened_unembedding allocates (0.60 GB for gpt-oss).
+size_t screened_unembedding_bytes(int vocab, int hidden);
 ScreenedUnembedding build_screened_unembedding(const bf16* W_packed, int vocab, int hidden);
 // sample's workspace: unembedding_sample_workspace_bytes(), zero before the first launch (each leaves it so).
 void launch_screened_sample(const ScreenedUnembedding& s, const bf16* W_packed, const float* norm_scale,
