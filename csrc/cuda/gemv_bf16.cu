@@ -444,11 +444,6 @@ __device__ __forceinline__ float dot8_bf16(const uint4& w, const bf16* xs) {
   return s;
 }
 
-__device__ __forceinline__ double warp_sum_double(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // The int8 copy in the order screen_kernel reads it: tile T (rows 16T .. 16T + 15) is one block of 16 × padded64
 // bytes; its 16-byte piece (j, lane) at byte 512 j + 16 lane is what lane (g, t) loads for chunk c = j / 2 of row
 // g + 8 (j % 2): columns 64c + 16t .. + 15. The chunk scales: tile T's block of chunks × 16 bf16, (c, g, h) at
@@ -502,8 +497,8 @@ __global__ void quantize_unembedding_kernel(const bf16* __restrict__ W, int voca
       if (lane % 8 == 0) out_scales[c * kTileRows + 2 * g8 + h] = __float2bfloat16(scale);  // exact: scale is a bf16
     }
   }
-  sum_w2 = warp_sum_double(sum_w2);
-  sum_d2 = warp_sum_double(sum_d2);
+  sum_w2 = warp_sum(sum_w2);
+  sum_d2 = warp_sum(sum_d2);
   if (lane == 0)
     consts[r] = finite ? make_float2(__double2float_ru(sqrt(sum_w2)), __double2float_ru(sqrt(sum_d2)))
                        : make_float2(INFINITY, INFINITY);
@@ -556,7 +551,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     x2 += static_cast<double>(v0) * v0 + static_cast<double>(v1) * v1;
     if (!(isfinite(v0) && isfinite(v1))) e2 = NAN;  // a non-finite xs: every bound NaN, every row recomputed
   }
-  e2 = warp_sum_double(e2), h2 = warp_sum_double(h2), x2 = warp_sum_double(x2);
+  e2 = warp_sum(e2), h2 = warp_sum(h2), x2 = warp_sum(x2);
   if (lane == 0) s_norm[0][warp] = e2, s_norm[1][warp] = h2, s_norm[2][warp] = x2;
   __syncthreads();  // also publishes xq and the chunk scales
   e2 = h2 = x2 = 0.0;
