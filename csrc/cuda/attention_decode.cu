@@ -40,6 +40,9 @@ constexpr int kMinKeysPerSplit = 128;
 // merges fewer partials (H100, 20b at 8k: 443.9 → 453.2 tok/s in session 3 with 512 everywhere; this rule,
 // session 5: 473.0 → 477.6 at 8k, 1k unchanged; 512-key splits at 1k had cost 1 %).
 constexpr int kLongContext = 4096;
+// What a lone split's CTA leaves of the opt-in shared memory: room for its static shared memory (s_part, s_sink:
+// 2.2 KB), less than any other kernel's CTA needs beside its 1 KB reservation.
+constexpr size_t kWholeSmSlack = 3 * 1024;
 constexpr int kMinKeysPerSplitLong = 512;
 
 // The keys of this CTA's split. Every CTA derives the same split count from the device position, so a
@@ -268,9 +271,24 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
                                 std::to_string(p.q_heads) + " / " + std::to_string(p.kv_heads));
   if (p.max_splits < 1 || p.cache.capacity < 1)
     throw std::invalid_argument("attention_decode: max_splits and capacity must be positive");
+  // One split per KV head (every sliding layer: 128 keys): one CTA a KV head, each asking for all the shared
+  // memory an SM has, so that no other kernel's CTA shares its SM. The out-projection, released once q is read,
+  // becomes resident beside attention and issues 64 KB of weight loads a CTA; on an SM it shares, attention's
+  // merge (shared-memory traffic through the same load/store pipe) took 3.8 µs from the key loop's end to the
+  // exit instead of 2.0 (timeline, 20b at 1k, session 19). H100, same call: 20b 664.6 → 674.5 tok/s at 1k,
+  // 120b 460.1 → 467.0. The attribute is the larger size for both shapes: a graph holds launches of each.
+  int device = 0, optin = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t whole_sm = std::max(kSmemBytes, static_cast<size_t>(optin) - kWholeSmSlack);
   // Idempotent; legal during graph capture (it is not a stream operation).
   CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(kSmemBytes)));
+                                  static_cast<int>(whole_sm)));
+  if (p.max_splits == 1) {
+    launch_kernel(attention_decode_kernel, dim3(1, p.kv_heads), dim3(kThreads), whole_sm, stream, /*pdl=*/true,
+                  /*cluster_x=*/1, p, /*cluster=*/1);
+    return;
+  }
   // Clusters along x (see combine_in_cluster). CTAs past the split count exit at once, those of
   // the first cluster after joining its barriers.
   const int cluster = combine_cluster_size(p.kv_heads);
