@@ -1,5 +1,5 @@
-"""How many rows screened sampling recomputes (screen_kernel in csrc/cuda/gemv_bf16.cu, on by default since session 18), in float64 NumPy:
-the int8 copy (a scale per 64 columns of a row), x quantised per 32 columns (one mma step), the per-row bound of
+"""How many rows screened sampling recomputes (screen_kernel in csrc/cuda/gemv_bf16.cu), in float64 NumPy: the
+int8 copy (a scale per 64 columns of a row), x quantised per 32 columns (one mma step), the per-row bound of
 gemv_bf16.cu's screen_kernel comment, and the rows whose upper bound reaches the best lower bound, greedy and at
 temperature 1, for Gaussian weights and an input whose top logit stands `--margins` standard deviations above the
 largest of the rest (a trained model's confident step); `--outliers` makes 4 weight columns 8× and 1 % of x's
