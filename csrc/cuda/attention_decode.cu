@@ -40,10 +40,10 @@ constexpr int kMinKeysPerSplit = 128;
 // merges fewer partials (H100, 20b at 8k: 443.9 → 453.2 tok/s in session 3 with 512 everywhere; this rule,
 // session 5: 473.0 → 477.6 at 8k, 1k unchanged; 512-key splits at 1k had cost 1 %).
 constexpr int kLongContext = 4096;
+constexpr int kMinKeysPerSplitLong = 512;
 // What a lone split's CTA leaves of the opt-in shared memory: room for its static shared memory (s_part, s_sink:
 // 2.2 KB), less than any other kernel's CTA needs beside its 1 KB reservation.
 constexpr size_t kWholeSmSlack = 3 * 1024;
-constexpr int kMinKeysPerSplitLong = 512;
 
 // The keys of this CTA's split. Every CTA derives the same split count from the device position, so a
 // graph replay serves any length; CTAs past the count exit at once.

@@ -144,13 +144,6 @@ struct TimelineScope {
 #endif
 
 #ifdef __CUDACC__
-// Programmatic dependent launch: the kernel may start while the previous kernel of the stream drains (its
-// launch latency and any independent prologue, e.g. weight loads, overlap that tail). Such a kernel must call
-// pdl_wait() before touching anything an earlier kernel wrote; pdl_wait() returns once those kernels finished
-// and their writes are in L2. Read such data with __ldcg (L2), never through L1 or ld.global.nc (__ldg, or a
-// const __restrict__ pointer): this SM's L1 may hold lines loaded after this kernel started (e.g. by the
-// producer's own read-modify-write of neighbouring rows) that other SMs have since rewritten.
-// Captured into CUDA graphs as programmatic edges.
 // Asks for the smallest shared-memory carveout that keeps the kernel's CTAs an SM at what the default gives, so
 // the rest of the SM's unified 256 KB stays L1. Global loads in flight need L1 room: with the largest carveout
 // (28 KB of L1) decode lost 7.6 % (20b) / 8.9 % (120b) at 1k; with this, over the driver's default choice, +0.5 % /
@@ -163,7 +156,7 @@ inline void prefer_least_shared_memory(const void* kernel, int threads, size_t d
     size_t smem;
   };
   static std::mutex mutex;
-  static std::map<std::pair<const void*, int>, Choice> chosen;  // (kernel, device) → the shape last set for
+  static std::map<std::pair<const void*, int>, Choice> chosen;  // (kernel, device) → shape its carveout fits
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   std::lock_guard<std::mutex> lock(mutex);
@@ -188,6 +181,13 @@ inline void prefer_least_shared_memory(const void* kernel, int threads, size_t d
   chosen[key] = {threads, dynamic_smem};
 }
 
+// Programmatic dependent launch: the kernel may start while the previous kernel of the stream drains (its
+// launch latency and any independent prologue, e.g. weight loads, overlap that tail). Such a kernel must call
+// pdl_wait() before touching anything an earlier kernel wrote; pdl_wait() returns once those kernels finished
+// and their writes are in L2. Read such data with __ldcg (L2), never through L1 or ld.global.nc (__ldg, or a
+// const __restrict__ pointer): this SM's L1 may hold lines loaded after this kernel started (e.g. by the
+// producer's own read-modify-write of neighbouring rows) that other SMs have since rewritten.
+// Captured into CUDA graphs as programmatic edges.
 template <typename... Params, typename... Args>
 void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
                    int cluster_x, Args... args) {
