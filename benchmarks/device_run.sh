@@ -13,8 +13,8 @@
 #   latency_under_load probe when .devwheel holds its binary (AB_PROBE=0 skips it); AB_TESTS="FILES" runs those test files against
 #   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants;
 #   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME; AB_ENV_NAME="VAR=VALUE ..." sets those environment
-#   variables for variant NAME's tests and benchmarks (e.g. a switch the variant adds). timeline: benchmarks/timeline.py (20b, at
-#   TIMELINE_CONTEXTS, default 1k and 8k) with each profiling wheel of `build_device_wheel.sh timeline
+#   variables for variant NAME's tests and benchmarks (e.g. a switch the variant adds). timeline: benchmarks/timeline.py (TIMELINE_MODELS, default 20b,
+#   at TIMELINE_CONTEXTS, default 1k and 8k) with each profiling wheel of `build_device_wheel.sh timeline
 #   timeline:NAME=PATCH` (main and the variants). Weights are built in host memory (decode.py --source memory); DECODE_SOURCE=disk writes the
 #   20b checkpoint with write_random_checkpoint and loads it with load_checkpoint (~13 GB of disk, a minute more).
 # A cp312 wheel in .devwheel/ (built on the CPU machine: bash benchmarks/build_device_wheel.sh) is installed
@@ -66,12 +66,14 @@ if [ "$MODE" = timeline ]; then  # needs .devwheel/timeline/NAME/ (build_device_
   for dir in .devwheel/timeline/*/; do
     compgen -G "$dir/*.whl" > /dev/null || continue
     name=$(basename "$dir"); site=/tmp/ab/timeline-$name
-    stage "timeline of $name: one 20b decode step at ${TIMELINE_CONTEXTS:-1024 8192}, kernel by kernel"
     rm -rf "$site" && $PY -m pip install -q --no-deps --target "$site" "$dir"/*.whl
-    for ctx in ${TIMELINE_CONTEXTS:-1024 8192}; do
-      PYTHONPATH=$site:${PYTHONPATH:-} timeout 120 $PY benchmarks/timeline.py --model 20b --context "$ctx" \
-        --dump "$OUT/timeline_${name}_20b_$ctx.npz" \
-        2>&1 | tee "$OUT/timeline_${name}_20b_$ctx.log" | grep -v '^{'
+    for model in ${TIMELINE_MODELS:-20b}; do
+      stage "timeline of $name: one $model decode step at ${TIMELINE_CONTEXTS:-1024 8192}, kernel by kernel"
+      for ctx in ${TIMELINE_CONTEXTS:-1024 8192}; do
+        PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY benchmarks/timeline.py --model "$model" --context "$ctx" \
+          --dump "$OUT/timeline_${name}_${model}_$ctx.npz" \
+          2>&1 | tee "$OUT/timeline_${name}_${model}_$ctx.log" | grep -v '^{'
+      done
     done
   done
   stage done
