@@ -69,6 +69,21 @@ def test_long_generation_matches_reference_position_by_position(case: tuple[Path
     check_against_reference(np.stack(rows), reference, np.array(tokens, np.int32), first=6)
 
 
+def test_decode_across_the_short_grid_boundary_matches_reference(case: tuple[Path, Reference]) -> None:
+    """A cache longer than attention_decode_short_length() (2048) decodes a sequence's first 2048 tokens with
+    the short-cache attention grid (its own graph) and the rest with the full one: positions 2040..2055 across
+    the switch against the reference."""
+    path, reference = case
+    config, cuda = cuda_model(path, max_context=4096)
+    tokens = list(np.random.default_rng(3).integers(0, config.vocab_size, 2040))
+    seq = cuda.new_sequence()
+    rows = [cuda.forward(seq, np.array(tokens, np.int32))]
+    for _ in range(15):
+        tokens.append(int(np.argmax(rows[-1])))
+        rows.append(cuda.forward(seq, np.array([tokens[-1]], np.int32)))
+    check_against_reference(np.stack(rows), reference, np.array(tokens, np.int32), first=2039)
+
+
 @pytest.mark.parametrize("screen", ["1", "0"])
 def test_drawn_tokens_follow_the_sampling_law_on_the_logits(
     case: tuple[Path, Reference], monkeypatch: pytest.MonkeyPatch, screen: str

@@ -30,6 +30,7 @@ namespace cg = cooperative_groups;
 
 using attention_split::kD;
 using attention_split::kLog2e;
+using attention_split::kMmaStages;
 using attention_split::kSmemBytes;
 using attention_split::kThreads;
 using attention_split::write_output;
@@ -44,6 +45,15 @@ constexpr int kMinKeysPerSplitLong = 512;
 // What a lone split's CTA leaves of the opt-in shared memory: room for its static shared memory (s_part, s_sink:
 // 2.2 KB), less than any other kernel's CTA needs beside its 1 KB reservation.
 constexpr size_t kWholeSmSlack = 3 * 1024;
+// A short cache (≤ kDeepMaxSplits · kDeepKeysPerSplit slots: a full layer at a 1k–2k context) gets
+// ceil(capacity / kDeepKeysPerSplit) splits a KV head, each a CTA on an SM of its own (as a lone split's) with
+// kDeepStages − 1 blocks a warp in flight: every key of its split (≤ 512 = 4 warps × 8 blocks × 16) is issued
+// before the wait, and its few splits meet in one small cluster. Probe (session 19): at 1k a full layer ran 9–10
+// splits of ≤ 128 keys in clusters of 16, whose idle members wait in the combine's barriers, and its working CTAs
+// took 6.3 µs from the key loop to the exit beside an out-projection CTA, 5.0 without one.
+constexpr int kDeepKeysPerSplit = 512;
+constexpr int kDeepMaxSplits = 4;
+constexpr int kDeepStages = kDeepKeysPerSplit / (attention_split::kWarps * attention_split::kMmaBlock) + 1;
 
 // The keys of this CTA's split. Every CTA derives the same split count from the device position, so a
 // graph replay serves any length; CTAs past the count exit at once.
@@ -162,6 +172,7 @@ __device__ void combine_in_cluster(const AttentionDecodeParams& p, int group, in
   cluster_sync_relaxed();  // the peers' shared memory stays until rank 0 has read it (consumed above)
 }
 
+template <int Stages>
 __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p, int cluster) {
   TimelineScope timeline(kTlAttention);
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -187,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   const size_t head_base = static_cast<size_t>(kv_head) * p.cache.capacity * kD;
   const bf16* k_head = p.cache.k + head_base;
   const bf16* v_head = p.cache.v + head_base;
-  const attention_split::Split attend{k_head, v_head, range.start, range.end, smem_raw};
+  const attention_split::Split<Stages> attend{k_head, v_head, range.start, range.end, smem_raw};
   attend.prefetch();
   pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
   timeline.mark_waited();
@@ -233,7 +244,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
 // SMs, up to 4 attention CTAs an SM), else kPortableCluster. A host query, legal during graph capture; the
 // decode step launches attention only while it captures, so its cost is paid once a graph.
 int combine_cluster_size(int kv_heads) {
-  CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kMmaStages>, cudaFuncAttributeNonPortableClusterSizeAllowed,
+                                  1));
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(kLargeCluster, kv_heads);
   config.blockDim = dim3(kThreads);
@@ -246,7 +258,7 @@ int combine_cluster_size(int kv_heads) {
   config.attrs = &attribute;
   config.numAttrs = 1;
   int clusters = 0;
-  if (cudaOccupancyMaxActiveClusters(&clusters, attention_decode_kernel, &config) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveClusters(&clusters, attention_decode_kernel<kMmaStages>, &config) != cudaSuccess) {
     (void)cudaGetLastError();  // not supported here: the portable size
     return kPortableCluster;
   }
@@ -256,9 +268,13 @@ int combine_cluster_size(int kv_heads) {
 }  // namespace
 
 int attention_decode_max_splits(int kv_heads, int capacity, int multiprocessors) {
+  const int deep = ceil_div(capacity, kDeepKeysPerSplit);
+  if (deep <= kDeepMaxSplits && deep * std::max(kv_heads, 1) <= multiprocessors / 4) return deep;
   const int for_occupancy = ceil_div(2 * multiprocessors, std::max(kv_heads, 1));
   return std::max(1, std::min({for_occupancy, 64, ceil_div(capacity, kMinKeysPerSplit)}));
 }
+
+int attention_decode_short_length() { return kDeepMaxSplits * kDeepKeysPerSplit; }
 
 size_t attention_decode_workspace_bytes(int q_heads, int max_splits) {
   // (o[64], m, l) per query head per split: kv_heads · max_splits · group entries.
@@ -271,29 +287,33 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
                                 std::to_string(p.q_heads) + " / " + std::to_string(p.kv_heads));
   if (p.max_splits < 1 || p.cache.capacity < 1)
     throw std::invalid_argument("attention_decode: max_splits and capacity must be positive");
-  // One split per KV head (every sliding layer: 128 keys): one CTA a KV head, each asking for all the shared
-  // memory an SM has, so that no other kernel's CTA shares its SM. The out-projection, released once q is read,
-  // becomes resident beside attention and issues 64 KB of weight loads a CTA; on an SM it shares, attention's
-  // merge (shared-memory traffic through the same load/store pipe) took 3.8 µs from the key loop's end to the
-  // exit instead of 2.0 (timeline, 20b at 1k, session 19). H100, same call: 20b 664.6 → 674.5 tok/s at 1k,
-  // 120b 460.1 → 467.0. The attribute is the larger size for both shapes: a graph holds launches of each.
+  // A short cache (every sliding layer: 128 slots, one split; a full layer up to kDeepMaxSplits · 512 slots): one
+  // CTA a split, each asking for all the shared memory an SM has, so that no other kernel's CTA shares its SM. The
+  // out-projection, released once q is read, becomes resident beside attention and issues 64 KB of weight loads a
+  // CTA; on an SM it shares, attention's merge (shared-memory traffic through the same load/store pipe) took 3.8 µs
+  // from the key loop's end to the exit instead of 2.0 (timeline, 20b at 1k, session 19). H100, same call, the
+  // sliding layers alone: 20b 664.6 → 674.5 tok/s at 1k, 120b 460.1 → 467.0. The attribute is the larger size for
+  // both kernels: a graph holds launches of each.
   int device = 0, optin = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const size_t whole_sm = std::max(kSmemBytes, static_cast<size_t>(optin) - kWholeSmSlack);
+  const size_t whole_sm =
+      std::max(attention_split::smem_bytes(kDeepStages), static_cast<size_t>(optin) - kWholeSmSlack);
   // Idempotent; legal during graph capture (it is not a stream operation).
-  CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kDeepStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(whole_sm)));
-  if (p.max_splits == 1) {
-    launch_kernel(attention_decode_kernel, dim3(1, p.kv_heads), dim3(kThreads), whole_sm, stream, /*pdl=*/true,
-                  /*cluster_x=*/1, p, /*cluster=*/1);
+  if (p.max_splits <= kDeepMaxSplits) {  // attention_decode_max_splits' short-cache rule (any length is correct)
+    launch_kernel(attention_decode_kernel<kDeepStages>, dim3(p.max_splits, p.kv_heads), dim3(kThreads), whole_sm,
+                  stream, /*pdl=*/true, /*cluster_x=*/p.max_splits, p, /*cluster=*/p.max_splits);
     return;
   }
+  CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kMmaStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(kSmemBytes)));
   // Clusters along x (see combine_in_cluster). CTAs past the split count exit at once, those of
   // the first cluster after joining its barriers.
   const int cluster = combine_cluster_size(p.kv_heads);
-  launch_kernel(attention_decode_kernel, dim3(ceil_div(p.max_splits, cluster) * cluster, p.kv_heads), dim3(kThreads),
-                kSmemBytes, stream, /*pdl=*/true, cluster, p, cluster);
+  launch_kernel(attention_decode_kernel<kMmaStages>, dim3(ceil_div(p.max_splits, cluster) * cluster, p.kv_heads),
+                dim3(kThreads), kSmemBytes, stream, /*pdl=*/true, cluster, p, cluster);
 }
 
 }  // namespace gpt_oss

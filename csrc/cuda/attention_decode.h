@@ -28,8 +28,12 @@ struct AttentionDecodeParams {
   float sm_scale = 0.125f;
 };
 
-// Splits per KV head for a cache of this capacity: enough CTAs for about two per SM on long contexts.
+// Splits per KV head for a cache of this capacity: enough CTAs for about two per SM on long contexts; a few deep
+// splits, each on an SM of its own, for a cache of at most attention_decode_short_length() slots.
 int attention_decode_max_splits(int kv_heads, int capacity, int multiprocessors);
+// The longest sequence the short-cache grid serves: the backend decodes every sequence's first this many tokens
+// with max_splits from attention_decode_max_splits(kv_heads, min(capacity, this), SMs) (a second graph).
+int attention_decode_short_length();
 size_t attention_decode_workspace_bytes(int q_heads, int max_splits);
 
 // Throws std::invalid_argument when head_dim != 64 or q_heads / kv_heads is not an integer in [1, 8].

@@ -24,8 +24,12 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kRowPad = kD + 8;  // 144-byte smem rows: 8 rows × 16 B at a time hit 8 distinct 4-bank groups
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kMmaBlock = 16;   // keys per warp step: two n8 score blocks, one k16 step of P·V
-constexpr int kMmaStages = 3;   // blocks in flight per warp
-constexpr size_t kSmemBytes = static_cast<size_t>(kWarps) * kMmaStages * 2 * kMmaBlock * kRowPad * sizeof(bf16);
+constexpr int kMmaStages = 3;   // blocks in flight per warp (Split's default)
+// Shared memory of a Split with `stages` blocks in flight per warp.
+constexpr size_t smem_bytes(int stages) {
+  return static_cast<size_t>(kWarps) * stages * 2 * kMmaBlock * kRowPad * sizeof(bf16);
+}
+constexpr size_t kSmemBytes = smem_bytes(kMmaStages);
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -49,7 +53,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // The barrier of threads 0..127 only, so a CTA with more warps can run a split on its first four.
 __device__ __forceinline__ void sync_split_threads() { asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory"); }
 
-// One CTA's keys [start, end) of one KV head; smem: kSmemBytes of stages, reused for the cross-warp merge.
+// One CTA's keys [start, end) of one KV head; smem: smem_bytes(Stages) of stages, reused for the cross-warp merge.
+// Stages − 1 blocks of each warp (16 · (Stages − 1) · kWarps keys) are issued by prefetch().
+template <int Stages = kMmaStages>
 struct Split {
   const bf16* k;
   const bf16* v;
@@ -62,7 +68,7 @@ struct Split {
     return b > warp ? (b - warp + kWarps - 1) / kWarps : 0;
   }
   __device__ bf16* k_stage(int warp, int stage) const {
-    return reinterpret_cast<bf16*>(smem) + (static_cast<size_t>(warp) * kMmaStages + stage) * 2 * kMmaBlock * kRowPad;
+    return reinterpret_cast<bf16*>(smem) + (static_cast<size_t>(warp) * Stages + stage) * 2 * kMmaBlock * kRowPad;
   }
   __device__ bf16* v_stage(int warp, int stage) const { return k_stage(warp, stage) + kMmaBlock * kRowPad; }
 
@@ -81,11 +87,11 @@ struct Split {
     }
   }
 
-  // Threads 0..127: the first kMmaStages − 1 blocks of each warp in flight (before the caller's wait).
+  // Threads 0..127: the first Stages − 1 blocks of each warp in flight (before the caller's wait).
   __device__ void prefetch() const {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, mine = warp_blocks(warp);
 #pragma unroll
-    for (int s = 0; s < kMmaStages - 1; ++s) {
+    for (int s = 0; s < Stages - 1; ++s) {
       if (s < mine) load_block(warp, lane, s, s);
       cp_async_commit();
     }
@@ -130,22 +136,22 @@ struct Split {
       }
     }
 
-    const bool all_prefetched = blocks() <= kWarps * (kMmaStages - 1);  // uniform over the CTA
+    const bool all_prefetched = blocks() <= kWarps * (Stages - 1);  // uniform over the CTA
     if (all_prefetched) after_keys();
     float m = -INFINITY, l = 0.0f;  // of head g, replicated over t
     float o[kD / 8][4] = {};        // o[n][0..1]: head g, dims 8n + 2t, 8n + 2t + 1
 
     for (int i = 0; i < my_blocks; ++i) {
-      cp_async_wait<kMmaStages - 2>();
-      __syncwarp();  // every lane's copies of block i landed; stage (i-1) % kMmaStages is free again
-      if (i + kMmaStages - 1 < my_blocks) load_block(warp, lane, i + kMmaStages - 1, (i + kMmaStages - 1) % kMmaStages);
+      cp_async_wait<Stages - 2>();
+      __syncwarp();  // every lane's copies of block i landed; stage (i-1) % Stages is free again
+      if (i + Stages - 1 < my_blocks) load_block(warp, lane, i + Stages - 1, (i + Stages - 1) % Stages);
       cp_async_commit();
       const int first = start + (warp + i * kWarps) * kMmaBlock;
-      const bf16* ks_smem = k_stage(warp, i % kMmaStages);
-      const bf16* vs_smem = v_stage(warp, i % kMmaStages);
+      const bf16* ks_smem = k_stage(warp, i % Stages);
+      const bf16* vs_smem = v_stage(warp, i % Stages);
       if (newest_here && newest >= first && newest < first + kMmaBlock) {  // the staged row may be a stale copy
         if (lane < 16) {
-          bf16* dst = (lane < 8 ? k_stage(warp, i % kMmaStages) : v_stage(warp, i % kMmaStages)) +
+          bf16* dst = (lane < 8 ? k_stage(warp, i % Stages) : v_stage(warp, i % Stages)) +
                       (newest - first) * kRowPad;
           *reinterpret_cast<uint4*>(dst + (lane % 8) * 8) = newest_row;
         }

@@ -147,7 +147,9 @@ struct LayerWeights {
   DeviceBuffer attn_norm, qkv_w, qkv_b, sinks, out_w, out_b, mlp_norm, gate_w, gate_b;
   float mlp_norm_bound = 0.f;  // rmsnorm_output_bound of mlp_norm: mlp1 stages its input at this scale
   Mxfp4Experts mlp1, mlp2;
-  int attention_splits = 1;
+  // Attention's grid (attention_decode_max_splits) for the whole cache, and while a sequence holds at most
+  // attention_decode_short_length() tokens (fewer, deeper splits; the same where the cache is that short).
+  int attention_splits = 1, attention_splits_short = 1;
 };
 
 struct Slot {
@@ -156,7 +158,7 @@ struct Slot {
   int dropped_at = -1;  // the length drop_last_token() left, until a token is fed again; -1: no drop
   DeviceBuffer kv;
   std::vector<KvLayerCache> layers;
-  GraphExecPtr graph;
+  GraphExecPtr graph, graph_short;  // the decode step; graph_short while pos < attention_decode_short_length()
   DeviceBuffer step;  // StepState, read by this slot's graph
   SampleQueue samples;
   std::unique_ptr<SubmissionRing, PinnedDeleter> ring;
@@ -419,6 +421,9 @@ class CudaBackend final : public Backend {
       L.mlp1 = upload_experts(w, p + "mlp.mlp1", 2 * I, H);
       L.mlp2 = upload_experts(w, p + "mlp.mlp2", H, I);
       L.attention_splits = attention_decode_max_splits(c.num_key_value_heads, layer_capacity(l), multiprocessors_);
+      L.attention_splits_short = attention_decode_max_splits(
+          c.num_key_value_heads, std::min(layer_capacity(l), attention_decode_short_length()), multiprocessors_);
+      short_graph_differs_ |= L.attention_splits_short != L.attention_splits;
     }
     const std::vector<float> rope = yarn_rope_table(c, opts_.max_context);
     rope_ = DeviceBuffer::from_host(rope.data(), rope.size() * sizeof(float));
@@ -578,13 +583,16 @@ class CudaBackend final : public Backend {
     } else {
       CUDA_CHECK(cudaMemcpyAsync(step, staged, sizeof(StepState), cudaMemcpyHostToDevice, stream_.get()));
     }
+    // Short sequences take the short-cache attention grid (attention_decode.cu): a graph of their own.
+    const bool short_grid = short_graph_differs_ && staged->pos < attention_decode_short_length();
     if (!warmed_up_) {
       // The first step runs eagerly so lazy one-time setup inside launchers happens outside any capture.
-      enqueue_layers(slot);
+      enqueue_layers(slot, short_grid);
       warmed_up_ = true;
     } else {
-      if (!slot.graph) capture(slot);
-      CUDA_CHECK(cudaGraphLaunch(slot.graph.get(), stream_.get()));
+      GraphExecPtr& graph = short_grid ? slot.graph_short : slot.graph;
+      if (!graph) graph = capture(slot, short_grid);
+      CUDA_CHECK(cudaGraphLaunch(graph.get(), stream_.get()));
     }
     ++slot.length;
     if (wants_logits) unembed(x_.get<float>(), sample);
@@ -730,11 +738,11 @@ class CudaBackend final : public Backend {
     }
   }
 
-  void capture(Slot& slot) {
+  GraphExecPtr capture(const Slot& slot, bool short_grid) {
     cudaGraph_t graph = nullptr;
     CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
     try {
-      enqueue_layers(slot);
+      enqueue_layers(slot, short_grid);
     } catch (...) {
       cudaStreamEndCapture(stream_.get(), &graph);
       if (graph) cudaGraphDestroy(graph);
@@ -745,10 +753,10 @@ class CudaBackend final : public Backend {
     const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     CUDA_CHECK(e);
-    slot.graph.reset(exec);
+    return GraphExecPtr(exec);
   }
 
-  void enqueue_layers(const Slot& slot) {
+  void enqueue_layers(const Slot& slot, bool short_grid) {
     const ModelConfig& c = cfg_;
     cudaStream_t s = stream_.get();
     const StepState* step = slot.step.get<StepState>();
@@ -786,7 +794,7 @@ class CudaBackend final : public Backend {
       ap.counters = attention_counters_.get<int>();
       ap.q_heads = c.num_attention_heads;
       ap.kv_heads = c.num_key_value_heads;
-      ap.max_splits = L.attention_splits;
+      ap.max_splits = short_grid ? L.attention_splits_short : L.attention_splits;
       ap.sm_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
       launch_attention_decode(ap, s);
 
@@ -837,6 +845,7 @@ class CudaBackend final : public Backend {
 
   std::vector<Slot> slots_;
   bool warmed_up_ = false;
+  bool short_graph_differs_ = false;  // some layer's attention_splits_short != attention_splits
 };
 
 }  // namespace
