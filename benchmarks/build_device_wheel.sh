@@ -25,8 +25,8 @@ for spec in "$@"; do
   timeline=OFF
   if [[ "$spec" == timeline:* ]]; then spec="${spec#timeline:}" timeline=ON; fi
   name="${spec%%=*}" patch="${spec#*=}"
-  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && "$name" != main && -f "$patch" ]] \
-    || { echo "want NAME=PATCH (NAME not 'main', PATCH an existing file), got '$spec'" >&2; exit 2; }
+  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && "$name" != main && "$name" != probes && -f "$patch" ]] \
+    || { echo "want NAME=PATCH (NAME not main or probes, PATCH an existing file), got '$spec'" >&2; exit 2; }
   tree="$(mktemp -d)/$name"
   git worktree add -q --detach "$tree" HEAD
   git -C "$tree" apply "$ROOT/$patch" || { git worktree remove --force "$tree"; echo "$patch does not apply" >&2; exit 1; }
@@ -39,7 +39,10 @@ for spec in "$@"; do
   fi
   git worktree remove --force "$tree"
 done
-# The standalone probe of how a weight stream slows a chain of loads beside it: `device_run.sh ab` runs it first.
-nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/latency_under_load.cu \
-  -o .devwheel/latency_under_load
+# The standalone probes (each file's header says what it asks and what it answered): `AB_PROBES="NAME ..."
+# bash benchmarks/device_run.sh ab` runs those first.
+mkdir -p .devwheel/probes
+for probe in latency_under_load pdl_wake tlb_reach; do
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc "benchmarks/$probe.cu" -o ".devwheel/probes/$probe"
+done
 ls -laR .devwheel

@@ -10,7 +10,7 @@
 #   `bench-full`. ab: decode of AB_MODELS (default 20b) at AB_CONTEXTS (default 1024) and the graph-timed weight kernels for the
 #   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus, with
 #   AB_SWEEP=1, the baseline's fixed-cost sweep (bench_kernels_weights --sweep). It starts with the
-#   latency_under_load probe when .devwheel holds its binary (AB_PROBE=0 skips it); AB_TESTS="FILES" runs those test files against
+#   standalone probes named in AB_PROBES (e.g. "pdl_wake tlb_reach latency_under_load"; none by default); AB_TESTS="FILES" runs those test files against
 #   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants;
 #   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME; AB_ENV_NAME="VAR=VALUE ..." sets those environment
 #   variables for variant NAME's tests and benchmarks (e.g. a switch the variant adds). timeline: benchmarks/timeline.py (TIMELINE_MODELS, default 20b,
@@ -95,11 +95,10 @@ fi
 [ "$MODE" = tests ] && { stage done; exit 0; }
 
 if [ "$MODE" = ab ]; then
-  if [ -x .devwheel/latency_under_load ] && [ "${AB_PROBE:-1}" != 0 ]; then  # built by build_device_wheel.sh; ~30 s
-    stage "latency_under_load (benchmarks/latency_under_load.cu)"
-    timeout 90 .devwheel/latency_under_load > "$OUT/latency_under_load.txt" 2>&1
-    head -n 3 "$OUT/latency_under_load.txt"
-  fi
+  for probe in ${AB_PROBES:-}; do  # built by build_device_wheel.sh into .devwheel/probes/
+    stage "$probe (benchmarks/$probe.cu)"
+    timeout 90 ".devwheel/probes/$probe" 2>&1 | tee "$OUT/$probe.txt"
+  done
   for dir in .devwheel .devwheel/*/; do
     compgen -G "$dir/*.whl" > /dev/null || continue
     name=$(basename "$dir"); [ "$dir" = .devwheel ] && name=baseline; site=/tmp/ab/$name
