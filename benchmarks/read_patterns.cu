@@ -117,23 +117,7 @@ int main() {
         else read_kernel<12><<<ctas, 64, 0, st>>>(codes[r % kSets], scales[r % kSets], p, batches, sink);
       CK(cudaStreamEndCapture(st, &graph));
       CK(cudaGraphInstantiate(&exec, graph, 0));
-      CK(cudaGraphLaunch(exec, st));
-      CK(cudaStreamSynchronize(st));
-      cudaEvent_t e0, e1;
-      CK(cudaEventCreate(&e0));
-      CK(cudaEventCreate(&e1));
-      std::vector<float> times;
-      for (int it = 0; it < 7; ++it) {
-        CK(cudaEventRecord(e0, st));
-        CK(cudaGraphLaunch(exec, st));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        times.push_back(ms * 1e3f / reps);
-      }
-      std::sort(times.begin(), times.end());
-      const float us = times[times.size() / 2];
+      const float us = graph_us_per_launch(exec, st, 7, reps);
       const double bytes = static_cast<double>(ctas) * 2 * batches * B * (512 + (p == kPerWarpScales ? 32 : 0));
       std::printf("%-12s %3d %8d %10.1f %10.2f %10.3f\n", kNames[p], B, batches, bytes / 1e6, us,
                   bytes / (us * 1e-6) / 1e12);

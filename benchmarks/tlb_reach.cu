@@ -94,23 +94,7 @@ int main() {
       }
       CK(cudaStreamEndCapture(st, &graph));
       CK(cudaGraphInstantiate(&exec, graph, 0));
-      CK(cudaGraphLaunch(exec, st));
-      CK(cudaStreamSynchronize(st));
-      cudaEvent_t e0, e1;
-      CK(cudaEventCreate(&e0));
-      CK(cudaEventCreate(&e1));
-      std::vector<float> times;
-      for (int r = 0; r < 5; ++r) {
-        CK(cudaEventRecord(e0, st));
-        CK(cudaGraphLaunch(exec, st));
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        times.push_back(ms * 1e3f / kLaunches);
-      }
-      std::sort(times.begin(), times.end());
-      const float us = times[times.size() / 2];
+      const float us = graph_us_per_launch(exec, st, 5, kLaunches);
       const double tbs = 4 * kExpertBytes / (us * 1e-6) / 1e12;
       std::printf("%-8s %10.1f %8d %10.2f %10.3f\n", warm ? "warm" : "stream", experts * kExpertBytes / 1e9, experts,
                   us, tbs);
@@ -120,8 +104,6 @@ int main() {
       json += buf;
       CK(cudaGraphExecDestroy(exec));
       CK(cudaGraphDestroy(graph));
-      CK(cudaEventDestroy(e0));
-      CK(cudaEventDestroy(e1));
     }
   std::printf("[%s]\n", json.c_str());
   return 0;
