@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from gpt_oss_native import _C
 from sampling_law import law_token
-from weights_reference import from_bf16, random_bf16, rmsnorm_bf16, to_bf16
+from weights_reference import (
+    from_bf16,
+    huge_tie_first_and_last,
+    random_bf16,
+    rmsnorm_bf16,
+    unembedding_inputs,
+)
 
 if not _C.cuda_devices():
     pytest.skip("needs an NVIDIA GPU and a CUDA build of _C", allow_module_level=True)
@@ -53,15 +59,6 @@ def test_unembedding(vocab: int, hidden: int) -> None:
     assert np.all(np.abs(logits - ref) <= tol), f"max excess {np.max(np.abs(logits - ref) - tol):.3g}"
 
 
-def unembedding_inputs(vocab: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(vocab * 7 + hidden)
-    w = random_bf16(rng, (vocab, hidden), scale=0.02)
-    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
-    x = (rng.standard_normal(hidden) * 5).astype(np.float32)
-    x[0] = abs(x[0]) + 1.0  # column 0's weight sets a row's logit sign below
-    return w, norm_scale, x
-
-
 def fused(w, norm_scale, x, temperature: float, seed: int = 0, draws=range(3)) -> tuple[np.ndarray, np.ndarray]:
     return K.unembedding_sample(w, norm_scale, x, EPS, temperature, seed, np.asarray(draws, dtype=np.uint64))
 
@@ -70,7 +67,7 @@ def fused(w, norm_scale, x, temperature: float, seed: int = 0, draws=range(3)) -
 # NaN / +inf logit; several launches on one workspace (each must re-arm it). 201088 is the real vocabulary.
 @pytest.mark.parametrize(("vocab", "hidden"), [(201088, 2880), (4099, 96), (33, 8), (1, 8)])
 def test_unembedding_argmax(vocab: int, hidden: int) -> None:
-    w, norm_scale, x = unembedding_inputs(vocab, hidden)
+    w, norm_scale, x = unembedding_inputs(vocab, hidden, seed=vocab * 7 + hidden)
     logits, tokens = fused(w, norm_scale, x, 0.0)
     assert np.isfinite(logits).all()
     assert tokens.tolist() == [int(np.argmax(logits))] * 3
@@ -92,7 +89,7 @@ def test_unembedding_argmax(vocab: int, hidden: int) -> None:
 # sampling_law.NEAR_TIE); several launches on one workspace (each must re-arm it).
 @pytest.mark.parametrize(("vocab", "hidden"), [(201088, 2880), (4099, 96), (33, 8), (1, 8)])
 def test_unembedding_sample(vocab: int, hidden: int) -> None:
-    w, norm_scale, x = unembedding_inputs(vocab, hidden)
+    w, norm_scale, x = unembedding_inputs(vocab, hidden, seed=vocab * 7 + hidden)
     near_ties = 0
     for temperature in (0.7, 1.0, 1.5):
         for seed in (0, 12345, 2**64 - 1):
@@ -110,12 +107,8 @@ def test_unembedding_sample(vocab: int, hidden: int) -> None:
     assert near_ties <= 1
     if vocab < 3:
         return
-    # Equal keys in the first and the last row's CTAs: logits so large (1e30 · x_normed[0]) that the noise
-    # (|g| < 37) vanishes in their double ulp, so the lower id must win every draw.
-    w_tied = w.copy()
-    w_tied[0] = w_tied[vocab - 1] = 0
-    w_tied[0, 0] = w_tied[vocab - 1, 0] = to_bf16(np.array([1e30], np.float32))[0]
-    assert fused(w_tied, norm_scale, x, 1.0, 7, range(4))[1].tolist() == [0, 0, 0, 0]
+    # Equal keys in the first and the last row's CTAs, too large for the noise: the lower id wins every draw.
+    assert fused(huge_tie_first_and_last(w), norm_scale, x, 1.0, 7, range(4))[1].tolist() == [0, 0, 0, 0]
     # A +inf logit: -1. Every logit -inf: -1 when sampling (nothing to draw), the lowest id when greedy.
     w_bad = w.copy()
     w_bad[vocab // 2, 0] = 0x7F80  # bf16 +inf

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gpt_oss_native import _C
 from sampling_law import law_token
-from weights_reference import random_bf16, to_bf16
+from weights_reference import huge_tie_first_and_last, random_bf16, unembedding_inputs
 
 if not _C.cuda_devices():
     pytest.skip("needs an NVIDIA GPU and a CUDA build of _C", allow_module_level=True)
@@ -22,15 +22,6 @@ EPS = 1e-5
 SHAPES = [(201088, 2880), (4099, 96), (33, 8), (1, 8), (1000, 3104)]
 
 
-def inputs(vocab: int, hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(vocab * 13 + hidden)
-    w = random_bf16(rng, (vocab, hidden), scale=0.02)
-    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
-    x = (rng.standard_normal(hidden) * 5).astype(np.float32)
-    x[0] = abs(x[0]) + 1.0  # column 0's weight sets a row's logit sign below
-    return w, norm_scale, x
-
-
 def screened(w, norm_scale, x, temperature: float, seed: int = 0, draws=range(3)):
     return K.unembedding_screened_sample(
         w, norm_scale, x, EPS, temperature, seed, np.asarray(draws, np.uint64)
@@ -39,7 +30,7 @@ def screened(w, norm_scale, x, temperature: float, seed: int = 0, draws=range(3)
 
 @pytest.mark.parametrize(("vocab", "hidden"), SHAPES)
 def test_screened_draw_is_the_exact_logits_draw(vocab: int, hidden: int) -> None:
-    w, norm_scale, x = inputs(vocab, hidden)
+    w, norm_scale, x = unembedding_inputs(vocab, hidden, seed=vocab * 13 + hidden)
     logits = K.unembedding(w, norm_scale, x, EPS)  # the exact kernel's, fp32
     for temperature in (0.0, 0.7, 1.0, 1.5):
         for seed in (0, 12345, 2**64 - 1):
@@ -60,17 +51,14 @@ def test_screened_draw_is_the_exact_logits_draw(vocab: int, hidden: int) -> None
 
 @pytest.mark.parametrize(("vocab", "hidden"), SHAPES[:3])
 def test_screened_ties_and_non_finite(vocab: int, hidden: int) -> None:
-    w, norm_scale, x = inputs(vocab, hidden)
+    w, norm_scale, x = unembedding_inputs(vocab, hidden, seed=vocab * 13 + hidden)
     logits = K.unembedding(w, norm_scale, x, EPS)
     # A tie at the top between the first and the last row: the lower id wins.
     top = int(np.argmax(logits))
     w[0] = w[vocab - 1] = w[top]
     assert screened(w, norm_scale, x, 0.0)[0].tolist() == [0, 0, 0]
     # Equal keys so large that the Gumbel noise vanishes in their double ulp: the lower id wins every draw.
-    w_tied = w.copy()
-    w_tied[0] = w_tied[vocab - 1] = 0
-    w_tied[0, 0] = w_tied[vocab - 1, 0] = to_bf16(np.array([1e30], np.float32))[0]
-    assert screened(w_tied, norm_scale, x, 1.0, 7, range(4))[0].tolist() == [0, 0, 0, 0]
+    assert screened(huge_tie_first_and_last(w), norm_scale, x, 1.0, 7, range(4))[0].tolist() == [0, 0, 0, 0]
     # A +inf logit: -1. Every logit -inf: -1 when sampling, the lowest id when greedy (as the exact fused draw).
     w_bad = w.copy()
     w_bad[vocab // 2, 0] = 0x7F80  # bf16 +inf

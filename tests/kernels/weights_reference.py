@@ -44,6 +44,27 @@ def tied_gate(rng: np.random.Generator, experts: int, hidden: int, tied: list[in
     return gate_w, gate_b, tied
 
 
+def unembedding_inputs(vocab: int, hidden: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unembedding test inputs: bf16 w [vocab, hidden], norm_scale and x [hidden] fp32, x[0] > 0 (column 0's weight
+    then sets a row's logit sign)."""
+    rng = np.random.default_rng(seed)
+    w = random_bf16(rng, (vocab, hidden), scale=0.02)
+    norm_scale = rng.uniform(0.5, 2.0, hidden).astype(np.float32)
+    x = (rng.standard_normal(hidden) * 5).astype(np.float32)
+    x[0] = abs(x[0]) + 1.0
+    return w, norm_scale, x
+
+
+def huge_tie_first_and_last(w: np.ndarray) -> np.ndarray:
+    """A copy of the bf16 unembedding w [vocab, hidden] whose first and last rows are equal and give logits so large
+    (1e30 · x_normed[0]) that the Gumbel noise (|g| < 37) vanishes in their double ulp: the lower id must win every
+    draw. The two rows sit in the first and the last CTA's share."""
+    tied = w.copy()
+    tied[0] = tied[-1] = 0
+    tied[0, 0] = tied[-1, 0] = to_bf16(np.array([1e30], np.float32))[0]
+    return tied
+
+
 def dequant_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """[..., rows, cols/32, 16] codes + [..., rows, cols/32] E8M0 → float64 [..., rows, cols] (value 2k in the
     low nibble of byte k, 2k + 1 in the high nibble)."""
