@@ -6,8 +6,14 @@
 // not it. After a primary of 8 CTAs that released its dependent at once and spun 2 µs, the dependent (184 CTAs ×
 // 256 threads) passed its wait 3.3–3.8 µs after the primary's last exit with 0, 4, 16 or 64 KB of loads a CTA in
 // flight; after an 8 µs primary, 1.0–1.5 µs. A short primary costs its dependent ~2.5 µs of wake.
-// Open (this form): is it the dependent's own launch (are its CTAs even resident when a short primary ends?), and
-// does releasing earlier or later, or a graph instead of stream launches, change it?
+// Answered (session 21, H200, this form: a graph, entry stamps): the short primary is not it either. In a graph
+// the dependent passed its wait 0.5–0.8 µs (median; last CTA ≤ 1.0) after the primary's last exit with a primary
+// of 1, 2, 3, 4, 6 or 8 µs, released at its start (the dependent's CTAs resident from 0.5 µs after the primary's
+// start) or at its end (wait 1.0 µs after, last ≤ 1.3), 0 or 16 KB of loads a CTA in flight. The first form's
+// 3.3–3.8 µs came from stream launches, which decode does not use. So the sliding out-projection's 3.9 µs is most
+// likely its own first batch: 11.8 MB issued before the wait, whose issue stalls on the SMs' room for loads in
+// flight; at ~3 TB/s that is ~3.9 µs of DRAM work, not idle time (session 21's `arrivals`, which skipped PDL's
+// completion signal for a count of attention's CTAs, lost 1.0 / 1.4 %).
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Icsrc benchmarks/pdl_wake.cu -o pdl_wake
 //   ./pdl_wake                (prints one table)
 // Primary: 8 CTAs that spin for `spin` µs and exit, calling griddepcontrol.launch_dependents at their start
