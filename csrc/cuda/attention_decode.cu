@@ -200,11 +200,17 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   const bf16* v_head = p.cache.v + head_base;
   const attention_split::Split<Stages> attend{k_head, v_head, range.start, range.end, smem_raw};
   attend.prefetch();
+  // A short cache's CTAs (each on an SM of its own, every key of the split already issued) release the
+  // out-projection before their wait, so its CTAs become resident and issue their first weight batch while
+  // norm_qkv_rope drains. H100, same call, two runs (session 21): 120b 465.5 → 471.2 / 471.1 tok/s at 1k, 425.1 →
+  // 427.5 / 427.8 at 8k (sliding layers only there); 20b 680 → 681, 620 → 619: tied.
+  constexpr bool release_before_wait = Stages == kDeepStages;
+  if constexpr (release_before_wait) pdl_launch_dependents();
   pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
   timeline.mark_waited();
-  // The out-projection is released once q is read and every K/V copy of the split is in flight (run()'s
-  // after_keys: before the key loop when the prefetch issued all of it, as at contexts up to ~1k, else after the
-  // loop), so its CTAs wake and issue their first weight batch under the loop, the merge and the combine. Released
+  // Longer caches release the out-projection once q is read and every K/V copy of the split is in flight (run()'s
+  // after_keys: before the key loop when the prefetch issued all of it, else after the loop), so its CTAs wake and
+  // issue their first weight batch under the loop, the merge and the combine. Released
   // right at this wait (session 3), its 180 CTAs streamed 23.6 MB ahead of attention's K/V reads and lost 2–4 %;
   // only at exit, the out-projection's CTAs started ~0.9 µs after attention's last one left and passed their own
   // wait 1.1 µs later (session 15's timeline). H100, same call (session 16), 20b 584.0 / 547.7 / 479.5 → 592.6 /
@@ -222,7 +228,9 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
         const bf16* row = (c < 8 ? k_head : v_head) + static_cast<size_t>(newest) * kD;
         return __ldcg(reinterpret_cast<const uint4*>(row) + c % 8);
       },
-      [] { pdl_launch_dependents(); },
+      [] {
+        if constexpr (!release_before_wait) pdl_launch_dependents();
+      },
       [&](int h, int pair, float m_max, float l_sum, float2 acc) {
         if (range.splits == 1) {  // the whole context in this CTA: no workspace round trip
           write_output(p.out, kv_head * group + h, pair, m_max, l_sum, acc, s_sink[h]);
