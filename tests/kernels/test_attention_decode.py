@@ -67,7 +67,8 @@ HEADS = {"gpt-oss": (64, 8), "gqa2": (4, 2), "mqa6": (6, 1), "mha": (3, 3)}
 
 
 @pytest.mark.parametrize("heads", HEADS.values(), ids=HEADS.keys())
-@pytest.mark.parametrize("length", [1, 127, 128, 129, 4097, 32768])
+# 1500 (full): 1537 slots, the short-cache grid: 4 splits of ≤ 512 keys, one cluster a KV head.
+@pytest.mark.parametrize("length", [1, 127, 128, 129, 1500, 4097, 32768])
 @pytest.mark.parametrize("sliding", [True, False], ids=["ring128", "full"])
 def test_attention_matches_float64(heads: tuple[int, int], length: int, sliding: bool) -> None:
     run_case(*heads, length, sliding, max_splits=0, seed=length + 3 * sliding + heads[0])
