@@ -210,12 +210,12 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   timeline.mark_waited();
   // Longer caches release the out-projection once q is read and every K/V copy of the split is in flight (run()'s
   // after_keys: before the key loop when the prefetch issued all of it, else after the loop), so its CTAs wake and
-  // issue their first weight batch under the loop, the merge and the combine. Released
-  // right at this wait (session 3), its 180 CTAs streamed 23.6 MB ahead of attention's K/V reads and lost 2–4 %;
-  // only at exit, the out-projection's CTAs started ~0.9 µs after attention's last one left and passed their own
-  // wait 1.1 µs later (session 15's timeline). H100, same call (session 16), 20b 584.0 / 547.7 / 479.5 → 592.6 /
-  // 561.4 / 491.6 tok/s at 1k / 8k / 32k, 120b 415.3 / 388.1 / 337.4 → 422.4 / 399.6 / 346.2; released after the
-  // loop in every split: 588.7 / 556.3 / 486.5 and 418.8 / 395.0 / 342.2.
+  // issue their first weight batch under the loop, the merge and the combine. Released right at this wait (session
+  // 3), its 180 CTAs streamed 23.6 MB ahead of attention's K/V reads and lost 2–4 %; only at exit, the out-
+  // projection's CTAs started ~0.9 µs after attention's last one left and passed their own wait 1.1 µs later
+  // (session 15's timeline). H100, same call (session 16), 20b 584.0 / 547.7 / 479.5 → 592.6 / 561.4 / 491.6 tok/s
+  // at 1k / 8k / 32k, 120b 415.3 / 388.1 / 337.4 → 422.4 / 399.6 / 346.2; released after the loop in every split:
+  // 588.7 / 556.3 / 486.5 and 418.8 / 395.0 / 342.2.
 
   const float* q = p.q + static_cast<size_t>(kv_head) * group * kD;
   float* ml = partial_ml(p, group);
