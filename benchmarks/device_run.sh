@@ -11,7 +11,7 @@
 #   baseline wheel and every variant in .devwheel/NAME/ (build_device_wheel.sh NAME=PATCH), plus, with
 #   AB_SWEEP=1, the baseline's fixed-cost sweep (bench_kernels_weights --sweep). It starts with the
 #   standalone probes named in AB_PROBES (e.g. "pdl_wake tlb_reach latency_under_load"; none by default); AB_TESTS="FILES" runs those test files against
-#   each variant (not the baseline: `tests` mode covers main); AB_VARIANTS="NAME ..." picks some of the variants;
+#   each variant (not the baseline: `tests` mode covers main; AB_TESTS_baseline="FILES" runs those on it); AB_VARIANTS="NAME ..." picks some of the variants;
 #   AB_TESTS_NAME="FILES" replaces AB_TESTS for variant NAME; AB_ENV_NAME="VAR=VALUE ..." sets those environment
 #   variables for variant NAME's tests and benchmarks (e.g. a switch the variant adds). timeline: benchmarks/timeline.py (TIMELINE_MODELS, default 20b,
 #   at TIMELINE_CONTEXTS, default 1k and 8k) with each profiling wheel of `build_device_wheel.sh timeline
@@ -109,8 +109,9 @@ if [ "$MODE" = ab ]; then
     stage "variant $name"
     src=$PWD; [ -d "$dir/tree" ] && src=$(cd "$dir/tree" && pwd)  # the variant's tests and benchmarks
     tests_var="AB_TESTS_$name"; tests="${!tests_var:-${AB_TESTS:-}}"  # AB_TESTS_NAME: that variant's own test files
+    [ "$name" = baseline ] && tests="${AB_TESTS_baseline:-}"  # main: only what AB_TESTS_baseline names (`tests` mode covers it)
     env_var="AB_ENV_$name"; read -r -a variant_env <<< "${!env_var:-}"  # AB_ENV_NAME: that variant's environment
-    if [ -n "$tests" ] && [ "$name" != baseline ]; then  # the baseline is main: `tests` mode covers it
+    if [ -n "$tests" ]; then
       # shellcheck disable=SC2086
       (cd "$src" && env "${variant_env[@]}" PYTHONPATH=$site:${PYTHONPATH:-} timeout 240 $PY -m pytest -q -rfE -p no:cacheprovider $tests) \
         > "$OUT/ab_tests_$name.log" 2>&1
