@@ -2,8 +2,9 @@
 //   1. Split s of KV head g is one CTA; it covers keys [start_s, end_s) of the valid slots [0, len),
 //      len = min(pos + 1, capacity), and reads K and V from HBM once for all G query heads of the group
 //      (attention_split.cuh: 4 warps, cp.async pipelines started before pdl_wait(), mma.sync, online softmax).
-//   2. One split: the CTA writes the output. Up to 8 (a cluster of CTAs): each keeps (m, l, o unnormalised) in
-//      shared memory and the cluster's first CTA merges them through distributed shared memory. More: each writes
+//   2. One split: the CTA writes the output. Up to 16 (a cluster of CTAs): each keeps (m, l, o unnormalised) in
+//      shared memory and the cluster's first CTA merges them through distributed shared memory (a short cache's
+//      splits store theirs into that CTA's shared memory instead: combine_pushed). More: each writes
 //      them to the workspace and the last CTA of the KV head to finish (atomic counter) merges the splits, then
 //      re-arms the counter for the next launch. Either way
 //      out = Σ_s o_s 2^(m_s−M) / (2^(sink−M) + Σ_s l_s 2^(m_s−M)): the sink enters the denominator once.
@@ -88,23 +89,23 @@ __device__ __forceinline__ float* partial_ml(const AttentionDecodeParams& p, int
 // ptxas issue the o loads only after it. 122 registers (109 before), no spills. H100, same call: decode at 1k
 // 20b 514.8 → 520.4 tok/s, 120b 365.3 → 369.7 (session 10).
 constexpr int kMergeBatch = 16;
-template <typename Ml, typename O>
+template <int Batch = kMergeBatch, typename Ml, typename O>
 __device__ __forceinline__ void merge_splits(const AttentionDecodeParams& p, int group, int kv_head, int splits,
                                              const float* s_sink, Ml ml, O o_at) {
   for (int item = threadIdx.x; item < group * (kD / 2); item += blockDim.x) {
     const int h = item / (kD / 2), pair = item % (kD / 2);
     float m_run = -INFINITY, l_sum = 0.0f;  // m_run is finite after the first batch: split 0 always holds keys
     float2 acc = {0.0f, 0.0f};
-    for (int s0 = 0; s0 < splits; s0 += kMergeBatch) {
-      float2 m_l[kMergeBatch], o[kMergeBatch];
+    for (int s0 = 0; s0 < splits; s0 += Batch) {
+      float2 m_l[Batch], o[Batch];
 #pragma unroll
-      for (int u = 0; u < kMergeBatch; ++u) {
+      for (int u = 0; u < Batch; ++u) {
         const int s = min(s0 + u, splits - 1);
         o[u] = o_at(s, h, pair);
         m_l[u] = ml(s, h);
       }
 #pragma unroll
-      for (int u = 0; u < kMergeBatch; ++u) {  // unconditional (weight 0 past the end): no load sinks into a branch
+      for (int u = 0; u < Batch; ++u) {  // unconditional (weight 0 past the end): no load sinks into a branch
         const bool valid = s0 + u < splits;
         const float m_new = valid ? fmaxf(m_run, m_l[u].x) : m_run;
         const float rescale = exp2f(m_run - m_new);  // 0 at the first split (m_run = -inf), where l, acc are 0
@@ -172,6 +173,31 @@ __device__ void combine_in_cluster(const AttentionDecodeParams& p, int group, in
   cluster_sync_relaxed();  // the peers' shared memory stays until rank 0 has read it (consumed above)
 }
 
+// A short cache's splits (≤ kDeepMaxSplits, one cluster, rank = split) store their partials straight into rank 0's
+// shared memory (`pushed`: [split][head][o[64], m, l], past the split's stages), and rank 0 merges them from its own
+// shared memory. On the critical path: one cluster barrier, whose release orders the remote stores. The pull
+// (combine_in_cluster) takes a barrier, a round of remote loads (16 a thread, the batch clamped) and a second
+// barrier that keeps the peers alive until rank 0 has read them: 3.7 µs from a split's merge to its exit in a full
+// layer at 1k (120b timeline, H100, session 21), a sliding layer's lone split 0.2.
+// The peers' stores into rank 0 may start only once rank 0 is running: every CTA arrives on the cluster barrier
+// first thing and waits on it (all arrived long before) before its first remote store.
+// H100, same call (session 22), at 1k: 20b 685.7 → 696.3 tok/s, 120b 478.8 → 483.9; a full layer's attention
+// 6.9 → 5.0 µs (timeline of the st.async form, which ran 689.3 / 484.5: the barrier's fence is not the cost).
+constexpr size_t kDeepPushedBytes =
+    static_cast<size_t>(kDeepMaxSplits) * kAttentionMaxGroup * kPartEntry * sizeof(float);
+__device__ void combine_pushed(const AttentionDecodeParams& p, int group, int kv_head, int splits,
+                               const float* s_sink, const float* pushed) {
+  cluster_arrive_release();  // this split's partial is in rank 0's shared memory
+  cluster_wait_acquire();
+  if (cg::this_cluster().block_rank() != 0) return;  // nobody reads a peer's shared memory: no closing barrier
+  merge_splits<kDeepMaxSplits>(
+      p, group, kv_head, splits, s_sink,
+      [&](int s, int h) { return *reinterpret_cast<const float2*>(pushed + (s * group + h) * kPartEntry + kD); },
+      [&](int s, int h, int pair) {
+        return reinterpret_cast<const float2*>(pushed + (s * group + h) * kPartEntry)[pair];
+      });
+}
+
 template <int Stages>
 __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const AttentionDecodeParams p, int cluster) {
   TimelineScope timeline(kTlAttention);
@@ -184,12 +210,21 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   const SplitRange range = split_range(p, attention_split::kWarps * attention_split::kMmaBlock);
   const int newest = *p.pos % p.cache.capacity;
   const bool cluster_combine = range.splits > 1 && range.splits <= cluster;
+  constexpr bool deep = Stages == kDeepStages;  // a short cache's grid: one cluster of ≤ kDeepMaxSplits a KV head
+  const bool push = deep && cluster_combine;
+  if (push) cluster_arrive_relaxed();  // this CTA runs: its peers may store into its shared memory (combine_pushed)
+  float* const pushed = reinterpret_cast<float*>(smem_raw + attention_split::smem_bytes(Stages));  // push: rank 0's
   __shared__ __align__(8) float s_part[kAttentionMaxGroup * kPartEntry];  // this split's partial (cluster_combine)
   if (split >= range.splits) {
     // The idle CTAs of the first cluster join its barriers (all the splits are in it); later clusters hold none.
     if (cluster_combine && split < cluster) {
       pdl_launch_dependents();  // their release counts as early as the working CTAs'
-      combine_in_cluster(p, group, kv_head, range.splits, nullptr, s_part);
+      if (push) {
+        cluster_wait();
+        combine_pushed(p, group, kv_head, range.splits, nullptr, pushed);
+      } else {
+        combine_in_cluster(p, group, kv_head, range.splits, nullptr, s_part);
+      }
     }
     return;
   }
@@ -204,8 +239,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   // out-projection before their wait, so its CTAs become resident and issue their first weight batch while
   // norm_qkv_rope drains. H100, same call, two runs (session 21): 120b 465.5 → 471.2 / 471.1 tok/s at 1k, 425.1 →
   // 427.5 / 427.8 at 8k (sliding layers only there); 20b 680 → 681, 620 → 619: tied.
-  constexpr bool release_before_wait = Stages == kDeepStages;
-  if constexpr (release_before_wait) pdl_launch_dependents();
+  if constexpr (deep) pdl_launch_dependents();
   pdl_wait();  // norm_qkv_rope has written q and the newest K/V row
   timeline.mark_waited();
   // Longer caches release the out-projection once q is read and every K/V copy of the split is in flight (run()'s
@@ -219,6 +253,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
 
   const float* q = p.q + static_cast<size_t>(kv_head) * group * kD;
   float* ml = partial_ml(p, group);
+  // push: this split's entries of rank 0's `pushed` (distributed shared memory; rank 0's own are local).
+  float* const pushed_mine = push ? cg::this_cluster().map_shared_rank(pushed, 0) + split * group * kPartEntry : nullptr;
   attend.run(
       group, p.sm_scale, newest,
       [&](int h, int d) {  // L2: norm_qkv_rope may have run after this started
@@ -228,8 +264,9 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
         const bf16* row = (c < 8 ? k_head : v_head) + static_cast<size_t>(newest) * kD;
         return __ldcg(reinterpret_cast<const uint4*>(row) + c % 8);
       },
-      [] {
-        if constexpr (!release_before_wait) pdl_launch_dependents();
+      [&] {
+        if constexpr (!deep) pdl_launch_dependents();
+        if (push) cluster_wait();  // every peer runs (their first arrival): before the first remote store
       },
       [&](int h, int pair, float m_max, float l_sum, float2 acc) {
         if (range.splits == 1) {  // the whole context in this CTA: no workspace round trip
@@ -237,12 +274,15 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
           return;
         }
         const size_t at = partial_index(p, group, kv_head, split, h);
-        float* o_dst = cluster_combine ? s_part + h * kPartEntry : p.workspace + at * kD;
-        float* ml_dst = cluster_combine ? s_part + h * kPartEntry + kD : ml + at * 2;
+        float* const part = push ? pushed_mine + h * kPartEntry : s_part + h * kPartEntry;
+        float* o_dst = cluster_combine ? part : p.workspace + at * kD;
+        float* ml_dst = cluster_combine ? part + kD : ml + at * 2;
         reinterpret_cast<float2*>(o_dst)[pair] = acc;
         if (pair == 0) *reinterpret_cast<float2*>(ml_dst) = make_float2(m_max, l_sum);
       });
-  if (cluster_combine)
+  if (push)
+    combine_pushed(p, group, kv_head, range.splits, s_sink, pushed);
+  else if (cluster_combine)
     combine_in_cluster(p, group, kv_head, range.splits, s_sink, s_part);
   else if (range.splits > 1)
     combine_when_last(p, group, kv_head, range.splits, s_sink);
@@ -305,8 +345,8 @@ void launch_attention_decode(const AttentionDecodeParams& p, cudaStream_t stream
   int device = 0, optin = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const size_t whole_sm =
-      std::max(attention_split::smem_bytes(kDeepStages), static_cast<size_t>(optin) - kWholeSmSlack);
+  const size_t whole_sm = std::max(attention_split::smem_bytes(kDeepStages) + kDeepPushedBytes,
+                                   static_cast<size_t>(optin) - kWholeSmSlack);
   // Idempotent; legal during graph capture (it is not a stream operation).
   CUDA_CHECK(cudaFuncSetAttribute(attention_decode_kernel<kDeepStages>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   static_cast<int>(whole_sm)));
