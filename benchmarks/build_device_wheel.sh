@@ -2,7 +2,7 @@
 # Builds the cp312 CUDA wheel for the device machine here on the CPU machine (nvcc, sm_90a), into .devwheel/,
 # so benchmarks/device_run.sh installs it instead of spending device minutes on a build. Carry ".devwheel".
 # Each NAME=PATCH argument also builds HEAD + that patch into .devwheel/NAME/, for `device_run.sh ab`, which
-# times every variant against the baseline in one device call. The argument `timeline` builds the working tree with
+# times every variant against the baseline in one device call; NAME=PATCH1,PATCH2 stacks patches, in that order. The argument `timeline` builds the working tree with
 # the per-CTA timeline compiled in (-DGPT_OSS_NATIVE_TIMELINE=ON) into .devwheel/timeline/main/, and
 # `timeline:NAME=PATCH` builds HEAD + that patch so into .devwheel/timeline/NAME/, for `device_run.sh timeline`.
 #   bash benchmarks/build_device_wheel.sh [NAME=PATCH ...] [timeline] [timeline:NAME=PATCH ...]
@@ -24,12 +24,16 @@ for spec in "$@"; do
   if [ "$spec" = timeline ]; then build "$ROOT" .devwheel/timeline/main build/wheel312-timeline ON; continue; fi
   timeline=OFF
   if [[ "$spec" == timeline:* ]]; then spec="${spec#timeline:}" timeline=ON; fi
-  name="${spec%%=*}" patch="${spec#*=}"
-  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && "$name" != main && "$name" != probes && -f "$patch" ]] \
-    || { echo "want NAME=PATCH (NAME not main or probes, PATCH an existing file), got '$spec'" >&2; exit 2; }
+  name="${spec%%=*}"
+  IFS=, read -r -a patches <<< "${spec#*=}"
+  [[ "$name" =~ ^[A-Za-z0-9_-]+$ && "$name" != main && "$name" != probes && ${#patches[@]} -gt 0 ]] \
+    || { echo "want NAME=PATCH[,PATCH...] (NAME not main or probes), got '$spec'" >&2; exit 2; }
+  for patch in "${patches[@]}"; do [ -f "$patch" ] || { echo "no patch file '$patch' in '$spec'" >&2; exit 2; }; done
   tree="$(mktemp -d)/$name"
   git worktree add -q --detach "$tree" HEAD
-  git -C "$tree" apply "$ROOT/$patch" || { git worktree remove --force "$tree"; echo "$patch does not apply" >&2; exit 1; }
+  for patch in "${patches[@]}"; do
+    git -C "$tree" apply "$ROOT/$patch" || { git worktree remove --force "$tree"; echo "$patch does not apply" >&2; exit 1; }
+  done
   if [ "$timeline" = ON ]; then
     build "$tree" ".devwheel/timeline/$name" "build/wheel312-timeline-$name" ON
   else
