@@ -2,10 +2,11 @@
 # Builds the cp312 CUDA wheel for the device machine here on the CPU machine (nvcc, sm_90a), into .devwheel/,
 # so benchmarks/device_run.sh installs it instead of spending device minutes on a build. Carry ".devwheel".
 # Each NAME=PATCH argument also builds HEAD + that patch into .devwheel/NAME/, for `device_run.sh ab`, which
-# times every variant against the baseline in one device call; NAME=PATCH1,PATCH2 stacks patches, in that order. The argument `timeline` builds the working tree with
-# the per-CTA timeline compiled in (-DGPT_OSS_NATIVE_TIMELINE=ON) into .devwheel/timeline/main/, and
-# `timeline:NAME=PATCH` builds HEAD + that patch so into .devwheel/timeline/NAME/, for `device_run.sh timeline`.
-#   bash benchmarks/build_device_wheel.sh [NAME=PATCH ...] [timeline] [timeline:NAME=PATCH ...]
+# times every variant against the baseline in one device call; NAME=PATCH1,PATCH2 stacks patches, in that order.
+# The argument `timeline` builds the working tree with the per-CTA timeline compiled in
+# (-DGPT_OSS_NATIVE_TIMELINE=ON) into .devwheel/timeline/main/, and `timeline:NAME=PATCH` builds HEAD + that patch
+# so into .devwheel/timeline/NAME/, for `device_run.sh timeline`.
+#   bash benchmarks/build_device_wheel.sh [NAME=PATCH[,PATCH...] ...] [timeline] [timeline:NAME=PATCH ...]
 # PY312 (default /work/venv312/bin/python): a Python 3.12 with scikit-build-core and nanobind, as on the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."

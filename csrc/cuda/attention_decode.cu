@@ -254,7 +254,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(const Attent
   const float* q = p.q + static_cast<size_t>(kv_head) * group * kD;
   float* ml = partial_ml(p, group);
   // push: this split's entries of rank 0's `pushed` (distributed shared memory; rank 0's own are local).
-  float* const pushed_mine = push ? cg::this_cluster().map_shared_rank(pushed, 0) + split * group * kPartEntry : nullptr;
+  float* const pushed_mine =
+      push ? cg::this_cluster().map_shared_rank(pushed, 0) + split * group * kPartEntry : nullptr;
   attend.run(
       group, p.sm_scale, newest,
       [&](int h, int d) {  // L2: norm_qkv_rope may have run after this started
